@@ -1,0 +1,1 @@
+"""sdfleet animation: schedules, prompts, seeds, plan, motion, colour, render loop, video."""

@@ -1,0 +1,40 @@
+"""One error hierarchy for sdfleet. Messages carry file, row/field, value and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class SdfleetError(Exception):
+    """Base of every error sdfleet raises on purpose."""
+
+
+class ConfigError(SdfleetError):
+    """A job file or CLI flag is wrong; found before any model loads."""
+
+
+class ManifestError(SdfleetError):
+    """One or more manifest rows are wrong; found before any model loads."""
+
+
+class ModelError(SdfleetError):
+    """A model cannot be found, loaded or trusted."""
+
+
+class GenerationError(SdfleetError):
+    """One row could not be generated (becomes a result with status=error)."""
+
+
+class EncodeError(SdfleetError):
+    """ffmpeg is missing or failed; the message quotes ffmpeg."""
+
+
+class ScheduleError(ConfigError):
+    """A schedule string or expression is malformed or unsafe."""
+
+
+def suggest_name(name: str, known: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest known name, or '' if none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

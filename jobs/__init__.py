@@ -1,0 +1,1 @@
+"""sdfleet jobs: YAML job specs, the `sdfleet` CLI, example jobs."""
