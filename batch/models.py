@@ -1,0 +1,197 @@
+"""Resolve `model:` to a source and load it as diffusers txt2img + img2img pipelines.
+
+`resolve_model_source` is pure (no torch) so jobs fail before anything loads; `load_pipelines`
+does the loading through one path: `from_pretrained` for folders (builtin:tiny included) and hub
+ids, `from_single_file` for `.safetensors`/`.ckpt` checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from batch.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
+BUILTINS = ("builtin:tiny", "builtin:null")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a job says about its model; the replica's only input besides rows."""
+
+    model: str = "builtin:tiny"
+    scheduler: str | None = None  # None keeps the model's own scheduler
+    device: str | None = None  # None: cuda if available, else cpu
+    dtype: str | None = None  # None: float16 on cuda, float32 elsewhere
+    allow_pickle: bool = False
+    model_config: str | None = None  # single-file only: a local diffusers folder of configs
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: Literal["builtin", "folder", "single_file", "hub"]
+    location: str
+
+
+def resolve_model_source(spec: ModelSpec) -> ModelSource:
+    """Classify `spec.model` and refuse what must not load; raises ModelError with the fix."""
+    name = spec.model
+    if name.startswith("builtin:"):
+        if name not in BUILTINS:
+            raise ModelError(f"model: unknown builtin {name!r}; choose one of {', '.join(BUILTINS)}")
+        return ModelSource("builtin", name)
+    path = Path(os.path.expanduser(name))
+    if path.suffix.lower() in PICKLE_SUFFIXES and not spec.allow_pickle:
+        raise ModelError(
+            f"model: {name!r} is a pickled checkpoint, which can run arbitrary code when loaded. "
+            "Convert it to .safetensors, or set `allow_pickle: true` in the job if you trust it."
+        )
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelError(
+                f"model: folder {name!r} has no model_index.json, so it is not a diffusers "
+                "pipeline folder; point at the folder that holds model_index.json, or at a "
+                "single .safetensors checkpoint."
+            )
+        return ModelSource("folder", str(path))
+    if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
+        if not path.is_file():
+            raise ModelError(f"model: checkpoint file {name!r} does not exist; check the path.")
+        return ModelSource("single_file", str(path))
+    if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        return ModelSource("hub", name)
+    raise ModelError(
+        f"model: {name!r} is neither a builtin, an existing folder, a checkpoint file nor a hub "
+        "id like 'org/name'; check the path."
+    )
+
+
+def choose_device_dtype(spec: ModelSpec) -> tuple[Any, Any]:
+    """fp32 on CPU, fp16 on CUDA, unless the job says otherwise."""
+    import torch
+
+    device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+    if spec.dtype is None:
+        return device, torch.float16 if device.type == "cuda" else torch.float32
+    if spec.dtype not in names:
+        raise ModelError(f"dtype: unknown {spec.dtype!r}; choose one of {', '.join(names)}")
+    return device, names[spec.dtype]
+
+
+@dataclass
+class Pipelines:
+    """The loaded pipelines of one replica; img2img shares every component with txt2img."""
+
+    txt2img: Any
+    img2img: Any
+    device: Any
+    dtype: Any
+    name: str
+
+
+def load_pipelines(spec: ModelSpec) -> Pipelines:
+    """Load the model once and derive the img2img pipeline from it (shared weights)."""
+    from diffusers import AutoPipelineForImage2Image
+
+    source = resolve_model_source(spec)
+    device, dtype = choose_device_dtype(spec)
+    if source.location == "builtin:null":
+        from batch.null_model import NullPipeline
+
+        pipe = NullPipeline()
+        return Pipelines(pipe, pipe, device, dtype, spec.model)
+    txt2img = _load_txt2img(source, spec, dtype)
+    txt2img.to(device)
+    txt2img.set_progress_bar_config(disable=True)
+    img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
+    img2img.set_progress_bar_config(disable=True)
+    return Pipelines(txt2img, img2img, device, dtype, spec.model)
+
+
+def _load_txt2img(source: ModelSource, spec: ModelSpec, dtype: Any):
+    if source.kind == "builtin":
+        from batch.tiny import tiny_model_dir
+
+        return _from_pretrained(str(tiny_model_dir()), spec, dtype, local_only=True)
+    if source.kind == "folder":
+        return _from_pretrained(source.location, spec, dtype, local_only=True)
+    if source.kind == "single_file":
+        return _from_single_file(source.location, spec, dtype)
+    return _from_hub(source.location, spec, dtype)
+
+
+def _from_pretrained(location: str, spec: ModelSpec, dtype: Any, local_only: bool):
+    from diffusers import AutoPipelineForText2Image
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local_only}
+    if not spec.allow_pickle:
+        kwargs["use_safetensors"] = True
+    if spec.revision:
+        kwargs["revision"] = spec.revision
+    try:
+        return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        if "safetensors" in str(exc) and not spec.allow_pickle:
+            raise ModelError(
+                f"model: {location!r} has no .safetensors weights (only pickled .bin/.ckpt). "
+                "Convert them, or set `allow_pickle: true` if you trust the files."
+            ) from exc
+        raise
+
+
+def _from_hub(repo_id: str, spec: ModelSpec, dtype: Any):
+    """Use the local HF cache first; go online only if allowed, and fail fast with the fix."""
+    try:
+        return _from_pretrained(repo_id, spec, dtype, local_only=True)
+    except (OSError, ValueError) as cached_exc:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise _offline_error(repo_id, cached_exc) from cached_exc
+    try:
+        return _from_pretrained(repo_id, spec, dtype, local_only=False)
+    except Exception as exc:  # network errors come in many types; all mean the same here
+        raise _offline_error(repo_id, exc) from exc
+
+
+def _offline_error(repo_id: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"model: hub id {repo_id!r} is not in the local Hugging Face cache and the hub could not "
+        f"be reached ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Point `model:` at "
+        "a local diffusers folder or a .safetensors file, or download it where the hub is "
+        f"reachable (`hf download {repo_id}`) and copy the cache (HF_HOME) here."
+    )
+
+
+def _from_single_file(path: str, spec: ModelSpec, dtype: Any):
+    """SD 1.x/2.x or SDXL single-file checkpoint; the model type is read from its keys."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.loaders.single_file_utils import (
+        infer_diffusers_model_type,
+        load_single_file_checkpoint,
+    )
+
+    checkpoint = load_single_file_checkpoint(path, local_files_only=True)
+    model_type = infer_diffusers_model_type(checkpoint)
+    pipeline_cls = StableDiffusionXLPipeline if model_type.startswith("xl") else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+    if spec.model_config:
+        kwargs["config"] = spec.model_config
+    try:
+        return pipeline_cls.from_single_file(path, **kwargs)
+    except Exception as exc:
+        raise ModelError(
+            f"model: could not load single-file checkpoint {path!r} (detected type "
+            f"{model_type!r}): {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+            "Its component configs come from `model_config:` (a local diffusers folder of the "
+            "same architecture) or from the Hugging Face cache of the matching base model."
+        ) from exc
