@@ -1,0 +1,357 @@
+"""Compile an animation job into its plan: one `FrameRecord` per frame 0..max_frames-1.
+
+The render is a function of this plan. Each record carries every scheduled value named after
+its field without ``_schedule`` (``zoom``, ``angle``, ..., ``strength``, ``noise``, ``steps``,
+``kernel`` ...), the seed, the prompt and its blend partner, and what kind of frame it is.
+
+Choices (documented here because the renderer relies on them):
+
+- ``strength`` is Deforum's (share of the previous frame kept); ``denoise = 1 - strength`` is
+  what img2img receives. Every record carries both, even where no img2img runs.
+- Cadence N (2D): frames 0, N, 2N, ... are diffused, and so is the last frame, so every index
+  0..max_frames-1 exists and no tween trails off the end (Deforum drops or lags the tail). A
+  tween records ``tween_prev``/``tween_next`` (the diffused frames it blends) and
+  ``tween_weight`` = share of ``tween_next``; it carries the seed of ``tween_prev``.
+- ``mode``: ``txt2img`` (frame 0 without ``init_image``; every walk frame), ``img2img`` (other
+  diffused 2D frames, and frame 0 with ``init_image``) or ``tween``.
+- Walks (``animation_mode: interpolation``): every frame is diffused (independent txt2img, so
+  frames batch; cadence is not used). The walk keys are frame 0, every prompt key and the last
+  frame; the seed advances once per walk key (by ``seed_behavior``). A frame between keys a and
+  b has ``seed_a``, ``seed_b`` and ``seed_t`` = (frame - a) / (b - a) in [0, 1): the renderer
+  slerps the initial noise of ``seed_a`` toward ``seed_b``. A key frame has ``seed_t`` 0 and is
+  never repeated as t = 1 of the segment before it. ``seed`` = ``seed_a``. In 2D the walk
+  fields are None.
+- Prompts blend (``blend_prompt``, ``blend_weight``) per ``prompt_transition`` (``cut`` in 2D,
+  ``blend`` in walks unless set); see `anim.prompts`.
+
+API:
+    compile_plan(job) -> list[FrameRecord]
+    FrameRecord.to_dict() -> dict   (JSON-serialisable, field order fixed)
+    format_table(records) -> str    (aligned per-frame table of the most useful columns)
+    plan_to_jsonl(records) -> str   (one JSON object per line, exactly to_dict())
+    diffused_frames(max_frames, cadence) -> list[bool]
+    evaluate_schedules(job) -> dict[str, list[float]]   (per-frame values by field name; integer
+                                                         fields hold ints; raises ScheduleError)
+    check_job(job) -> list[str]     (every problem with the job's values; used at load time)
+    ScheduleRule, SCHEDULE_RULES    (what each schedule may take; checked, never clamped)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from anim.prompts import frame_prompts, resolve_prompt_keys
+from anim.schedule import parse_schedule
+from anim.seeds import frame_seeds, scheduled_seed, seeds_at
+from batch.errors import ConfigError, ScheduleError
+
+if TYPE_CHECKING:  # anim.spec imports this module for SCHEDULE_RULES and check_job
+    from anim.spec import AnimationJob
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScheduleRule:
+    """What values a schedule may take; checked at every frame at load time (never clamped)."""
+
+    low: float | None = None
+    high: float | None = None
+    open_range: bool = False  # the bounds themselves are excluded
+    integer: bool = False  # truncated like Deforum's astype(int)
+    odd: bool = False
+    fix: str = ""
+
+    def expected(self) -> str:
+        lo, hi = (">", "<") if self.open_range else (">=", "<=")
+        parts = [f"{lo} {self.low:g}"] if self.low is not None else []
+        parts += [f"{hi} {self.high:g}"] if self.high is not None else []
+        kind = "a whole number" if self.integer else "a value"
+        kind = "an odd whole number" if self.odd else kind
+        return f"{kind} {' and '.join(parts)}".strip()
+
+    def accepts(self, value: float) -> bool:
+        if self.odd and value % 2 != 1:
+            return False
+        if self.open_range:
+            return (self.low is None or value > self.low) and (
+                self.high is None or value < self.high
+            )
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+_ANY = ScheduleRule()
+# fmt: off
+# Field -> rule; the plan names each value after its field without "_schedule".
+SCHEDULE_RULES: dict[str, ScheduleRule] = {
+    "angle": _ANY, "zoom": ScheduleRule(0, open_range=True, fix="zoom scales each frame: 1.0 "
+                                        "is still, 1.01 zooms in 1% per frame"),
+    "translation_x": _ANY, "translation_y": _ANY,
+    "transform_center_x": _ANY, "transform_center_y": _ANY,
+    "perspective_flip_theta": _ANY, "perspective_flip_phi": _ANY,
+    "perspective_flip_gamma": _ANY,
+    "perspective_flip_fv": ScheduleRule(0, 180, open_range=True, fix="fv is a field of view in "
+                                        "degrees, e.g. 53"),
+    "strength_schedule": ScheduleRule(0, 1, fix="strength is the share of the previous frame "
+                                      "kept, as in Deforum; img2img gets 1 - strength"),
+    "noise_schedule": ScheduleRule(0, 1, fix="noise is the share of fresh noise, e.g. 0.065"),
+    "contrast_schedule": ScheduleRule(0, fix="contrast multiplies the frame, 1.0 = unchanged"),
+    "cfg_scale_schedule": ScheduleRule(0, fix="a guidance scale such as 7"),
+    "steps_schedule": ScheduleRule(1, 1000, integer=True, fix="steps are denoising steps, e.g. 25"),
+    "amount_schedule": ScheduleRule(0, fix="anti-blur amount, 0 = off, e.g. 0.1"),
+    "kernel_schedule": ScheduleRule(1, integer=True, odd=True, fix="blur kernel size, e.g. 5"),
+    "sigma_schedule": ScheduleRule(0, open_range=True, fix="blur sigma in pixels, e.g. 1.0"),
+    "threshold_schedule": ScheduleRule(0, fix="anti-blur threshold, 0 = everywhere"),
+}
+# fmt: on
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """Everything the renderer needs for one frame (see the module doc for the choices)."""
+
+    frame: int
+    mode: str
+    diffused: bool
+    seed: int
+    seed_a: int | None
+    seed_b: int | None
+    seed_t: float | None
+    prompt: str
+    negative_prompt: str
+    blend_prompt: str | None
+    blend_negative_prompt: str | None
+    blend_weight: float
+    strength: float
+    denoise: float
+    noise: float
+    contrast: float
+    cfg_scale: float
+    steps: int
+    amount: float
+    kernel: int
+    sigma: float
+    threshold: float
+    angle: float
+    zoom: float
+    translation_x: float
+    translation_y: float
+    transform_center_x: float
+    transform_center_y: float
+    perspective_flip: bool
+    perspective_flip_theta: float
+    perspective_flip_phi: float
+    perspective_flip_gamma: float
+    perspective_flip_fv: float
+    tween_prev: int | None
+    tween_next: int | None
+    tween_weight: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-serialisable) with the fields in declaration order."""
+        return asdict(self)
+
+
+def evaluate_schedules(job: AnimationJob) -> dict[str, list[float]]:
+    """Every schedule in `SCHEDULE_RULES` (plus ``seed_schedule`` when seed_behavior is
+    ``schedule``) evaluated for every frame; raises `ScheduleError` on the first problem."""
+    values = {field: evaluate_field(job, field) for field in SCHEDULE_RULES}
+    if job.seed_behavior == "schedule":
+        values["seed_schedule"] = evaluate_field(job, "seed_schedule")
+    return values
+
+
+def evaluate_field(job: AnimationJob, field: str) -> list[float]:
+    """One schedule field over the whole clip, checked against its rule at every frame."""
+    schedule = parse_schedule(getattr(job, field), field)
+    values = schedule.evaluate(job.max_frames, job.seed, job.interpolation_for(field))
+    if field == "seed_schedule":
+        for frame, value in enumerate(values):
+            scheduled_seed(value, job.seed, frame, field)
+        return values
+    rule = SCHEDULE_RULES[field]
+    checked: list[Any] = [int(v) for v in values] if rule.integer else values
+    for frame, value in enumerate(checked):
+        if not rule.accepts(value):
+            raise ScheduleError(
+                f"{field}: gives {value:g} at frame {frame}; expected "
+                f"{rule.expected()} ({rule.fix})"
+            )
+    return checked
+
+
+def check_job(job: AnimationJob) -> list[str]:
+    """Every problem found by evaluating the job's schedules and prompt keys (may be empty)."""
+    problems = []
+    fields = [*SCHEDULE_RULES, *(["seed_schedule"] * (job.seed_behavior == "schedule"))]
+    for field in fields:
+        try:
+            evaluate_field(job, field)
+        except ScheduleError as err:
+            problems.append(str(err))
+    try:
+        resolve_prompt_keys(job.prompts, job.max_frames, job.seed)
+    except ConfigError as err:
+        problems.append(str(err))
+    return problems
+
+
+def diffused_frames(max_frames: int, cadence: int) -> list[bool]:
+    """True for frames 0, N, 2N, ... and for the last frame (so no tween runs off the end)."""
+    return [frame % cadence == 0 or frame == max_frames - 1 for frame in range(max_frames)]
+
+
+def compile_plan(job: AnimationJob) -> list[FrameRecord]:
+    """The per-frame plan of `job` (one clip; for `clips` compile each `resolve_clips` job)."""
+    n, walk = job.max_frames, job.animation_mode == "interpolation"
+    # 1. schedules, evaluated and range-checked for every frame
+    values = evaluate_schedules(job)
+    seed_schedule = values.pop("seed_schedule", None)
+    # 2. prompts (keys resolved once, shared with the walk)
+    keys = resolve_prompt_keys(
+        job.prompts, n, job.seed, job.animation_prompts_positive, job.animation_prompts_negative
+    )
+    prompts = frame_prompts(keys, n, job.transition)
+    # 3. which frames are diffused; seeds, tween and walk positions
+    if walk and job.diffusion_cadence > 1:
+        logger.info("diffusion_cadence %d is not used by walks", job.diffusion_cadence)
+    diffused = [True] * n if walk else diffused_frames(n, job.diffusion_cadence)
+    seeds = frame_seeds(job.seed_behavior, job.seed, diffused, job.seed_iter_N, seed_schedule)
+    tweens = tween_positions(diffused)
+    walk_keys = sorted({0, n - 1, *(key.frame for key in keys)})
+    walks = walk_positions(job, walk_keys, seed_schedule) if walk else [(None, None, None)] * n
+    # 4. one record per frame
+    return [
+        FrameRecord(
+            frame=frame,
+            mode=_mode(job, frame, diffused[frame], walk),
+            diffused=diffused[frame],
+            seed=seeds[frame] if walks[frame][0] is None else walks[frame][0],
+            **dict(zip(("seed_a", "seed_b", "seed_t"), walks[frame], strict=True)),
+            **asdict(prompts[frame]),  # prompt, negative_prompt, blend_* (same names)
+            denoise=1.0 - values["strength_schedule"][frame],
+            perspective_flip=job.enable_perspective_flip,
+            **dict(zip(("tween_prev", "tween_next", "tween_weight"), tweens[frame], strict=True)),
+            **{_record_name(field): series[frame] for field, series in values.items()},
+        )
+        for frame in range(n)
+    ]
+
+
+def _record_name(field: str) -> str:
+    return field.removesuffix("_schedule")
+
+
+def _mode(job: AnimationJob, frame: int, diffused: bool, walk: bool) -> str:
+    if walk or (frame == 0 and job.init_image is None):
+        return "txt2img"
+    return "img2img" if diffused else "tween"
+
+
+def tween_positions(
+    diffused: Sequence[bool],
+) -> list[tuple[int | None, int | None, float | None]]:
+    """(previous diffused frame, next diffused frame, share of next) for tweens; Nones for
+    diffused frames. The last frame must be diffused (see `diffused_frames`)."""
+    keys = [frame for frame, is_diffused in enumerate(diffused) if is_diffused]
+    positions: list[tuple[int | None, int | None, float | None]] = []
+    index = 0
+    for frame, is_diffused in enumerate(diffused):
+        if is_diffused:
+            index += frame > keys[index]  # keys[index] is the latest diffused frame <= frame
+            positions.append((None, None, None))
+            continue
+        prev, nxt = keys[index], keys[index + 1]
+        positions.append((prev, nxt, (frame - prev) / (nxt - prev)))
+    return positions
+
+
+def walk_positions(
+    job: AnimationJob, walk_keys: Sequence[int], schedule: Sequence[float] | None
+) -> list[tuple[int, int, float]]:
+    """(seed_a, seed_b, seed_t) per frame for a walk through `walk_keys` (sorted, from 0 to
+    the last frame): the seed advances once per key; a key frame has t = 0."""
+    key_seeds = seeds_at(job.seed_behavior, job.seed, walk_keys, job.seed_iter_N, schedule)
+    positions, index = [], 0
+    for frame in range(job.max_frames):
+        while index + 1 < len(walk_keys) and walk_keys[index + 1] <= frame:
+            index += 1
+        if index + 1 == len(walk_keys):  # the last frame: the final key itself
+            positions.append((key_seeds[index], key_seeds[index], 0.0))
+            continue
+        start, end = walk_keys[index], walk_keys[index + 1]
+        positions.append((key_seeds[index], key_seeds[index + 1], (frame - start) / (end - start)))
+    return positions
+
+
+# -- output ---------------------------------------------------------------------------------
+
+
+def plan_to_jsonl(records: Sequence[FrameRecord]) -> str:
+    """JSON Lines: one object per frame, exactly `FrameRecord.to_dict()`, newline-terminated."""
+    return "".join(json.dumps(record.to_dict(), ensure_ascii=False) + "\n" for record in records)
+
+
+def _number(value: float) -> str:
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _prompt_cell(record: FrameRecord) -> str:
+    """The prompt; when blending, 'prompt -> partner @weight' (each side shortened)."""
+    if record.blend_prompt is None or record.blend_weight == 0:
+        return _shorten(record.prompt, 60)
+    return (
+        f"{_shorten(record.prompt, 28)} -> {_shorten(record.blend_prompt, 28)} "
+        f"@{record.blend_weight:.2f}"
+    )
+
+
+Column = tuple[str, Callable[[FrameRecord], str]]
+_COLUMNS: list[Column] = [
+    ("frame", lambda r: str(r.frame)),
+    ("mode", lambda r: r.mode),
+    ("seed", lambda r: str(r.seed)),
+    ("strength", lambda r: _number(r.strength)),
+    ("denoise", lambda r: _number(r.denoise)),
+    ("noise", lambda r: _number(r.noise)),
+    ("cfg", lambda r: _number(r.cfg_scale)),
+    ("steps", lambda r: str(r.steps)),
+    ("zoom", lambda r: _number(r.zoom)),
+    ("angle", lambda r: _number(r.angle)),
+    ("tx", lambda r: _number(r.translation_x)),
+    ("ty", lambda r: _number(r.translation_y)),
+]
+_WALK_COLUMNS: list[Column] = [
+    ("seed_b", lambda r: str(r.seed_b)),
+    ("seed_t", lambda r: _number(r.seed_t or 0.0)),
+]
+
+
+def format_table(records: Sequence[FrameRecord]) -> str:
+    """A readable per-frame table: numbers right-aligned, the prompt last (truncated)."""
+    columns = list(_COLUMNS)
+    if any(record.seed_a is not None for record in records):
+        columns[3:3] = _WALK_COLUMNS
+    header = [name for name, _ in columns]
+    rows = [[cell(record) for _, cell in columns] for record in records]
+    widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(header)]
+
+    def line(cells: list[str], prompt: str) -> str:
+        aligned = [
+            c.ljust(w) if i == 1 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join([*aligned, prompt]).rstrip()
+
+    out = [line(header, "prompt"), line(["-" * w for w in widths], "-" * 6)]
+    out += [line(row, _prompt_cell(record)) for row, record in zip(rows, records, strict=True)]
+    return "\n".join(out)

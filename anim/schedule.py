@@ -1,0 +1,406 @@
+"""Deforum keyframe schedules: ``"0:(1.0), 30:(0.5), "max_f-2":(sin(t))"`` -> one value per frame.
+
+Semantics (Deforum's, minus its crashes):
+
+- Entries are ``key:(value)`` separated by commas. A key is a whole frame number or an
+  expression in ``max_f`` (= max_frames - 1) and ``s`` (the seed), optionally quoted
+  (``"max_f-2":(-1)``); expression keys are floored. Keys outside 0..max_f are ignored; when
+  two keys land on the same frame the later entry wins (as Deforum's dict does).
+- A value that is a plain number (``1``, ``-.5``, ``+2.``, ``1e-3``; redundant parentheses
+  allowed) is a *numeric keyframe*: frames between keyframes are interpolated.
+- Any other value is an *expression keyframe*: it is evaluated at every frame from its key up
+  to the next key with ``t`` (the frame index), ``max_f`` and ``s``. Its value at its own key
+  is also the anchor that the ramp from the previous numeric keyframe runs to.
+- Before the first key the first value is held (Deforum crashes without a ``0:`` key); after
+  the last key the last value is held.
+- Interpolation between anchors: ``linear`` (Deforum's default), ``step`` (hold the previous
+  anchor) or ``cubic`` (monotone piecewise-cubic Hermite, PCHIP: smooth, passes through every
+  anchor and never overshoots them; not bit-identical to Deforum's pandas "cubic").
+- Values are scanned with a real scanner that respects parentheses and quotes, so commas
+  inside calls work (``where(t>5,1,0)``); Deforum's ``split(",")`` crashes on them.
+- Text schedules (sampler names, ...) use the same syntax and are held, never interpolated.
+
+Syntax errors name the field, show the schedule with a caret under the column, and say what
+was expected.
+
+API:
+    parse_schedule(text, field, numeric=True) -> Schedule
+    Schedule.evaluate(max_frames, seed=0, interpolation="linear") -> list[float]
+    Schedule.evaluate_text(max_frames, seed=0) -> list[str]
+    evaluate_schedule(text, max_frames, seed=0, field=..., interpolation=...) -> list[float]
+    compile_key(text, field) -> FrameKey   (also used for prompt keys)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+
+from anim.expr import KEY_VARIABLES, VARIABLES, Expression, compile_expression, syntax_error
+from batch.errors import ScheduleError
+
+logger = logging.getLogger(__name__)
+
+INTERPOLATIONS = ("linear", "step", "cubic")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_KEY_EXPECTED = 'a frame number such as 0 or 30, or an expression in max_f such as "max_f-2"'
+
+
+@dataclass(frozen=True)
+class FrameKey:
+    """The frame part of an entry: a whole number, or an expression in max_f and s."""
+
+    text: str
+    number: int | None
+    expr: Expression | None
+
+    def resolve(self, max_f: int, seed: int = 0) -> int:
+        """The frame this key names (floored; may lie outside 0..max_f, callers skip those)."""
+        if self.number is not None:
+            return self.number
+        assert self.expr is not None
+        return math.floor(self.expr.evaluate(max_f=max_f, s=seed))
+
+
+def compile_key(text: str, field: str, source: str | None = None, offset: int = 0) -> FrameKey:
+    """Check a frame key (``30``, ``max_f-2``); `source`/`offset` place error carets."""
+    source = text if source is None else source
+    stripped = text.strip()
+    column = offset + len(text) - len(text.lstrip())
+    if _unquote(stripped) != stripped:  # '"max_f-2"' given where no scanner removed the quotes
+        return compile_key(stripped[1:-1], field, source, column + 1)
+    if not stripped:
+        raise syntax_error(field, source, column, "missing frame key", _KEY_EXPECTED)
+    if re.fullmatch(r"[0-9]+", stripped):
+        return FrameKey(stripped, int(stripped), None)
+    if _NUMBER.fullmatch(stripped):
+        raise syntax_error(
+            field,
+            source,
+            column,
+            f"frame key {stripped!r} is not a whole number >= 0",
+            _KEY_EXPECTED,
+        )
+    expr = compile_expression(text, field, KEY_VARIABLES, source, offset)
+    return FrameKey(stripped, None, expr)
+
+
+@dataclass(frozen=True)
+class Keyframe:
+    """One ``key:(value)`` entry. Exactly one of `number`/`expr` is set for numeric schedules;
+    neither for text schedules. `column` is where the value starts in the schedule."""
+
+    key: FrameKey
+    text: str
+    column: int
+    number: float | None = None
+    expr: Expression | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A parsed schedule; evaluate it for a clip length (and seed) with `evaluate`."""
+
+    field: str
+    source: str
+    keyframes: tuple[Keyframe, ...]
+
+    def keys_in_range(self, max_frames: int, seed: int = 0) -> list[tuple[int, Keyframe]]:
+        """(frame, keyframe) pairs inside 0..max_frames-1, sorted; later duplicates win."""
+        by_frame: dict[int, Keyframe] = {}
+        for keyframe in self.keyframes:
+            frame = keyframe.key.resolve(max_frames - 1, seed)
+            if 0 <= frame < max_frames:
+                by_frame[frame] = keyframe
+            else:
+                logger.debug(
+                    "%s: key %r -> frame %d is outside the clip; ignored",
+                    self.field,
+                    keyframe.key.text,
+                    frame,
+                )
+        if not by_frame:
+            raise ScheduleError(
+                f"{self.field}: no key of {self.source!r} falls inside frames 0..{max_frames - 1}"
+                "; expected at least one key in that range, such as 0:(...)"
+            )
+        return sorted(by_frame.items())
+
+    def evaluate(
+        self, max_frames: int, seed: int = 0, interpolation: str = "linear"
+    ) -> list[float]:
+        """One float per frame 0..max_frames-1 (Deforum semantics, see the module doc)."""
+        if interpolation not in INTERPOLATIONS:
+            raise ScheduleError(
+                f"{self.field}: unknown interpolation {interpolation!r}; "
+                f"expected one of {', '.join(INTERPOLATIONS)}"
+            )
+        keys = self.keys_in_range(max_frames, seed)
+        values: list[float | None] = [None] * max_frames
+        for index, (frame, keyframe) in enumerate(keys):
+            if keyframe.number is not None:
+                values[frame] = keyframe.number
+                continue
+            if keyframe.expr is None:
+                raise ScheduleError(f"{self.field}: this is a text schedule; use evaluate_text")
+            end = keys[index + 1][0] if index + 1 < len(keys) else max_frames
+            for t in range(frame, end):
+                values[t] = keyframe.expr.evaluate(t, max_frames - 1, seed)
+        # Hold the first value backwards and the last forwards (Deforum pins frames 0 and -1).
+        if values[0] is None:
+            values[0] = values[keys[0][0]]
+        if values[-1] is None:
+            values[-1] = values[keys[-1][0]]
+        return fill_gaps(values, interpolation)
+
+    def evaluate_text(self, max_frames: int, seed: int = 0) -> list[str]:
+        """One string per frame: each key's text held until the next key (never interpolated)."""
+        keys = self.keys_in_range(max_frames, seed)
+        values, index = [], 0
+        for frame in range(max_frames):
+            while index + 1 < len(keys) and keys[index + 1][0] <= frame:
+                index += 1
+            values.append(_unquote(keys[index][1].text))
+        return values
+
+
+def parse_schedule(text: str, field: str = "schedule", numeric: bool = True) -> Schedule:
+    """Parse a schedule string; raise `ScheduleError` with a caret on any syntax problem."""
+    if not isinstance(text, str):
+        raise ScheduleError(f'{field}: expected a schedule string such as "0:(1.0)", got {text!r}')
+    entries = _Scanner(text, field).entries()
+    keyframes = [_compile_entry(text, field, entry, numeric) for entry in entries]
+    return Schedule(field, text, tuple(keyframes))
+
+
+def evaluate_schedule(
+    text: str,
+    max_frames: int,
+    seed: int = 0,
+    field: str = "schedule",
+    interpolation: str = "linear",
+) -> list[float]:
+    """Parse and evaluate in one call: one float per frame."""
+    return parse_schedule(text, field).evaluate(max_frames, seed, interpolation)
+
+
+# -- scanning -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    key_text: str
+    key_column: int
+    value_text: str
+    value_column: int
+
+
+class _Scanner:
+    """Splits schedule text into entries, respecting parentheses and quotes."""
+
+    def __init__(self, text: str, field: str) -> None:
+        self.text, self.field, self.pos = text, field, 0
+
+    def error(self, column: int, problem: str, expected: str) -> ScheduleError:
+        return syntax_error(self.field, self.text, column, problem, expected)
+
+    def at_end(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def skip_space(self) -> None:
+        while not self.at_end() and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def entries(self) -> list[_Entry]:
+        self.skip_space()
+        if self.at_end():
+            raise self.error(0, "empty schedule", 'at least one frame:(value) entry, e.g. "0:(1)"')
+        found = []
+        while True:
+            found.append(self.entry())
+            self.skip_space()
+            if self.at_end():
+                return found
+            if self.text[self.pos] != ",":
+                raise self.error(
+                    self.pos,
+                    f"unexpected {self.text[self.pos]!r} after a value",
+                    "',' before the next frame:(value) entry, or the end",
+                )
+            self.pos += 1
+            self.skip_space()
+            if self.at_end():  # a trailing comma is harmless
+                return found
+
+    def entry(self) -> _Entry:
+        key_text, key_column = self.key()
+        self.skip_space()
+        if self.at_end() or self.text[self.pos] != ":":
+            raise self.error(self.pos, "missing ':' after the frame key", "frame:(value)")
+        self.pos += 1
+        self.skip_space()
+        value_text, value_column = self.value()
+        return _Entry(key_text, key_column, value_text, value_column)
+
+    def key(self) -> tuple[str, int]:
+        start = self.pos
+        quote = self.text[start]
+        if quote in "\"'":
+            end = self.text.find(quote, start + 1)
+            if end < 0:
+                raise self.error(
+                    start,
+                    f"quote {quote} is never closed",
+                    f"a closing {quote} after the frame key",
+                )
+            self.pos = end + 1
+            return self.text[start + 1 : end], start + 1
+        self.pos = self.scan_to(":,")
+        return self.text[start : self.pos], start
+
+    def value(self) -> tuple[str, int]:
+        if self.at_end():
+            raise self.error(self.pos, "missing value after ':'", "(value), e.g. 0:(1.0)")
+        start = self.pos
+        if self.text[start] == "(":
+            close = self.matching_paren(start)
+            self.pos = close + 1
+            return self.text[start + 1 : close], start + 1
+        self.pos = self.scan_to(",")
+        return self.text[start : self.pos], start
+
+    def matching_paren(self, open_at: int) -> int:
+        """Index of the ')' matching the '(' at `open_at`, skipping quoted text."""
+        depth, pos, quote = 0, open_at, ""
+        while pos < len(self.text):
+            ch = self.text[pos]
+            if quote:
+                quote = "" if ch == quote else quote
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "(":
+                depth += 1
+            elif ch == ")":
+                depth -= 1
+                if depth == 0:
+                    return pos
+            pos += 1
+        raise self.error(open_at, "'(' is never closed", "a matching ')'")
+
+    def scan_to(self, stops: str) -> int:
+        """Index of the first character in `stops` outside parentheses/quotes (or the end)."""
+        pos = self.pos
+        while pos < len(self.text) and self.text[pos] not in stops:
+            ch = self.text[pos]
+            if ch == "(":
+                pos = self.matching_paren(pos)
+            elif ch == ")":
+                raise self.error(pos, "')' without a matching '('", "balanced parentheses")
+            pos += 1
+        return pos
+
+
+def _compile_entry(text: str, field: str, entry: _Entry, numeric: bool) -> Keyframe:
+    key = compile_key(entry.key_text, field, text, entry.key_column)
+    value = entry.value_text.strip()
+    column = entry.value_column + len(entry.value_text) - len(entry.value_text.lstrip())
+    if not value:
+        raise syntax_error(
+            field,
+            text,
+            column,
+            "empty value",
+            "a number or an expression inside the parentheses, e.g. 0:(1.0)",
+        )
+    if not numeric:
+        return Keyframe(key, value, column)
+    number = _plain_number(value)
+    if number is not None:
+        return Keyframe(key, value, column, number=number)
+    expr = compile_expression(entry.value_text, field, VARIABLES, text, entry.value_column)
+    return Keyframe(key, value, column, expr=expr)
+
+
+def _plain_number(value: str) -> float | None:
+    """The number if `value` is a plain literal (outer parentheses allowed), else None."""
+    while value.startswith("(") and value.endswith(")") and _outer_pair(value):
+        value = value[1:-1].strip()
+    return float(value) if _NUMBER.fullmatch(value) else None
+
+
+def _outer_pair(value: str) -> bool:
+    """True when the '(' at 0 matches the ')' at the end (not '(a)*(b)')."""
+    depth = 0
+    for index, ch in enumerate(value):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return index == len(value) - 1
+    return False
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+# -- interpolation --------------------------------------------------------------------------
+
+
+def fill_gaps(values: list[float | None], interpolation: str = "linear") -> list[float]:
+    """Fill the None entries between known anchors (`values[0]`, `values[-1]` must be set)."""
+    anchors = [index for index, value in enumerate(values) if value is not None]
+    xs = [float(index) for index in anchors]
+    ys = [float(values[index]) for index in anchors]  # type: ignore[arg-type]
+    slopes = pchip_slopes(xs, ys) if interpolation == "cubic" and len(xs) > 1 else []
+    filled = list(values)
+    for k in range(len(anchors) - 1):
+        x0, x1 = anchors[k], anchors[k + 1]
+        for x in range(x0 + 1, x1):
+            if interpolation == "step":
+                filled[x] = ys[k]
+            elif interpolation == "cubic":
+                filled[x] = _hermite(
+                    xs[k], xs[k + 1], ys[k], ys[k + 1], slopes[k], slopes[k + 1], x
+                )
+            else:
+                filled[x] = ys[k] + (ys[k + 1] - ys[k]) * (x - x0) / (x1 - x0)
+    return filled  # type: ignore[return-value]
+
+
+def pchip_slopes(xs: list[float], ys: list[float]) -> list[float]:
+    """Fritsch-Carlson monotone tangents, as scipy's PchipInterpolator computes them."""
+    h = [xs[i + 1] - xs[i] for i in range(len(xs) - 1)]
+    d = [(ys[i + 1] - ys[i]) / h[i] for i in range(len(h))]
+    if len(xs) == 2:
+        return [d[0], d[0]]
+    slopes = [0.0] * len(xs)
+    for k in range(1, len(xs) - 1):
+        if d[k - 1] * d[k] > 0:  # same sign: weighted harmonic mean; else a flat tangent
+            w1, w2 = 2 * h[k] + h[k - 1], h[k] + 2 * h[k - 1]
+            slopes[k] = (w1 + w2) / (w1 / d[k - 1] + w2 / d[k])
+    slopes[0] = _edge_slope(h[0], h[1], d[0], d[1])
+    slopes[-1] = _edge_slope(h[-1], h[-2], d[-1], d[-2])
+    return slopes
+
+
+def _edge_slope(h0: float, h1: float, d0: float, d1: float) -> float:
+    slope = ((2 * h0 + h1) * d0 - h0 * d1) / (h0 + h1)
+    if math.copysign(1, slope) != math.copysign(1, d0) or d0 == 0:
+        return 0.0
+    if math.copysign(1, d0) != math.copysign(1, d1) and abs(slope) > 3 * abs(d0):
+        return 3 * d0
+    return slope
+
+
+def _hermite(x0: float, x1: float, y0: float, y1: float, m0: float, m1: float, x: float) -> float:
+    h = x1 - x0
+    s = (x - x0) / h
+    return (
+        (2 * s**3 - 3 * s**2 + 1) * y0
+        + (s**3 - 2 * s**2 + s) * h * m0
+        + (-2 * s**3 + 3 * s**2) * y1
+        + (s**3 - s**2) * h * m1
+    )
