@@ -106,6 +106,7 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
 
     source = resolve_model_source(spec)
     device, dtype = choose_device_dtype(spec)
+    quiet_loading()
     if source.location == "builtin:null":
         from batch.null_model import NullPipeline
 
@@ -117,6 +118,17 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
     img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
     img2img.set_progress_bar_config(disable=True)
     return Pipelines(txt2img, img2img, device, dtype, spec.model)
+
+
+def quiet_loading() -> None:
+    """No per-component progress bars from diffusers/transformers inside replicas."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
 
 
 def _load_txt2img(source: ModelSource, spec: ModelSpec, dtype: Any):

@@ -1,0 +1,146 @@
+"""The replica actor: Ray Data's `map_batches` callable class, also called directly by the
+`local` executor and by tests (a plain dict of columns in, a dict of result columns out).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batch.manifest import GenRequest, RowDefaults, expand_row
+from batch.models import ModelSpec
+from batch.outputs import OutputDir, encode_image, results_table, sha256_hex
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a replica needs, resolved and validated by the job layer; pickles to actors."""
+
+    model: ModelSpec
+    defaults: RowDefaults
+    out_uri: str
+    job_seed: int = 0
+    batch_size: int = 4
+    pad_batches: bool = True
+    image_format: str = "png"
+    image_quality: int = 95
+    embed_image_bytes: bool = False
+    manifest_dir: str | None = None  # relative init_image paths are resolved from here
+    test_hooks: dict[str, Any] = field(default_factory=dict)  # tests only: fault injection
+
+
+class GenerateBatch:
+    """Load the replica once (`__init__`); map a batch of manifest rows to result rows."""
+
+    def __init__(self, config: RunConfig):
+        from batch.replica import Replica
+
+        self.config = config
+        self.out = OutputDir(config.out_uri)
+        self.replica = Replica(config.model, config.batch_size, config.pad_batches)
+        self.node = socket.gethostname()
+        self.worker = f"{self.node}:{os.getpid()}"
+        self.gpu_ids = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+    def __call__(self, batch: Any):
+        """`batch`: a pyarrow Table (Ray `batch_format="pyarrow"`) or a dict of columns."""
+        rows = columns_to_rows(batch)
+        base_dir = Path(self.config.manifest_dir) if self.config.manifest_dir else None
+        requests: list[GenRequest] = []
+        for row in rows:
+            requests.extend(expand_row(row, self.config.defaults, self.config.job_seed, base_dir))
+        self._maybe_fault(requests)
+        results = self.replica.generate(requests)
+        return results_table(rows_to_columns([self._finish(r) for r in results]))
+
+    def _finish(self, result) -> dict[str, Any]:
+        """Write the image (deterministic name: a retry overwrites) and build the result row."""
+        request = result.request
+        params = request_params(request, self.config.model.model)
+        row = {"id": request.row_id, "output_id": request.output_name, "variant": request.variant}
+        row |= {k: v for k, v in request.carried.items() if k not in row}
+        row |= params | {"image_path": None, "sha256": None, "seconds": round(result.seconds, 4)}
+        row |= {"status": "ok", "error": None, "node": self.node, "worker": self.worker,
+                "device": self.replica.device_name, "gpu_ids": self.gpu_ids}  # fmt: skip
+        if self.config.embed_image_bytes:
+            row["image"] = None
+        if result.error is not None:
+            return row | {"status": "error", "error": result.error}
+        try:
+            data = encode_image(result.image, self.config.image_format, params,
+                                self.config.image_quality)  # fmt: skip
+            relative = f"images/{request.output_name}.{self.config.image_format}"
+            self.out.write_bytes(relative, data)
+        except Exception as exc:  # noqa: BLE001 - disk full etc. is this row's error
+            return row | {"status": "error", "error": f"write: {type(exc).__name__}: {exc}"}
+        row |= {"image_path": relative, "sha256": sha256_hex(data)}
+        if self.config.embed_image_bytes:
+            row["image"] = {"bytes": data, "path": relative}
+        return row
+
+    def _maybe_fault(self, requests: list[GenRequest]) -> None:
+        """Test hook: count generations in a file, or die when a given row arrives."""
+        hooks = self.config.test_hooks
+        if hooks.get("count_file"):
+            with open(hooks["count_file"], "a") as handle:
+                handle.writelines(f"{r.output_name}\n" for r in requests)
+        if hooks.get("kill_on_id") in {r.row_id for r in requests}:
+            marker = hooks.get("kill_marker")
+            if marker and not os.path.exists(marker):
+                Path(marker).touch()
+                os._exit(1)  # simulate an actor process crash, once
+        if hooks.get("sleep_s"):
+            time.sleep(float(hooks["sleep_s"]))
+
+
+def request_params(request: GenRequest, model: str) -> dict[str, Any]:
+    """The generation parameters recorded in PNG metadata and in the results row."""
+    init = request.init_image
+    return {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "seed": request.seed,
+        "num_inference_steps": request.num_inference_steps,
+        "guidance_scale": request.guidance_scale,
+        "width": request.width,
+        "height": request.height,
+        "scheduler": request.scheduler,
+        "strength": request.strength,
+        "mode": request.mode,
+        "init_image": init if isinstance(init, str) else (None if init is None else "<bytes>"),
+        "model": model,
+    }
+
+
+def columns_to_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray's numpy column dict (or a pyarrow Table / plain lists) -> list of plain-Python rows."""
+    if hasattr(batch, "to_pylist"):
+        return batch.to_pylist()
+    names = list(batch)
+    columns = [_to_python(batch[name]) for name in names]
+    length = len(columns[0]) if columns else 0
+    return [{name: col[i] for name, col in zip(names, columns)} for i in range(length)]
+
+
+def _to_python(column: Any) -> list:
+    values = column.tolist() if hasattr(column, "tolist") else list(column)
+    out = []
+    for value in values:
+        if isinstance(value, float) and value != value:  # NaN stands for null in numpy columns
+            value = None
+        out.append(value)
+    return out
+
+
+def rows_to_columns(rows: list[dict[str, Any]]) -> dict[str, list]:
+    names: list[str] = []
+    for row in rows:
+        names.extend(k for k in row if k not in names)
+    return {name: [row.get(name) for row in rows] for name in names}

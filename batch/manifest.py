@@ -1,0 +1,331 @@
+"""Parquet manifests: read, validate every row before any model loads, expand to requests.
+
+Pure: pyarrow only, no torch. The schema is documented in manifests/SCHEMA.md.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from batch.errors import ManifestError
+from batch.outputs import output_name
+from batch.schedulers import check_scheduler_name
+from batch.seeds import SEED_MAX, derive_seed
+
+KNOWN_COLUMNS = (
+    "id", "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale",
+    "width", "height", "num_images", "init_image", "strength", "scheduler",
+)  # fmt: skip
+MAX_SIDE_PX = 4096
+MIN_SIDE_PX = 16
+MAX_STEPS = 1000
+MAX_IMAGES_PER_ROW = 64
+_UNSAFE_ID = re.compile(r'[/\\<>:"|?*\x00-\x1f\x7f]')
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class RowDefaults:
+    """Job-level values that fill a row's missing (null or absent) fields."""
+
+    prompt: str | None = None
+    prompt_template: str | None = None  # e.g. "{prompt}, {style} style": formats row columns
+    negative_prompt: str = ""
+    seed: int | None = None  # None: derive_seed(job_seed, id, variant)
+    num_inference_steps: int = 20
+    guidance_scale: float = 7.5
+    width: int = 512
+    height: int = 512
+    num_images: int = 1
+    strength: float = 0.75
+    scheduler: str | None = None
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One output image to make: a manifest row resolved with defaults, for one variant."""
+
+    row_id: str
+    variant: int
+    output_name: str  # file stem: <id> or <id>_<k>
+    prompt: str
+    negative_prompt: str
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    scheduler: str | None
+    init_image: bytes | str | None = None
+    strength: float | None = None
+    carried: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def mode(self) -> str:
+        return "txt2img" if self.init_image is None else "img2img"
+
+    def group_key(self) -> tuple:
+        """Rows with equal keys can share one pipeline call (diffusers takes these as scalars)."""
+        return (self.mode, self.width, self.height, self.num_inference_steps, self.scheduler,
+                self.guidance_scale, self.strength)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    index: int
+    row_id: Any
+    column: str
+    value: Any
+    fix: str
+
+    def __str__(self) -> str:
+        shown = repr(self.value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return f"{self.source}: row {self.row_id!r} (#{self.index}), column '{self.column}': {shown} - {self.fix}"
+
+
+def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
+    """A Parquet file, a folder of them, or a glob; relative paths are from `base_dir`."""
+    if _URI.match(spec):
+        return [spec]  # remote: listed by pyarrow/Ray at read time
+    path = Path(os.path.expanduser(spec))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.parquet"))
+    elif any(ch in str(path) for ch in "*?["):
+        files = sorted(glob.glob(str(path), recursive=True))
+    else:
+        files = [str(path)] if path.is_file() else []
+    if not files:
+        raise ManifestError(
+            f"manifest: {spec!r} matches no Parquet file (looked at {path}); give a .parquet "
+            "file, a folder holding .parquet files, or a glob such as 'data/*.parquet'."
+        )
+    return files
+
+
+def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tuple[str, int, dict]]:
+    """Yield (file, index-in-file, row dict) streaming, without loading whole files."""
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ManifestError(f"manifest: cannot read {path!r} as Parquet: {exc}") from exc
+        index = 0
+        for record_batch in parquet.iter_batches(batch_size=batch_rows):
+            for row in record_batch.to_pylist():
+                yield path, index, row
+                index += 1
+
+
+def validate_manifest(
+    files: list[str], defaults: RowDefaults, max_problems: int = 50, base_dir: Path | None = None
+) -> int:
+    """Check every row; raise ManifestError listing up to `max_problems`. Returns the output count."""
+    problems: list[Problem] = []
+    seen_ids: dict[str, str] = {}
+    seen_names: dict[str, str] = {}
+    outputs = 0
+    total_bad = 0
+    for source, index, row in iter_manifest_rows(files):
+        row_problems = check_row(row, defaults, source, index, base_dir)
+        row_id = row.get("id")
+        if not row_problems:
+            row_problems = _check_unique(row, defaults, source, index, seen_ids, seen_names)
+            outputs += _num_images(row, defaults)
+        total_bad += bool(row_problems)
+        problems.extend(row_problems[: max(0, max_problems - len(problems))])
+        if isinstance(row_id, str):
+            seen_ids.setdefault(row_id, f"{source}#{index}")
+    if problems:
+        shown = "\n  ".join(str(p) for p in problems)
+        more = f"\n  ... and more ({total_bad} bad rows in all)" if total_bad > len(problems) else ""
+        raise ManifestError(f"manifest has {total_bad} bad row(s); nothing was run:\n  {shown}{more}")
+    return outputs
+
+
+def _check_unique(row, defaults, source, index, seen_ids, seen_names) -> list[Problem]:
+    row_id = row["id"]
+    if row_id in seen_ids:
+        return [Problem(source, index, row_id, "id", row_id,
+                        f"duplicate id (first at {seen_ids[row_id]}); ids must be unique")]
+    count = _num_images(row, defaults)
+    for variant in range(count):
+        name = output_name(row_id, variant, count)
+        if name in seen_names:
+            return [Problem(source, index, row_id, "id", row_id,
+                            f"output name {name!r} collides with row {seen_names[name]!r}; "
+                            "rename one of the ids")]
+        seen_names[name] = row_id
+    return []
+
+
+def _num_images(row: dict, defaults: RowDefaults) -> int:
+    value = row.get("num_images")
+    return int(defaults.num_images if value is None else value)
+
+
+def check_row(
+    row: dict, defaults: RowDefaults, source: str = "<manifest>", index: int = 0,
+    base_dir: Path | None = None,
+) -> list[Problem]:  # fmt: skip
+    """Every problem of one row, each naming the column, value and fix."""
+    row_id = row.get("id")
+    out: list[Problem] = []
+
+    def bad(column: str, value: Any, fix: str) -> None:
+        out.append(Problem(source, index, row_id, column, value, fix))
+
+    _check_id(row_id, bad)
+    _check_prompt(row, defaults, bad)
+    _check_numbers(row, defaults, bad)
+    _check_init_image(row, defaults, base_dir, bad)
+    scheduler = _value(row, defaults, "scheduler")
+    if scheduler is not None:
+        if not isinstance(scheduler, str) or (msg := check_scheduler_name(scheduler)):
+            bad("scheduler", scheduler, msg if isinstance(scheduler, str) else "use a name string")
+    return out
+
+
+def _value(row: dict, defaults: RowDefaults, column: str) -> Any:
+    value = row.get(column)
+    return getattr(defaults, column) if value is None else value
+
+
+def _check_id(row_id: Any, bad) -> None:
+    if row_id is None or row_id == "":
+        bad("id", row_id, "every row needs a non-empty string id")
+    elif not isinstance(row_id, str):
+        bad("id", row_id, "ids must be strings; cast the column to string")
+    elif _UNSAFE_ID.search(row_id) or row_id.startswith(".") or row_id != row_id.strip():
+        bad("id", row_id, "ids name files: no '/', '\\', control characters, <>:\"|?*, leading "
+            "'.' or surrounding spaces; use letters, digits, '-', '_' and inner '.'")
+    elif len(row_id) > 200:
+        bad("id", row_id, "ids name files: keep them under 200 characters")
+
+
+def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
+    prompt = _value(row, defaults, "prompt")
+    if defaults.prompt_template:
+        missing = [n for n in _template_fields(defaults.prompt_template) if n not in row]
+        if missing:
+            bad(missing[0], None, f"prompt_template uses {{{missing[0]}}} but the manifest has "
+                "no such column; add it or change the template")
+    elif not isinstance(prompt, str) or not prompt.strip():
+        bad("prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job")
+    negative = row.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        bad("negative_prompt", negative, "negative_prompt must be a string")
+
+
+def _template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def _check_numbers(row: dict, defaults: RowDefaults, bad) -> None:
+    for side in ("width", "height"):
+        v = _value(row, defaults, side)
+        if not _is_int(v) or not MIN_SIDE_PX <= v <= MAX_SIDE_PX or v % 8:
+            bad(side, v, f"use a multiple of 8 between {MIN_SIDE_PX} and {MAX_SIDE_PX}"
+                + (f", e.g. {max(MIN_SIDE_PX, round(v / 8) * 8)}" if _is_int(v) else ""))
+    steps = _value(row, defaults, "num_inference_steps")
+    if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
+        bad("num_inference_steps", steps, f"use a whole number from 1 to {MAX_STEPS}")
+    count = _value(row, defaults, "num_images")
+    if not _is_int(count) or not 1 <= count <= MAX_IMAGES_PER_ROW:
+        bad("num_images", count, f"use a whole number from 1 to {MAX_IMAGES_PER_ROW}")
+    cfg = _value(row, defaults, "guidance_scale")
+    if not _is_number(cfg) or not 0 <= cfg <= 100:
+        bad("guidance_scale", cfg, "use a number from 0 to 100 (7.5 is typical)")
+    seed = row.get("seed")
+    if seed is not None and (not _is_int(seed) or not (seed == -1 or 0 <= seed <= SEED_MAX)):
+        bad("seed", seed, f"use a whole number from 0 to {SEED_MAX}, or -1/null to derive one")
+
+
+def _check_init_image(row: dict, defaults: RowDefaults, base_dir: Path | None, bad) -> None:
+    image = row.get("init_image")
+    if image is not None:
+        strength = _value(row, defaults, "strength")
+        if not _is_number(strength) or not 0 < strength <= 1:
+            bad("strength", strength, "img2img strength is the share denoised: use 0 < strength <= 1")
+    if image is None or isinstance(image, bytes):
+        if image == b"":
+            bad("init_image", image, "empty bytes; give the encoded image or a path")
+        return
+    if not isinstance(image, str):
+        bad("init_image", image, "give encoded image bytes or a path/URI string")
+    elif not _URI.match(image):
+        path = resolve_local_path(image, base_dir)
+        if not path.is_file() or not os.access(path, os.R_OK):
+            bad("init_image", image, f"no readable file at {path}; fix the path (relative paths "
+                "are from the manifest's folder)")
+
+
+def resolve_local_path(value: str, base_dir: Path | None) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() or base_dir is None else base_dir / path
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def expand_row(row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path | None = None
+               ) -> list[GenRequest]:  # fmt: skip
+    """One GenRequest per variant; the row must have passed `check_row`."""
+    count = _num_images(row, defaults)
+    carried = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS}
+    prompt = _value(row, defaults, "prompt")
+    if defaults.prompt_template:
+        prompt = defaults.prompt_template.format_map(row)
+    image = row.get("init_image")
+    if isinstance(image, str) and not _URI.match(image):
+        image = str(resolve_local_path(image, base_dir))
+    base = GenRequest(
+        row_id=row["id"], variant=0, output_name="", prompt=prompt,
+        negative_prompt=_value(row, defaults, "negative_prompt") or "",
+        seed=0, num_inference_steps=int(_value(row, defaults, "num_inference_steps")),
+        guidance_scale=float(_value(row, defaults, "guidance_scale")),
+        width=int(_value(row, defaults, "width")), height=int(_value(row, defaults, "height")),
+        scheduler=_value(row, defaults, "scheduler"), init_image=image,
+        strength=float(_value(row, defaults, "strength")) if image is not None else None,
+        carried=carried,
+    )  # fmt: skip
+    return [
+        replace(base, variant=k, output_name=output_name(row["id"], k, count),
+                seed=_row_seed(row, defaults, job_seed, k))
+        for k in range(count)
+    ]  # fmt: skip
+
+
+def _row_seed(row: dict, defaults: RowDefaults, job_seed: int, variant: int) -> int:
+    """A row seed s gives variants s, s+1, ...; no seed derives one per (id, variant)."""
+    seed = row.get("seed")
+    if seed is None or seed == -1:
+        seed = defaults.seed
+        if seed is None:
+            return derive_seed(job_seed, row["id"], variant)
+    return (int(seed) + variant) & SEED_MAX
+
+
+def table_from_rows(rows: list[dict]) -> pa.Table:
+    """Rows -> Table over the union of their keys (`from_pylist` alone reads row 0's keys only)."""
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    return pa.Table.from_pylist([{name: row.get(name) for name in names} for row in rows])

@@ -1,0 +1,151 @@
+"""Output layout: image names, image files with metadata, results Parquet, summary.
+
+OUT/job.yaml, OUT/images/<id>.png (variant k: <id>_<k>.png), OUT/results/*.parquet,
+OUT/summary.json. OUT may be a local path or any pyarrow filesystem URI (s3://, gs://, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def output_name(row_id: str, variant: int, num_images: int) -> str:
+    """File stem of one output: `<id>` for single-image rows, `<id>_<k>` for variants."""
+    return row_id if num_images == 1 else f"{row_id}_{variant}"
+
+
+@dataclass(frozen=True)
+class OutputDir:
+    """A root folder on a pyarrow filesystem; every path inside is '/'-joined."""
+
+    uri: str
+
+    def filesystem(self):
+        """(pyarrow FileSystem, root path) - built on demand so the object pickles cleanly."""
+        from pyarrow import fs
+
+        if _URI.match(self.uri) and not self.uri.startswith("file://"):
+            return fs.FileSystem.from_uri(self.uri)
+        local = self.uri.removeprefix("file://")
+        import os
+
+        return fs.LocalFileSystem(), os.path.abspath(local)
+
+    def is_local(self) -> bool:
+        return not _URI.match(self.uri) or self.uri.startswith("file://")
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.filesystem()[1], *parts)
+
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        filesystem, root = self.filesystem()
+        full = posixpath.join(root, relative)
+        filesystem.create_dir(posixpath.dirname(full), recursive=True)
+        tmp = f"{full}.tmp"
+        with filesystem.open_output_stream(tmp) as stream:
+            stream.write(data)
+        filesystem.move(tmp, full)  # a reader never sees half a file
+
+    def read_bytes(self, relative: str) -> bytes:
+        filesystem, root = self.filesystem()
+        with filesystem.open_input_stream(posixpath.join(root, relative)) as stream:
+            return stream.read()
+
+    def exists(self, relative: str) -> bool:
+        from pyarrow import fs
+
+        filesystem, root = self.filesystem()
+        info = filesystem.get_file_info(posixpath.join(root, relative))
+        return info.type != fs.FileType.NotFound
+
+
+def a1111_parameters(params: dict[str, Any]) -> str:
+    """The `parameters` text A1111 writes, so existing tools (PNG Info, civitai) read it."""
+    lines = [params["prompt"]]
+    if params.get("negative_prompt"):
+        lines.append(f"Negative prompt: {params['negative_prompt']}")
+    fields = [
+        f"Steps: {params['num_inference_steps']}",
+        f"Sampler: {params.get('scheduler') or 'default'}",
+        f"CFG scale: {params['guidance_scale']}",
+        f"Seed: {params['seed']}",
+        f"Size: {params['width']}x{params['height']}",
+        f"Model: {params['model']}",
+    ]
+    if params.get("strength") is not None:
+        fields.append(f"Denoising strength: {params['strength']}")
+    lines.append(", ".join(fields))
+    return "\n".join(lines)
+
+
+def encode_image(image, fmt: str, params: dict[str, Any], quality: int = 95) -> bytes:
+    """Encode a PIL image; PNG gets `parameters` (A1111) and `sdfleet` (JSON of the row) chunks."""
+    from PIL import PngImagePlugin
+
+    buffer = io.BytesIO()
+    pil_format = IMAGE_FORMATS[fmt]
+    if pil_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", a1111_parameters(params))
+        info.add_itxt("sdfleet", json.dumps(params, default=str, sort_keys=True))
+        image.save(buffer, format="PNG", pnginfo=info)
+    else:
+        exif = image.getexif()
+        exif[0x9286] = a1111_parameters(params)  # UserComment, where A1111 puts it for jpg/webp
+        image.save(buffer, format=pil_format, quality=quality, exif=exif)
+    return buffer.getvalue()
+
+
+def read_png_metadata(data: bytes) -> dict[str, Any]:
+    """Return {'parameters': str, 'sdfleet': dict} from PNG bytes written by `encode_image`."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        text = dict(image.text)
+    return {"parameters": text.get("parameters"), "sdfleet": json.loads(text["sdfleet"])}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json(out: OutputDir, relative: str, payload: dict[str, Any]) -> None:
+    out.write_bytes(relative, json.dumps(payload, indent=2, default=str).encode() + b"\n")
+
+
+def result_types():
+    """Arrow types of the fixed result columns (carried columns keep their own types)."""
+    import pyarrow as pa
+
+    return {
+        "id": pa.string(), "output_id": pa.string(), "variant": pa.int32(),
+        "prompt": pa.string(), "negative_prompt": pa.string(), "seed": pa.int64(),
+        "num_inference_steps": pa.int32(), "guidance_scale": pa.float64(), "width": pa.int32(),
+        "height": pa.int32(), "scheduler": pa.string(), "strength": pa.float64(),
+        "mode": pa.string(), "init_image": pa.string(), "model": pa.string(),
+        "image_path": pa.string(), "sha256": pa.string(), "seconds": pa.float64(),
+        "status": pa.string(), "error": pa.string(), "node": pa.string(), "worker": pa.string(),
+        "device": pa.string(), "gpu_ids": pa.string(),
+        "image": pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    }  # fmt: skip
+
+
+def results_table(columns: dict[str, list]):
+    """A pyarrow Table with fixed types for known columns, so every part has one schema."""
+    import pyarrow as pa
+
+    types = result_types()
+    arrays, names = [], []
+    for name, values in columns.items():
+        arrays.append(pa.array(values, type=types.get(name)))
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)

@@ -1,0 +1,149 @@
+"""The `sdfleet` command line: run, validate, plan, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from batch.errors import SdfleetError
+from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, exit_status
+
+logger = logging.getLogger("sdfleet")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdfleet", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a batch or animation job")
+    run.add_argument("job", type=Path)
+    run.add_argument("--out", help="output folder or URI (default out/<job name>)")
+    run.add_argument("--executor", choices=["ray", "local"], help="override the job's executor")
+    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    validate = sub.add_parser("validate", help="check a job and its manifest without running")
+    validate.add_argument("job", type=Path)
+    plan = sub.add_parser("plan", help="print an animation job's per-frame plan")
+    plan.add_argument("job", type=Path)
+    plan.add_argument("--json", action="store_true", help="JSON Lines, one object per frame")
+    demo = sub.add_parser("demo", help="run the demo on builtin:tiny (no network)")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--executor", choices=["ray", "local"], default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    commands = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo}
+    try:
+        return commands[args.command](args)
+    except SdfleetError as exc:
+        print(f"sdfleet: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("sdfleet: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_CRASH
+
+
+def cmd_validate(args) -> int:
+    from jobs.spec import load_job
+
+    job = load_job(args.job)
+    if job.kind == "animation":
+        from anim.plan import compile_plan
+
+        frames = compile_plan(job)
+        print(f"{args.job}: ok (animation, {len(frames)} frames)")
+        return EXIT_OK
+    from jobs.runner import prepare_batch_job
+
+    prepared = prepare_batch_job(job, args.job, None)
+    print(f"{args.job}: ok ({len(prepared.files)} manifest file(s), "
+          f"{prepared.expected_outputs} outputs)")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from anim.plan import compile_plan, format_table, plan_to_jsonl
+    from jobs.spec import load_job
+
+    job = load_job(args.job)
+    if job.kind != "animation":
+        print(f"sdfleet: error: {args.job} is a {job.kind} job; `plan` is for animation jobs",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    frames = compile_plan(job)
+    sys.stdout.write(plan_to_jsonl(frames) if args.json else format_table(frames) + "\n")
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    from jobs.spec import load_job
+
+    job = load_job(args.job)
+    if job.kind == "animation":
+        from jobs.anim_runner import run_animation_job
+
+        return run_animation_job(job, args.job, args.out, args.executor, args.address,
+                                 show_progress=not args.no_progress)  # fmt: skip
+    return run_batch(job, args.job, args.out, args.executor or job.executor, args.address,
+                     show_progress=not args.no_progress)  # fmt: skip
+
+
+def run_batch(job, job_path: Path, out: str | None, executor: str, address: str | None,
+              show_progress: bool = True) -> int:  # fmt: skip
+    from jobs.runner import prepare_batch_job, run_batch_job
+
+    prepared = prepare_batch_job(job, job_path, out)
+    with progress_bar(prepared.expected_outputs, show_progress) as bar:
+        summary = run_batch_job(prepared, executor, bar.update, address)
+    report(summary, prepared.config.out_uri)
+    return exit_status(summary)
+
+
+class progress_bar:
+    """tqdm with images/s and ETA, or a no-op when disabled."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.bar = total, enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, file=sys.stderr)
+        return self
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def report(summary: dict, out: str) -> None:
+    print(f"{out}: {summary['ok']} ok, {summary['error']} error, "
+          f"{summary['skipped_already_done_rows']} rows already done; "
+          f"{summary['images_per_s']} images/s")  # fmt: skip
+    for item in summary["errors"][:10]:
+        print(f"  error {item['output_id']}: {item['error']}")
+    if summary["unique_outputs"] < summary["expected_outputs"]:
+        print(f"  missing: {summary['expected_outputs'] - summary['unique_outputs']} outputs; "
+              "run the same command again to resume")  # fmt: skip
+
+
+def cmd_demo(args) -> int:
+    from jobs.demo import run_demo
+
+    return run_demo(Path(args.out), args.executor)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

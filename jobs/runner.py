@@ -1,0 +1,106 @@
+"""Run a validated batch job: check everything, write job.yaml, execute, summarize."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from batch.actor import RunConfig
+from batch.errors import ConfigError
+from batch.manifest import find_manifest_files, validate_manifest
+from batch.models import ModelSpec, resolve_model_source
+from batch.outputs import OutputDir
+from batch.run import Progress, RunStats, manifest_dir_of, run_local, summarize
+from jobs.spec import BatchJob
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_CONFIG = 2
+EXIT_ROWS_FAILED = 3
+
+
+@dataclass(frozen=True)
+class PreparedJob:
+    job: BatchJob
+    config: RunConfig
+    files: list[str]
+    expected_outputs: int
+
+
+def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> PreparedJob:
+    """Every check that needs no model: model source, manifest rows, output location."""
+    spec = model_spec(job)
+    resolve_model_source(spec)
+    files = find_manifest_files(job.manifest, base_dir=job_path.parent)
+    base_dir = manifest_dir_of(files)
+    defaults = job.row_defaults()
+    expected = validate_manifest(files, defaults, job.max_reported_errors,
+                                 Path(base_dir) if base_dir else None)  # fmt: skip
+    out = out_uri or str(Path("out") / (job.name or job_path.stem))
+    config = RunConfig(
+        model=spec, defaults=defaults, out_uri=out, job_seed=job.seed,
+        batch_size=job.batch_size, pad_batches=job.pad_batches,
+        image_format=job.output.format, image_quality=job.output.quality,
+        embed_image_bytes=job.output.embed_image_bytes, manifest_dir=base_dir,
+    )  # fmt: skip
+    return PreparedJob(job, config, files, expected)
+
+
+def model_spec(job: Any) -> ModelSpec:
+    return ModelSpec(model=job.model, scheduler=job.scheduler, device=job.device,
+                     dtype=job.dtype, allow_pickle=job.allow_pickle,
+                     model_config=getattr(job, "model_config_path", None))  # fmt: skip
+
+
+def write_job_record(out: OutputDir, job: BatchJob | Any, source: Path, executor: str) -> None:
+    """OUT/job.yaml: the resolved job as run, plus the versions that produced the images."""
+    record = {
+        "job": job.model_dump(mode="json", by_alias=True),
+        "source": str(source),
+        "executor": executor,
+        "versions": versions(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out.write_bytes("job.yaml", yaml.safe_dump(record, sort_keys=False).encode())
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for dist in ("sdfleet", "torch", "diffusers", "transformers", "ray", "pyarrow"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
+                  address: str | None = None) -> dict:  # fmt: skip
+    """Execute and return the summary (also written to OUT/summary.json)."""
+    out = OutputDir(prepared.config.out_uri)
+    write_job_record(out, prepared.job, Path(prepared.files[0]), executor)
+    stats = RunStats(executor=executor)
+    if executor == "local":
+        run_local(prepared.config, prepared.files, stats, progress)
+    elif executor == "ray":
+        from batch.ray_runner import run_ray
+
+        run_ray(prepared.config, prepared.files, stats, progress, prepared.job.ray, address)
+    else:
+        raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
+    return summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors)
+
+
+def exit_status(summary: dict) -> int:
+    if summary["error"] or summary["unique_outputs"] < summary["expected_outputs"]:
+        return EXIT_ROWS_FAILED
+    return EXIT_OK

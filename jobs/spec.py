@@ -1,0 +1,155 @@
+"""Job files: YAML -> validated pydantic models, once, at the edge.
+
+`kind: batch` (default) is defined here; `kind: animation` lives in `anim.spec`. Unknown fields
+are errors that suggest the nearest known name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batch.errors import ConfigError, suggest_name
+from batch.manifest import MAX_STEPS, RowDefaults
+from batch.outputs import IMAGE_FORMATS
+from batch.schedulers import check_scheduler_name
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(Strict):
+    """Job-level values for manifest rows that leave a field empty."""
+
+    prompt: str | None = None
+    prompt_template: str | None = Field(None, description="e.g. '{prompt}, {style} style'")
+    negative_prompt: str = ""
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    num_inference_steps: int = Field(20, ge=1, le=MAX_STEPS)
+    guidance_scale: float = Field(7.5, ge=0, le=100)
+    width: int = Field(512, ge=16, le=4096, multiple_of=8)
+    height: int = Field(512, ge=16, le=4096, multiple_of=8)
+    num_images: int = Field(1, ge=1, le=64)
+    strength: float = Field(0.75, gt=0, le=1)
+    scheduler: str | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and (msg := check_scheduler_name(value)):
+            raise ValueError(msg)
+        return value
+
+
+class OutputOptions(Strict):
+    format: Literal["png", "jpg", "jpeg", "webp"] = "png"
+    quality: int = Field(95, ge=1, le=100)
+    embed_image_bytes: bool = Field(False, description="add an `image` {bytes, path} column")
+
+
+class RayOptions(Strict):
+    """How the `ray` executor sizes its actor pool (see cluster/README.md)."""
+
+    address: str | None = None
+    replicas: int | None = Field(None, ge=1, description="explicit actor count")
+    replicas_per_gpu: float = Field(1, gt=0, le=8)
+    num_cpus_per_replica: float = Field(1, gt=0)
+    rows_per_block: int = Field(16, ge=1)
+    allow_fewer_replicas: bool = False
+    min_replicas_timeout_s: float = Field(120, gt=0)
+    stall_timeout_s: float = Field(600, gt=0)
+    checkpoint_path: str | None = None
+
+
+class BatchJob(Strict):
+    kind: Literal["batch"] = "batch"
+    name: str | None = None
+    model: str = "builtin:tiny"
+    model_config_path: str | None = Field(None, alias="model_config")
+    scheduler: str | None = None
+    device: str | None = None
+    dtype: Literal["float16", "fp16", "bfloat16", "bf16", "float32", "fp32"] | None = None
+    allow_pickle: bool = False
+    manifest: str
+    seed: int = Field(0, ge=0, description="job seed: rows without a seed derive theirs from it")
+    defaults: Defaults = Defaults()
+    batch_size: int = Field(4, ge=1, le=256)
+    pad_batches: bool = True
+    output: OutputOptions = OutputOptions()
+    executor: Literal["ray", "local"] = "local"
+    ray: RayOptions = RayOptions()
+    max_reported_errors: int = Field(50, ge=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        return Defaults._known_scheduler(value)
+
+    def row_defaults(self) -> RowDefaults:
+        values = self.defaults.model_dump()
+        if values["scheduler"] is None:
+            values["scheduler"] = self.scheduler
+        return RowDefaults(**values)
+
+
+def read_job_file(path: str | Path) -> dict[str, Any]:
+    """YAML -> dict, with a ConfigError naming the file for unreadable or malformed YAML."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read job file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a YAML mapping (key: value), got {type(data).__name__}")
+    return data
+
+
+def load_job(path: str | Path):
+    """Read and validate a job file: a BatchJob, or an animation job for `kind: animation`."""
+    data = read_job_file(path)
+    kind = data.get("kind", "batch")
+    if kind == "animation":
+        from anim.spec import load_animation_job
+
+        return load_animation_job(data, source=str(path))
+    if kind != "batch":
+        raise ConfigError(f"{path}: kind: {kind!r} is unknown; use 'batch' or 'animation'")
+    return validate_model(BatchJob, data, str(path))
+
+
+def validate_model(model_cls: type[BaseModel], data: dict[str, Any], source: str):
+    """pydantic validation with one readable message listing every problem and its fix."""
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        lines = [describe_error(model_cls, err) for err in exc.errors()]
+        raise ConfigError(f"{source}: invalid job:\n  " + "\n  ".join(lines)) from None
+
+
+def describe_error(model_cls: type[BaseModel], err: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        known = _known_fields(model_cls, err["loc"][:-1])
+        hint = suggest_name(str(err["loc"][-1]), known)
+        return f"{where}: unknown field{hint}; known fields here: {', '.join(sorted(known))}"
+    value = err.get("input")
+    return f"{where}: {err['msg']} (got {value!r})"
+
+
+def _known_fields(model_cls: type[BaseModel], loc: tuple) -> list[str]:
+    current: Any = model_cls
+    for part in loc:
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:
+            break
+        current = field.annotation
+    fields = getattr(current, "model_fields", {})
+    return [f.alias or name for name, f in fields.items()]

@@ -1,0 +1,11 @@
+"""Write the example manifests next to this script (run: python manifests/make_examples.py)."""
+
+from pathlib import Path
+
+from jobs.examples import augmentation_rows, marketing_rows, write_manifest
+
+HERE = Path(__file__).resolve().parent
+
+if __name__ == "__main__":
+    print(write_manifest(marketing_rows(), HERE / "marketing.parquet"))
+    print(write_manifest(augmentation_rows(HERE / "aug_images"), HERE / "augmentation.parquet"))
