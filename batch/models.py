@@ -153,7 +153,7 @@ def _from_pretrained(location: str, spec: ModelSpec, dtype: Any, local_only: boo
         kwargs["revision"] = spec.revision
     try:
         return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         if "safetensors" in str(exc) and not spec.allow_pickle:
             raise ModelError(
                 f"model: {location!r} has no .safetensors weights (only pickled .bin/.ckpt). "
@@ -167,7 +167,7 @@ def _from_hub(repo_id: str, spec: ModelSpec, dtype: Any):
     try:
         return _from_pretrained(repo_id, spec, dtype, local_only=True)
     except (OSError, ValueError) as cached_exc:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        if os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
             raise _offline_error(repo_id, cached_exc) from cached_exc
     try:
         return _from_pretrained(repo_id, spec, dtype, local_only=False)

@@ -235,19 +235,9 @@ def test_resolve_refuses_pickle_suffixes_before_touching_disk(suffix):
 # --- schedulers -----------------------------------------------------------------------------
 
 
-# PNDM built from a non-PNDM config (tiny's Euler one, like many community models) defaults to
-# skip_prk_steps=False: Runge-Kutta warm-up that crashes below 4 steps and makes 29 UNet calls for
-# 20 steps. SD's own PNDM config sets skip_prk_steps=True (PLMS); batch/schedulers.py should too.
-_PNDM_PRK = pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason='SCHEDULERS["pndm"] lacks {"skip_prk_steps": True}; remove this mark once it has it',
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_PNDM_PRK) if n == "pndm" else n for n in sorted(SCHEDULERS)]
-)
+# PNDM from a non-PNDM config (tiny's Euler one, like many community models) would default to
+# skip_prk_steps=False, whose Runge-Kutta warm-up crashes below 4 steps: SCHEDULERS sets it.
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_every_scheduler_runs_two_steps_on_tiny(tiny_pipes, name):
     # No name is skipped: tiny's scheduler config (epsilon prediction, scaled_linear betas, 1000
     # train steps) is the SD 1.x one that every listed scheduler is meant to be built from.
