@@ -93,7 +93,8 @@ class Problem:
     def __str__(self) -> str:
         shown = repr(self.value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return f"{self.source}: row {self.row_id!r} (#{self.index}), column '{self.column}': {shown} - {self.fix}"
+        where = f"{self.source}: row {self.row_id!r} (#{self.index}), column '{self.column}'"
+        return f"{where}: {shown} - {self.fix}"
 
 
 def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
@@ -134,7 +135,7 @@ def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tup
 def validate_manifest(
     files: list[str], defaults: RowDefaults, max_problems: int = 50, base_dir: Path | None = None
 ) -> int:
-    """Check every row; raise ManifestError listing up to `max_problems`. Returns the output count."""
+    """Check every row; raise ManifestError listing up to `max_problems`; return the output count."""
     problems: list[Problem] = []
     seen_ids: dict[str, str] = {}
     seen_names: dict[str, str] = {}
@@ -152,23 +153,43 @@ def validate_manifest(
             seen_ids.setdefault(row_id, f"{source}#{index}")
     if problems:
         shown = "\n  ".join(str(p) for p in problems)
-        more = f"\n  ... and more ({total_bad} bad rows in all)" if total_bad > len(problems) else ""
-        raise ManifestError(f"manifest has {total_bad} bad row(s); nothing was run:\n  {shown}{more}")
+        more = (
+            f"\n  ... and more ({total_bad} bad rows in all)" if total_bad > len(problems) else ""
+        )
+        raise ManifestError(
+            f"manifest has {total_bad} bad row(s); nothing was run:\n  {shown}{more}"
+        )
     return outputs
 
 
 def _check_unique(row, defaults, source, index, seen_ids, seen_names) -> list[Problem]:
     row_id = row["id"]
     if row_id in seen_ids:
-        return [Problem(source, index, row_id, "id", row_id,
-                        f"duplicate id (first at {seen_ids[row_id]}); ids must be unique")]
+        return [
+            Problem(
+                source,
+                index,
+                row_id,
+                "id",
+                row_id,
+                f"duplicate id (first at {seen_ids[row_id]}); ids must be unique",
+            )
+        ]
     count = _num_images(row, defaults)
     for variant in range(count):
         name = output_name(row_id, variant, count)
         if name in seen_names:
-            return [Problem(source, index, row_id, "id", row_id,
-                            f"output name {name!r} collides with row {seen_names[name]!r}; "
-                            "rename one of the ids")]
+            return [
+                Problem(
+                    source,
+                    index,
+                    row_id,
+                    "id",
+                    row_id,
+                    f"output name {name!r} collides with row {seen_names[name]!r}; "
+                    "rename one of the ids",
+                )
+            ]
         seen_names[name] = row_id
     return []
 
@@ -211,8 +232,12 @@ def _check_id(row_id: Any, bad) -> None:
     elif not isinstance(row_id, str):
         bad("id", row_id, "ids must be strings; cast the column to string")
     elif _UNSAFE_ID.search(row_id) or row_id.startswith(".") or row_id != row_id.strip():
-        bad("id", row_id, "ids name files: no '/', '\\', control characters, <>:\"|?*, leading "
-            "'.' or surrounding spaces; use letters, digits, '-', '_' and inner '.'")
+        bad(
+            "id",
+            row_id,
+            "ids name files: no '/', '\\', control characters, <>:\"|?*, leading "
+            "'.' or surrounding spaces; use letters, digits, '-', '_' and inner '.'",
+        )
     elif len(row_id) > 200:
         bad("id", row_id, "ids name files: keep them under 200 characters")
 
@@ -222,10 +247,16 @@ def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
     if defaults.prompt_template:
         missing = [n for n in _template_fields(defaults.prompt_template) if n not in row]
         if missing:
-            bad(missing[0], None, f"prompt_template uses {{{missing[0]}}} but the manifest has "
-                "no such column; add it or change the template")
+            bad(
+                missing[0],
+                None,
+                f"prompt_template uses {{{missing[0]}}} but the manifest has "
+                "no such column; add it or change the template",
+            )
     elif not isinstance(prompt, str) or not prompt.strip():
-        bad("prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job")
+        bad(
+            "prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job"
+        )
     negative = row.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         bad("negative_prompt", negative, "negative_prompt must be a string")
@@ -239,8 +270,12 @@ def _check_numbers(row: dict, defaults: RowDefaults, bad) -> None:
     for side in ("width", "height"):
         v = _value(row, defaults, side)
         if not _is_int(v) or not MIN_SIDE_PX <= v <= MAX_SIDE_PX or v % 8:
-            bad(side, v, f"use a multiple of 8 between {MIN_SIDE_PX} and {MAX_SIDE_PX}"
-                + (f", e.g. {max(MIN_SIDE_PX, round(v / 8) * 8)}" if _is_int(v) else ""))
+            bad(
+                side,
+                v,
+                f"use a multiple of 8 between {MIN_SIDE_PX} and {MAX_SIDE_PX}"
+                + (f", e.g. {max(MIN_SIDE_PX, round(v / 8) * 8)}" if _is_int(v) else ""),
+            )
     steps = _value(row, defaults, "num_inference_steps")
     if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
         bad("num_inference_steps", steps, f"use a whole number from 1 to {MAX_STEPS}")
@@ -260,7 +295,11 @@ def _check_init_image(row: dict, defaults: RowDefaults, base_dir: Path | None, b
     if image is not None:
         strength = _value(row, defaults, "strength")
         if not _is_number(strength) or not 0 < strength <= 1:
-            bad("strength", strength, "img2img strength is the share denoised: use 0 < strength <= 1")
+            bad(
+                "strength",
+                strength,
+                "img2img strength is the share denoised: use 0 < strength <= 1",
+            )
     if image is None or isinstance(image, bytes):
         if image == b"":
             bad("init_image", image, "empty bytes; give the encoded image or a path")
@@ -270,8 +309,12 @@ def _check_init_image(row: dict, defaults: RowDefaults, base_dir: Path | None, b
     elif not _URI.match(image):
         path = resolve_local_path(image, base_dir)
         if not path.is_file() or not os.access(path, os.R_OK):
-            bad("init_image", image, f"no readable file at {path}; fix the path (relative paths "
-                "are from the manifest's folder)")
+            bad(
+                "init_image",
+                image,
+                f"no readable file at {path}; fix the path (relative paths "
+                "are from the manifest's folder)",
+            )
 
 
 def resolve_local_path(value: str, base_dir: Path | None) -> Path:

@@ -47,7 +47,9 @@ def resolve_model_source(spec: ModelSpec) -> ModelSource:
     name = spec.model
     if name.startswith("builtin:"):
         if name not in BUILTINS:
-            raise ModelError(f"model: unknown builtin {name!r}; choose one of {', '.join(BUILTINS)}")
+            raise ModelError(
+                f"model: unknown builtin {name!r}; choose one of {', '.join(BUILTINS)}"
+            )
         return ModelSource("builtin", name)
     path = Path(os.path.expanduser(name))
     if path.suffix.lower() in PICKLE_SUFFIXES and not spec.allow_pickle:
@@ -80,8 +82,14 @@ def choose_device_dtype(spec: ModelSpec) -> tuple[Any, Any]:
     import torch
 
     device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    names = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+    names = {
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float32": torch.float32,
+        "fp32": torch.float32,
+    }
     if spec.dtype is None:
         return device, torch.float16 if device.type == "cuda" else torch.float32
     if spec.dtype not in names:
@@ -194,7 +202,9 @@ def _from_single_file(path: str, spec: ModelSpec, dtype: Any):
 
     checkpoint = load_single_file_checkpoint(path, local_files_only=True)
     model_type = infer_diffusers_model_type(checkpoint)
-    pipeline_cls = StableDiffusionXLPipeline if model_type.startswith("xl") else StableDiffusionPipeline
+    pipeline_cls = (
+        StableDiffusionXLPipeline if model_type.startswith("xl") else StableDiffusionPipeline
+    )
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if spec.model_config:
         kwargs["config"] = spec.model_config

@@ -110,7 +110,7 @@ def _commit_part(out: OutputDir, table: pa.Table, part: int) -> None:
 
 
 def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors: int) -> dict:
-    """Counts from results/ (the source of truth), throughput and stage times; writes summary.json."""
+    """Counts from results/ (the source of truth), throughput, stage times -> summary.json."""
     table = read_results(out, ["id", "output_id", "status", "error", "seconds", "worker"])
     rows = [] if table is None else table.to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from batch.errors import ConfigError, suggest_name
 from batch.manifest import MAX_STEPS, RowDefaults
-from batch.outputs import IMAGE_FORMATS
 from batch.schedulers import check_scheduler_name
 
 
@@ -108,7 +107,9 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a job file is a YAML mapping (key: value), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: a job file is a YAML mapping (key: value), got {type(data).__name__}"
+        )
     return data
 
 

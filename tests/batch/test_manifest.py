@@ -85,7 +85,9 @@ def test_every_bad_row_is_reported_up_to_the_limit(tmp_path):
 
 
 def test_variant_names_that_collide_with_another_id_are_refused(tmp_path):
-    text = messages(tmp_path, [{"id": "a", "prompt": "p", "num_images": 2}, {"id": "a_1", "prompt": "q"}])
+    text = messages(
+        tmp_path, [{"id": "a", "prompt": "p", "num_images": 2}, {"id": "a_1", "prompt": "q"}]
+    )
     assert "row 'a_1'" in text and "collides" in text
 
 

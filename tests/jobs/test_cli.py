@@ -1,0 +1,101 @@
+"""`sdfleet run/validate` end to end on builtin:tiny with the local executor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from batch.manifest import table_from_rows
+from jobs.cli import main
+from jobs.examples import shape_image_png
+from jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
+
+ROWS = [
+    {"id": "a", "prompt": "a cat", "label": "cat"},
+    {"id": "b", "prompt": "a dog", "num_images": 2, "label": "dog"},
+    {"id": "c", "prompt": "a bird", "init_image": shape_image_png(1), "label": "bird"},
+]
+
+
+def write_job(tmp_path: Path, rows: list[dict], **fields) -> Path:
+    pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
+    job = {"manifest": "m.parquet", "executor": "local", "seed": 3,
+           "defaults": {"num_inference_steps": 2, "width": 64, "height": 64}} | fields  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def run(job: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(job), "--out", str(out), "--no-progress", *extra])
+
+
+def test_run_writes_job_images_results_summary(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path, ROWS), out) == EXIT_OK
+    record = yaml.safe_load((out / "job.yaml").read_text())
+    assert record["job"]["seed"] == 3 and record["versions"]["diffusers"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["error"], summary["expected_outputs"]) == (4, 0, 4)
+    results = pq.read_table(out / "results").to_pylist()
+    assert sorted(r["output_id"] for r in results) == ["a", "b_0", "b_1", "c"]
+    assert {r["label"] for r in results} == {"cat", "dog", "bird"}
+    assert all((out / r["image_path"]).is_file() for r in results)
+
+
+def test_some_rows_failed_has_its_own_exit_status(tiny_dir, tmp_path, capsys):
+    rows = ROWS + [{"id": "poison", "prompt": "x", "init_image": b"corrupt bytes"}]
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path, rows), out) == EXIT_ROWS_FAILED
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["error"] == 1 and summary["ok"] == 4
+    assert summary["errors"][0]["output_id"] == "poison"
+    assert "error poison: init_image:" in capsys.readouterr().out
+
+
+def test_bad_manifest_fails_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    import batch.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded for an invalid job")
+
+    monkeypatch.setattr(batch.models, "load_pipelines", no_loading)
+    rows = [{"id": "ok", "prompt": "p"}, {"id": "../evil", "prompt": "p", "width": 65}]
+    job = write_job(tmp_path, rows)
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    assert run(job, tmp_path / "out") == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "row '../evil' (#1), column 'id'" in err and "column 'width': 65" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_job_field_suggests_the_name(tmp_path, capsys):
+    job = write_job(tmp_path, ROWS, batch_sise=4)
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    assert "batch_sise: unknown field (did you mean 'batch_size'?)" in capsys.readouterr().err
+
+
+def test_validate_counts_outputs(tmp_path, capsys):
+    assert main(["validate", str(write_job(tmp_path, ROWS))]) == EXIT_OK
+    assert "4 outputs" in capsys.readouterr().out
+
+
+def test_local_rerun_skips_committed_rows(tiny_dir, tmp_path):
+    job, out = write_job(tmp_path, ROWS), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    first = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    assert run(job, out) == EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["generated_this_run"] == 0 and summary["skipped_already_done_rows"] == 3
+    assert summary["outputs"] == 4 == summary["unique_outputs"]
+    assert first == {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+
+
+@pytest.mark.parametrize("example", ["marketing.yaml", "augmentation.yaml"])
+def test_example_jobs_validate(example, capsys):
+    job = Path(__file__).resolve().parents[2] / "jobs" / "examples" / example
+    assert main(["validate", str(job)]) == EXIT_OK
