@@ -29,6 +29,7 @@ class RunConfig:
     job_seed: int = 0
     batch_size: int = 4
     pad_batches: bool = True
+    cpu_threads: int | None = None  # CPU replicas: torch threads (None: torch's default)
     image_format: str = "png"
     image_quality: int = 95
     embed_image_bytes: bool = False
@@ -39,13 +40,21 @@ class RunConfig:
 class GenerateBatch:
     """Load the replica once (`__init__`); map a batch of manifest rows to result rows."""
 
-    def __init__(self, config: RunConfig):
+    def __init__(self, config: RunConfig, progress: Any = None):
+        """`progress`: an optional Ray actor handle told of load time and finished outputs."""
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from batch.replica import Replica
 
         self.config = config
+        self.progress = progress
         self.out = OutputDir(config.out_uri)
-        self.replica = Replica(config.model, config.batch_size, config.pad_batches)
+        self.replica = Replica(
+            config.model, config.batch_size, config.pad_batches, config.cpu_threads
+        )
+        if progress is not None:
+            progress.loaded.remote(self.replica.load_seconds)
         self.node = socket.gethostname()
+        self.ray_node_id = _ray_node_id()
         self.worker = f"{self.node}:{os.getpid()}"
         self.gpu_ids = os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
@@ -58,7 +67,10 @@ class GenerateBatch:
             requests.extend(expand_row(row, self.config.defaults, self.config.job_seed, base_dir))
         self._maybe_fault(requests)
         results = self.replica.generate(requests)
-        return results_table(rows_to_columns([self._finish(r) for r in results]))
+        table = results_table(rows_to_columns([self._finish(r) for r in results]))
+        if self.progress is not None:
+            self.progress.add.remote(table.num_rows)
+        return table
 
     def _finish(self, result) -> dict[str, Any]:
         """Write the image (deterministic name: a retry overwrites) and build the result row."""
@@ -67,8 +79,7 @@ class GenerateBatch:
         row = {"id": request.row_id, "output_id": request.output_name, "variant": request.variant}
         row |= {k: v for k, v in request.carried.items() if k not in row}
         row |= params | {"image_path": None, "sha256": None, "seconds": round(result.seconds, 4)}
-        row |= {"status": "ok", "error": None, "node": self.node, "worker": self.worker,
-                "device": self.replica.device_name, "gpu_ids": self.gpu_ids}  # fmt: skip
+        row |= {"status": "ok", "error": None} | self._provenance()
         if self.config.embed_image_bytes:
             row["image"] = None
         if result.error is not None:
@@ -85,6 +96,17 @@ class GenerateBatch:
             row["image"] = {"bytes": data, "path": relative}
         return row
 
+    def _provenance(self) -> dict[str, Any]:
+        """Which node, process and device produced a row."""
+        return {
+            "node": self.node,
+            "worker": self.worker,
+            "device": self.replica.device_name,
+            "gpu_ids": self.gpu_ids,
+            "cpu_threads": self.replica.cpu_threads,
+            "ray_node_id": self.ray_node_id,
+        }
+
     def _maybe_fault(self, requests: list[GenRequest]) -> None:
         """Test hook: count generations in a file, or die when a given row arrives."""
         hooks = self.config.test_hooks
@@ -98,6 +120,16 @@ class GenerateBatch:
                 os._exit(1)  # simulate an actor process crash, once
         if hooks.get("sleep_s"):
             time.sleep(float(hooks["sleep_s"]))
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this replica runs on, or None outside Ray (local executor, tests)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except ImportError:
+        return None
 
 
 def request_params(request: GenRequest, model: str) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class Problem:
 def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
     """A Parquet file, a folder of them, or a glob; relative paths are from `base_dir`."""
     if _URI.match(spec):
-        return [spec]  # remote: listed by pyarrow/Ray at read time
+        return _find_remote_files(spec)
     path = Path(os.path.expanduser(spec))
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -118,11 +118,40 @@ def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
     return files
 
 
+def _find_remote_files(uri: str) -> list[str]:
+    """A file or folder on any pyarrow filesystem (s3://, gs://, file://...)."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(path)
+        if info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
+            paths = sorted(i.path for i in found if i.path.endswith(".parquet"))
+        else:
+            paths = [path] if info.type == fs.FileType.File else []
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(f"manifest: cannot list {uri!r}: {exc}") from exc
+    if not paths:
+        raise ManifestError(f"manifest: {uri!r} matches no Parquet file; give a file or a folder")
+    scheme = uri.split("://", 1)[0]
+    return [f"{scheme}://{p}" if scheme != "file" else f"file://{p}" for p in paths]
+
+
+def open_parquet(path: str) -> pq.ParquetFile:
+    if _URI.match(path):
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        return pq.ParquetFile(filesystem.open_input_file(inner))
+    return pq.ParquetFile(path)
+
+
 def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tuple[str, int, dict]]:
     """Yield (file, index-in-file, row dict) streaming, without loading whole files."""
     for path in files:
         try:
-            parquet = pq.ParquetFile(path)
+            parquet = open_parquet(path)
         except (OSError, pa.ArrowInvalid) as exc:
             raise ManifestError(f"manifest: cannot read {path!r} as Parquet: {exc}") from exc
         index = 0
@@ -135,7 +164,7 @@ def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tup
 def validate_manifest(
     files: list[str], defaults: RowDefaults, max_problems: int = 50, base_dir: Path | None = None
 ) -> int:
-    """Check every row; raise ManifestError listing up to `max_problems`; return the output count."""
+    """Check every row; raise ManifestError listing up to `max_problems`; return output count."""
     problems: list[Problem] = []
     seen_ids: dict[str, str] = {}
     seen_names: dict[str, str] = {}

@@ -134,7 +134,8 @@ def result_types():
         "mode": pa.string(), "init_image": pa.string(), "model": pa.string(),
         "image_path": pa.string(), "sha256": pa.string(), "seconds": pa.float64(),
         "status": pa.string(), "error": pa.string(), "node": pa.string(), "worker": pa.string(),
-        "device": pa.string(), "gpu_ids": pa.string(),
+        "device": pa.string(), "gpu_ids": pa.string(), "cpu_threads": pa.int32(),
+        "ray_node_id": pa.string(),
         "image": pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
     }  # fmt: skip
 

@@ -40,7 +40,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class Replica:
     """Loads the model once; `generate` groups compatible requests into fixed-shape batches."""
 
-    def __init__(self, spec: ModelSpec, batch_size: int = 4, pad_batches: bool = True):
+    def __init__(self, spec: ModelSpec, batch_size: int = 4, pad_batches: bool = True,
+                 cpu_threads: int | None = None):  # fmt: skip
+        import torch
+
         t0 = time.perf_counter()
         self.spec = spec
         self.batch_size = max(1, batch_size)
@@ -48,6 +51,11 @@ class Replica:
         self.pipes: Pipelines = load_pipelines(spec)
         self._base_scheduler = self.pipes.txt2img.scheduler
         self._schedulers: dict[str | None, Any] = {None: self._base_scheduler}
+        # CPU kernels split work by thread count, which changes float rounding: the thread
+        # count is part of what makes an image reproducible on CPU, so it is set and recorded.
+        if self.pipes.device.type == "cpu" and cpu_threads:
+            torch.set_num_threads(cpu_threads)
+        self.cpu_threads = torch.get_num_threads() if self.pipes.device.type == "cpu" else None
         self.load_seconds = time.perf_counter() - t0
 
     @property

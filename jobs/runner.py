@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +48,10 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
     out = out_uri or str(Path("out") / (job.name or job_path.stem))
     config = RunConfig(
         model=spec, defaults=defaults, out_uri=out, job_seed=job.seed,
-        batch_size=job.batch_size, pad_batches=job.pad_batches,
+        batch_size=job.batch_size, pad_batches=job.pad_batches, cpu_threads=job.cpu_threads,
         image_format=job.output.format, image_quality=job.output.quality,
         embed_image_bytes=job.output.embed_image_bytes, manifest_dir=base_dir,
+        test_hooks=json.loads(os.environ.get("SDFLEET_TEST_HOOKS", "{}")),
     )  # fmt: skip
     return PreparedJob(job, config, files, expected)
 

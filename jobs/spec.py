@@ -78,8 +78,9 @@ class BatchJob(Strict):
     defaults: Defaults = Defaults()
     batch_size: int = Field(4, ge=1, le=256)
     pad_batches: bool = True
+    cpu_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads")
     output: OutputOptions = OutputOptions()
-    executor: Literal["ray", "local"] = "local"
+    executor: Literal["ray", "local"] = "ray"
     ray: RayOptions = RayOptions()
     max_reported_errors: int = Field(50, ge=1)
 

@@ -1,0 +1,217 @@
+"""The `ray` executor: Ray Data pipeline with pinned replicas and exactly-once resume.
+
+read_parquet -> repartition(rows per block) -> [checkpoint filter: drop committed ids]
+  -> map_batches(GenerateBatch, ActorPoolStrategy(size=N), num_gpus=g, num_cpus=c)
+  -> write_parquet(OUT/results), committed with CheckpointConfig(id_column="id").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from batch.actor import GenerateBatch, RunConfig
+from batch.errors import ConfigError, SdfleetError
+from batch.outputs import OutputDir
+from batch.pool import NodeResources, PoolPlan, check_shared_storage, plan_pool
+from batch.run import Progress, RunStats, committed_ids
+
+logger = logging.getLogger(__name__)
+
+
+def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Progress,
+            options: Any, address: str | None = None) -> None:  # fmt: skip
+    """Run the job on a Ray cluster (joined, or started locally) and fill `stats`."""
+    import ray
+
+    # 1. join the cluster (or start a local one) and see what it has
+    connect(address or options.address)
+    nodes = alive_nodes()
+    out = OutputDir(config.out_uri)
+    checkpoint = options.checkpoint_path or out.path("_checkpoint")
+    check_shared_storage(nodes, {"manifest": files[0], "out": config.out_uri,
+                                 "checkpoint": checkpoint})  # fmt: skip
+    # 2. size the pool before anything loads
+    plan = plan_pool(nodes, options.replicas, options.replicas_per_gpu,
+                     options.num_cpus_per_replica, options.allow_fewer_replicas)  # fmt: skip
+    stats.extra["ray"] = {"replicas": plan.replicas, "num_gpus_per_replica": plan.num_gpus,
+                          "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes)}  # fmt: skip
+    if plan.num_gpus == 0 and config.cpu_threads is None:
+        config = replace(config, cpu_threads=cpu_threads_per_replica(nodes, plan))
+    # 3. build and run the pipeline, counting progress through a small actor
+    counter = ProgressCounter.options(num_cpus=0).remote()
+    done_before = len(committed_ids(out))
+    t0 = time.perf_counter()
+    configure_data_context(checkpoint, options)
+    dataset = build_pipeline(config, files, plan, options, counter)
+    with poll_progress(counter, progress):
+        execute(dataset, out, options)
+    stats.stage_seconds["generate"] = time.perf_counter() - t0
+    # 4. what this run did
+    report = ray.get(counter.report.remote())
+    stats.generated_outputs = report["outputs"]
+    stats.model_load_seconds = report["load_seconds"]
+    stats.skipped_rows = done_before
+
+
+def connect(address: str | None) -> None:
+    """Join `address` / RAY_ADDRESS, or start a local instance; reuse an initialised one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local instance
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=True)  # fmt: skip
+    except ConnectionError as exc:
+        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}. Check the "
+                          "address (ray status on the head prints it) or drop --address to "
+                          "start a local instance.") from exc  # fmt: skip
+
+
+def cpu_threads_per_replica(nodes: list[NodeResources], plan: PoolPlan) -> int:
+    """Share each machine's cores among its replicas (Ray itself would pin workers to one
+    thread); one replica alone gets all the cores, as the local executor does."""
+    per_node = max(1, -(-plan.replicas // max(1, len(nodes))))
+    return max(1, int(min(n.cpus for n in nodes)) // per_node)
+
+
+def alive_nodes() -> list[NodeResources]:
+    import ray
+
+    return [
+        NodeResources(node_id=n["NodeID"], address=n["NodeManagerAddress"],
+                      cpus=n["Resources"].get("CPU", 0.0), gpus=n["Resources"].get("GPU", 0.0))
+        for n in ray.nodes() if n["Alive"]
+    ]  # fmt: skip
+
+
+def configure_data_context(checkpoint_path: str, options: Any) -> None:
+    import ray.data
+    from ray.data.checkpoint import CheckpointConfig
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.checkpoint_config = CheckpointConfig(
+        id_column="id", checkpoint_path=checkpoint_path, delete_checkpoint_on_success=False
+    )
+    ctx.execution_no_progress_timeout_s = options.stall_timeout_s
+    ctx.wait_for_min_actors_s = int(options.min_replicas_timeout_s)
+    ctx.max_errored_blocks = 0  # never drop a block silently: rows fail inside the actor
+    ctx.enable_progress_bars = False  # the CLI shows one bar with images/s and ETA
+    ctx.print_on_execution_start = False
+
+
+def build_pipeline(config: RunConfig, files: list[str], plan: PoolPlan, options: Any, counter):
+    import ray.data
+
+    dataset = ray.data.read_parquet(files)
+    dataset = dataset.repartition(target_num_rows_per_block=options.rows_per_block)
+    return dataset.map_batches(
+        GenerateBatch,
+        fn_constructor_kwargs={"config": config, "progress": counter},
+        batch_size=options.rows_per_block,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        num_gpus=plan.num_gpus,
+        num_cpus=plan.num_cpus,
+        # Ray Data's actor pools restart a crashed replica and rerun its batch by default;
+        # images are written under deterministic names, so a rerun overwrites, never duplicates.
+    )
+
+
+def execute(dataset, out: OutputDir, options: Any) -> None:
+    """Write results; turn Ray's timeouts into messages that say what to do."""
+    try:
+        dataset.write_parquet(out.path("results"), filesystem=out.filesystem()[0])
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        if "ExecutionTimeoutError" in text or "no progress" in text.lower():
+            raise SdfleetError(
+                f"the pipeline made no progress for {options.stall_timeout_s:g} s "
+                f"(ray.stall_timeout_s) and was stopped; committed rows are kept, run the same "
+                f"command again to resume. Ray said: {text.splitlines()[0][:300]}"
+            ) from exc
+        if "wait_for_min_actors" in text or "min actors" in text.lower():
+            raise SdfleetError(
+                f"the replica pool did not start within {options.min_replicas_timeout_s:g} s "
+                f"(ray.min_replicas_timeout_s): the cluster cannot host it. {text[:300]}"
+            ) from exc
+        raise
+
+
+def _progress_counter_class():
+    import ray
+
+    @ray.remote
+    class ProgressCounterActor:
+        """Replicas report here; the driver polls it for the progress bar and the summary."""
+
+        def __init__(self) -> None:
+            self.outputs = 0
+            self.load_seconds: list[float] = []
+
+        def loaded(self, seconds: float) -> None:
+            self.load_seconds.append(seconds)
+
+        def add(self, outputs: int) -> None:
+            self.outputs += outputs
+
+        def report(self) -> dict:
+            return {"outputs": self.outputs, "load_seconds": self.load_seconds}
+
+    return ProgressCounterActor
+
+
+class _LazyActorClass:
+    """Defer `@ray.remote` to first use: no ray import or work at module import."""
+
+    def __init__(self, factory):
+        self._factory, self._cls = factory, None
+
+    def options(self, **kwargs):
+        self._cls = self._cls or self._factory()
+        return self._cls.options(**kwargs)
+
+
+ProgressCounter = _LazyActorClass(_progress_counter_class)
+
+
+class poll_progress:
+    """A thread that moves the progress bar as replicas report finished outputs."""
+
+    def __init__(self, counter, progress: Progress, interval_s: float = 0.5):
+        self.counter, self.progress, self.interval_s = counter, progress, interval_s
+        self.stop = threading.Event()
+        self.shown = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self._update()
+
+    def _update(self) -> None:
+        import ray
+
+        try:
+            outputs = ray.get(self.counter.report.remote(), timeout=5)["outputs"]
+        except Exception:  # noqa: BLE001 - progress is best effort
+            return
+        if outputs > self.shown:
+            self.progress(outputs - self.shown)
+            self.shown = outputs
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._update()
