@@ -1,4 +1,5 @@
-"""`sdfleet demo`: a small batch (txt2img variants + one img2img row) on builtin:tiny."""
+"""`sdfleet demo`: a small batch (txt2img variants + one img2img row) on builtin:tiny, then a
+short animated clip (jobs/examples/anim_demo.yaml: 24 frames at 64x64) encoded to mp4."""
 
 from __future__ import annotations
 
@@ -28,4 +29,8 @@ def run_demo(out: Path, executor: str | None) -> int:
     job = demo_job(manifest, executor or "local")
     status = run_batch(job, out / "job.yaml", str(out / "batch"), job.executor, None)
     print(f"demo images: {out / 'batch' / 'images'}")
-    return status
+    from jobs.anim_runner import run_demo_clip
+
+    clip_status = run_demo_clip(out / "clip")
+    print(f"demo clip: {out / 'clip'}")
+    return status or clip_status

@@ -1,0 +1,267 @@
+"""One clip, start to finish: plan -> frames (resumable) -> video -> contact sheet.
+
+Layout of a clip folder (``ClipPaths``)::
+
+    ROOT/
+      frames/frame_000000.png   every frame 0..max_frames-1, PNG with A1111 `parameters` and an
+                                `sdfleet` JSON chunk (frame, mode, seed, prompt, denoise ...)
+      <name>.mp4 | .webm | .gif the video, per `job.video` (checked: it holds max_frames frames)
+      job.yaml                  the clip's job exactly as rendered (loadable by `sdfleet run`)
+      plan.jsonl                its plan, one record per frame (`anim.plan.plan_to_jsonl`)
+      contact_sheet.png         every `contact_sheet_every`-th frame in one grid
+      state/render_state.npz    the resume state (`anim.state`), saved after every frame
+      status.json               running | ok | error, frames written, video, error message
+
+`render_clip` is the one way to render a clip; running it again on the same folder continues
+an unfinished clip from its state and returns at once for a finished one. The model is any
+`FrameModel` (`anim.frames.PipelineFrames`, or a fake in tests). Paths are local: ffmpeg reads
+and writes files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from anim.colour import from_uint8
+from anim.contact_sheet import make_contact_sheet
+from anim.plan import FrameRecord, compile_plan, plan_to_jsonl
+from anim.render import ChainOptions, Frame, render_frames
+from anim.spec import AnimationJob
+from anim.state import RenderState, load_state, save_state
+from anim.video import EncodeOptions, encode_frames
+from anim.walk import render_walk_frames
+from batch.outputs import encode_image
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of frames just written
+# Fields that do not change a single pixel: a resume may differ in them.
+OUTPUT_ONLY_FIELDS = {"video", "contact_sheet_every", "clips", "fps"}
+
+
+class FrameModel(Protocol):
+    """What a clip needs from a model (see `anim.render.StepFn` and `anim.walk.WalkStepFn`)."""
+
+    latent_shape: tuple[int, int, int]
+
+    def __call__(self, record: FrameRecord, init: torch.Tensor | None) -> torch.Tensor: ...
+
+    def walk(self, records: Sequence[FrameRecord], noise: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ClipPaths:
+    """Where each output of one clip goes."""
+
+    root: Path
+    name: str = "clip"  # the video's file stem
+    video_format: str = "mp4"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.root / "frames"
+
+    def frame(self, index: int) -> Path:
+        return self.frames_dir / f"frame_{index:06d}.png"
+
+    @property
+    def video(self) -> Path:
+        return self.root / f"{self.name}.{self.video_format}"
+
+    job_yaml = property(lambda self: self.root / "job.yaml")
+    plan_jsonl = property(lambda self: self.root / "plan.jsonl")
+    contact_sheet = property(lambda self: self.root / "contact_sheet.png")
+    state = property(lambda self: self.root / "state" / "render_state.npz")
+    status = property(lambda self: self.root / "status.json")
+
+    @classmethod
+    def for_job(cls, root: Path, job: AnimationJob, name: str) -> ClipPaths:
+        return cls(Path(root), name, job.video.format)
+
+
+# ---------------------------------------------------------------------------- small steps
+
+
+def fingerprint(job: AnimationJob, plan: Sequence[FrameRecord]) -> str:
+    """sha256 of the plan and of every job field that changes pixels."""
+    settings = job.model_dump(mode="json", exclude=OUTPUT_ONLY_FIELDS)
+    digest = hashlib.sha256(plan_to_jsonl(plan).encode())
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name and rename: a reader (or a resume) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def read_status(paths: ClipPaths) -> dict[str, Any] | None:
+    try:
+        return json.loads(paths.status.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(paths: ClipPaths, payload: Mapping[str, Any]) -> None:
+    stamped = {**payload, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_atomic(paths.status, json.dumps(stamped, indent=2).encode() + b"\n")
+
+
+def is_finished(paths: ClipPaths, print_: str) -> bool:
+    """True when the folder holds this exact clip, rendered and encoded."""
+    status = read_status(paths) or {}
+    done = status.get("status") == "ok" and status.get("fingerprint") == print_
+    return done and paths.video.is_file()
+
+
+def check_resumable(paths: ClipPaths, job: AnimationJob) -> None:
+    """ConfigError now (before any model loads) if the folder holds another job's render."""
+    load_state(paths.state, fingerprint(job, compile_plan(job)))
+
+
+def write_clip_record(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
+                      header: Mapping[str, str]) -> None:  # fmt: skip
+    """job.yaml (loadable as a job; versions etc. as comments) and plan.jsonl."""
+    comments = "".join(f"# {key}: {value}\n" for key, value in header.items())
+    body = yaml.safe_dump(job.model_dump(mode="json", exclude={"clips"}), sort_keys=False)
+    write_atomic(paths.job_yaml, (comments + body).encode())
+    write_atomic(paths.plan_jsonl, plan_to_jsonl(plan).encode())
+
+
+def with_absolute_paths(job: AnimationJob, base_dir: Path) -> AnimationJob:
+    """The job with a relative `init_image` and `video.soundtrack` made absolute from base_dir
+    (the job file's or the clip manifest's folder); URIs and absolute paths are kept."""
+
+    def absolute(value: str | None) -> str | None:
+        if value is None or "://" in value or Path(value).is_absolute():
+            return value
+        return str((base_dir / value).resolve())
+
+    video = job.video.model_copy(update={"soundtrack": absolute(job.video.soundtrack)})
+    return job.model_copy(update={"init_image": absolute(job.init_image), "video": video})
+
+
+def load_init_image(source: str | None, width: int, height: int) -> torch.Tensor | None:
+    """The job's init_image as (3, H, W) in [0, 1], resized to the clip with Lanczos."""
+    if source is None:
+        return None
+    from types import SimpleNamespace
+
+    from batch.replica import load_init_image as read_image  # the batch engine's reader
+
+    image = read_image(SimpleNamespace(init_image=source, width=width, height=height))
+    return from_uint8(np.asarray(image))
+
+
+def frame_png(image: np.ndarray, record: FrameRecord, job: AnimationJob) -> bytes:
+    """PNG bytes of one frame with its generation parameters (deterministic: no timestamps)."""
+    params = {
+        "prompt": record.prompt, "negative_prompt": record.negative_prompt,
+        "seed": record.seed, "num_inference_steps": record.steps,
+        "guidance_scale": record.cfg_scale, "width": job.width, "height": job.height,
+        "model": job.model, "scheduler": job.scheduler, "frame": record.frame,
+        "mode": record.mode, "strength": record.denoise if record.mode == "img2img" else None,
+    }  # fmt: skip
+    return encode_image(Image.fromarray(image), "png", params)
+
+
+def iter_clip_frames(job: AnimationJob, plan: Sequence[FrameRecord], model: FrameModel,
+                     state: RenderState, walk_batch_size: int) -> Iterator[Frame]:  # fmt: skip
+    """The frames still to render: the 2D chain or the walk."""
+    options = ChainOptions.from_job(job)
+    if job.animation_mode == "interpolation":
+        return render_walk_frames(plan, options, model.walk, model.latent_shape, state,
+                                  walk_batch_size)  # fmt: skip
+    init = load_init_image(job.init_image, job.width, job.height)
+    return render_frames(plan, options, model, state, init)
+
+
+def encode_clip_video(paths: ClipPaths, job: AnimationJob) -> Path:
+    """Stream frames 0..max_frames-1 to ffmpeg, one at a time; the frame count is verified."""
+    options = EncodeOptions(fps=job.fps, format=job.video.format, crf=job.video.crf,
+                            preset=job.video.preset, soundtrack=job.video.soundtrack)  # fmt: skip
+    frames = (_read_rgb(paths.frame(index)) for index in range(job.max_frames))
+    return encode_frames(frames, paths.video, options, frame_count=job.max_frames)
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+# ---------------------------------------------------------------------------- the clip
+
+
+def render_clip(
+    job: AnimationJob,
+    paths: ClipPaths,
+    model: FrameModel,
+    *,
+    clip_id: str = "clip",
+    header: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+    walk_batch_size: int = 4,
+) -> dict[str, Any]:
+    """Render (or finish, or skip) one clip into `paths`; returns its status. On failure the
+    status says error with the message, and the exception is raised again."""
+    started = time.perf_counter()
+    # 1. the plan and its fingerprint; a finished clip is not rendered again
+    plan = compile_plan(job)
+    print_ = fingerprint(job, plan)
+    status = {"id": clip_id, "max_frames": job.max_frames, "fingerprint": print_,
+              "video": paths.video.name}  # fmt: skip
+    if is_finished(paths, print_):
+        return read_status(paths) or {}
+    try:
+        # 2. what is rendered, exactly; then the state to continue from
+        write_clip_record(paths, job, plan, header or {})
+        state = load_state(paths.state, print_) or RenderState(fingerprint=print_)
+        status |= {"status": "running", "resumed_from": state.next_frame or None}
+        write_status(paths, status | {"frames_written": state.next_frame})
+        # 3. frames: each written, then the state that follows it
+        for index, image, after in iter_clip_frames(job, plan, model, state, walk_batch_size):
+            write_atomic(paths.frame(index), frame_png(image, plan[index], job))
+            save_state(paths.state, after)
+            if progress is not None:
+                progress(1)
+        # 4. video and contact sheet
+        encode_clip_video(paths, job)
+        make_contact_sheet([paths.frame(i) for i in range(job.max_frames)],
+                           job.contact_sheet_every, paths.contact_sheet)  # fmt: skip
+    except Exception as exc:
+        status |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
+        write_status(paths, status | _timing(started) | {"frames_written": state_frames(paths)})
+        raise
+    # 5. done
+    status |= {"status": "ok", "error": None, "frames_written": job.max_frames,
+               "contact_sheet": paths.contact_sheet.name}  # fmt: skip
+    write_status(paths, status | _timing(started))
+    return read_status(paths) or status
+
+
+def state_frames(paths: ClipPaths) -> int:
+    """Frames written according to the saved state (0 when there is none or it is unreadable)."""
+    try:
+        with np.load(paths.state, allow_pickle=False) as archive:
+            return int(json.loads(str(archive["meta"]))["next_frame"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _timing(started: float) -> dict[str, float]:
+    return {"seconds": round(time.perf_counter() - started, 3)}

@@ -1,0 +1,231 @@
+"""Many clips: a clip list (the job's `clips:` or a Parquet clip manifest) rendered side by side.
+
+    tasks (id, clip job as JSON, folder) -> ray.data.from_items (one block per clip)
+      -> map_batches(RenderClips, compute=ActorPoolStrategy(size=N), batch_size=1,
+                     num_cpus=c, num_gpus=g)              # one clip per actor at a time
+      -> one status row per clip (id, status ok | error, error, frames, video, seconds)
+
+- `RenderClips` is the callable class: it loads one `batch.replica.Replica` in ``__init__`` and
+  renders one clip per row with `anim.clip.render_clip`. Every exception is caught inside the
+  actor and becomes that clip's status row, so one failing clip never stops the others. It runs
+  on a plain dict of columns too: the `local` executor and the tests call it directly.
+- A rerun resumes: finished clips (status ok, same fingerprint) are not scheduled again, and an
+  unfinished one continues from its saved state (`anim.state`).
+- The clips' `status.json` files are the source of truth: after the run (even one that Ray
+  aborted) the statuses are read back from them.
+- A clip whose model differs from the one loaded (a `model:` override) makes the actor load
+  that model instead; clips in a manifest normally share one.
+
+A clip manifest is a Parquet file with an ``id`` column and any job fields as further columns
+(null = not overridden); rows are validated like the job's `clips:` list, before any model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from anim.clip import (
+    ClipPaths,
+    Progress,
+    fingerprint,
+    is_finished,
+    read_status,
+    render_clip,
+    with_absolute_paths,
+)
+from anim.plan import compile_plan
+from anim.spec import AnimationJob, load_animation_job, resolve_clips
+from batch.errors import ConfigError
+from batch.models import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+STATUS_COLUMNS = ("id", "status", "error", "frames_written", "max_frames", "video", "seconds",
+                  "folder")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    """One clip to render: its id, its resolved job and its output folder."""
+
+    id: str
+    job: AnimationJob
+    root: Path
+
+    @property
+    def paths(self) -> ClipPaths:
+        return ClipPaths.for_job(self.root, self.job, self.id)
+
+    def to_row(self) -> dict[str, str]:
+        return {"id": self.id, "job": self.job.model_dump_json(), "root": str(self.root)}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ClipTask:
+        job = AnimationJob.model_validate_json(row["job"])
+        return cls(str(row["id"]), job, Path(row["root"]))
+
+    def is_finished(self) -> bool:
+        return is_finished(self.paths, fingerprint(self.job, compile_plan(self.job)))
+
+
+def model_spec(job: AnimationJob) -> ModelSpec:
+    """What the replica loads (the scheduler is chosen per clip, see `anim.frames`)."""
+    device = None if job.device in (None, "auto") else job.device
+    return ModelSpec(model=job.model, device=device, dtype=job.dtype,
+                     allow_pickle=job.allow_pickle)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- clip manifests
+
+
+def read_clip_manifest(path: Path, base: AnimationJob) -> list[tuple[str, AnimationJob]]:
+    """(id, job) per row of a Parquet clip manifest, validated like a job's `clips:` list
+    (one ConfigError listing every problem). Nulls are 'not overridden'; relative paths in rows
+    are from the manifest's folder."""
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the clip manifest: {exc}") from exc
+    if not rows or "id" not in rows[0]:
+        raise ConfigError(f"{path}: a clip manifest needs an 'id' column and at least one row")
+    clips = [{k: v for k, v in row.items() if v is not None and not _is_nan(v)} for row in rows]
+    data = base.model_dump(mode="json", exclude={"clips"}) | {"clips": clips}
+    resolved = resolve_clips(load_animation_job(data, source=str(path)))
+    return [(clip_id, with_absolute_paths(job, path.parent)) for clip_id, job in resolved]
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+# ---------------------------------------------------------------------------- the actor
+
+
+class RenderClips:
+    """Ray Data callable class: loads one replica, renders one clip per row."""
+
+    def __init__(self, model: ModelSpec | None = None, header: Mapping[str, str] | None = None,
+                 cpu_threads: int | None = None, walk_batch_size: int = 4) -> None:  # fmt: skip
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        self.header = dict(header or {})
+        self.cpu_threads = cpu_threads  # CPU replicas: torch threads (None: torch's default)
+        self.walk_batch_size = walk_batch_size
+        self.replica: Any = None
+        if model is not None:
+            self._load(model)
+
+    def __call__(self, batch: Any) -> dict[str, list]:
+        from batch.actor import columns_to_rows, rows_to_columns
+
+        rows = [self.render_row(row) for row in columns_to_rows(batch)]
+        return rows_to_columns(rows)
+
+    def render_row(self, row: Mapping[str, Any],
+                   progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+        """Render one clip; any failure becomes its status row (never an exception)."""
+        try:
+            task = ClipTask.from_row(row)
+            frames = self._frames_for(task.job)
+            render_clip(task.job, task.paths, frames, clip_id=task.id, header=self.header,
+                        progress=progress, walk_batch_size=self.walk_batch_size)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
+            logger.warning("clip %s failed: %s: %s", row.get("id"), type(exc).__name__, exc)
+            return status_row(row, read_status_of(row), f"{type(exc).__name__}: {exc}")
+        return status_row(row, read_status_of(row))
+
+    def _frames_for(self, job: AnimationJob) -> Any:
+        from anim.frames import PipelineFrames
+
+        spec = model_spec(job)
+        if self.replica is None or self.replica.spec != spec:
+            self._load(spec)
+        return PipelineFrames.for_job(self.replica.pipes, job)
+
+    def _load(self, spec: ModelSpec) -> None:
+        from batch.replica import Replica
+
+        self.replica = None  # free the old model before loading the next
+        self.replica = Replica(spec, batch_size=1, cpu_threads=self.cpu_threads)
+
+
+def read_status_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return read_status(ClipTask.from_row(row).paths) or {}
+    except Exception:  # noqa: BLE001 - a row too broken to parse has no status file
+        return {}
+
+
+def status_row(row: Mapping[str, Any], status: Mapping[str, Any],
+               error: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The fixed columns of one clip's status (error overrides what the file says)."""
+    out = {name: status.get(name) for name in STATUS_COLUMNS}
+    out |= {"id": str(row["id"]), "folder": str(row.get("root"))}
+    if error is not None:
+        out |= {"status": "error", "error": error[:2000]}
+    elif out["status"] != "ok":
+        out |= {"status": "error", "error": out["error"] or "the clip did not finish"}
+    return out
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+def run_clips_local(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = None,
+                    progress: Progress | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every unfinished clip in this process, one after the other, with one actor object."""
+    todo = [task for task in tasks if not task.is_finished()]
+    actor = RenderClips(model_spec(todo[0].job) if todo else None, header)
+    for task in todo:
+        actor.render_row(task.to_row(), progress)
+    return collect_statuses(tasks)
+
+
+def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = None, *,
+                  address: str | None = None, replicas: int | None = None,
+                  num_cpus: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
+    """Unfinished clips on a Ray actor pool (joined, or a local cluster started here), sized
+    like the batch engine's (`batch.pool.plan_pool`: one replica per GPU, else per CPU slot
+    with one CPU kept free), never more actors than clips."""
+    import ray
+
+    from batch.pool import plan_pool
+    from batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
+
+    # 1. what is left to do; nothing starts for a finished run
+    todo = [task for task in tasks if not task.is_finished()]
+    if not todo:
+        return collect_statuses(tasks)
+    # 2. the cluster and the pool
+    connect(address)
+    nodes = alive_nodes()
+    plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True)
+    plan = replace(plan, replicas=min(plan.replicas, len(todo)))
+    threads = cpu_threads_per_replica(nodes, plan) if not plan.num_gpus else None
+    # 3. one block per clip, one clip per actor call
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
+    rendered = dataset.map_batches(
+        RenderClips, fn_constructor_kwargs={"model": model_spec(todo[0].job),
+                                            "header": dict(header or {}), "cpu_threads": threads},
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas), batch_size=1,
+        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+    )  # fmt: skip
+    try:
+        rendered.take_all()
+    except Exception as exc:  # noqa: BLE001 - the statuses below say which clips are left
+        logger.error("the Ray run stopped: %s: %s", type(exc).__name__, exc)
+    # 4. statuses, from the clips' own files
+    return collect_statuses(tasks)
+
+
+def collect_statuses(tasks: Sequence[ClipTask]) -> list[dict[str, Any]]:
+    """One status row per clip, read back from its status.json."""
+    return [status_row(task.to_row(), read_status(task.paths) or {}) for task in tasks]

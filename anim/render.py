@@ -1,0 +1,254 @@
+"""The 2D animation chain (Deforum's 2D mode) with diffusion cadence, as a generator of frames.
+
+k-diffusion style: the model is a plain callable, ``step_fn(record, init) -> image``, where init
+is the prepared (3, H, W) picture in [0, 1] for img2img, or None for txt2img (frame 0 without an
+``init_image``). `anim.frames.PipelineFrames` is the diffusers one; tests pass a fake. Every
+random draw is seeded from the frame's plan record (see `anim.state`), so the frames are a
+function of the plan, the step function and the options.
+
+Per diffused frame, in Deforum's order (issue 5, item 1):
+    warp the previous diffused frame by the motion since it -> colour-match to the reference ->
+    contrast -> unsharp-mask anti-blur -> seeded noise -> step_fn (img2img at the frame's prompt,
+    seed, cfg, steps and denoise) -> colour-match again -> write (uint8) -> update the reference.
+The chain continues from the uint8 frame as written, so what is on disk is exactly what the next
+frame starts from, and a resumed render needs nothing that was not saved.
+
+Cadence N: diffused frames land on their own index (0, N, 2N, ... and the last frame). A tween
+between diffused frames a < b needs b, so b is rendered first (from a, warped once by the
+composed motion of frames a+1..b: one resample, not N), written, and then the tweens a+1..b-1:
+tween t = lerp(a warped forward by the motion of a+1..t, b warped back by the inverse motion of
+t+1..b, (t - a) / (b - a)). `anim.state.RenderState` records this phase (``next_key``).
+
+API:
+    StepFn, ChainOptions(.from_job), render_frames(plan, options, step_fn, state, init_image)
+    frame_matrix(record, width, height), accumulated_matrix(plan, start, end, width, height)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from anim.colour import ColourReference, from_uint8, to_uint8
+from anim.filters import add_noise, adjust_contrast, unsharp_mask
+from anim.motion import PerspectiveFlip, motion_matrix, warp_with_matrix
+from anim.plan import FrameRecord
+from anim.state import RenderState
+
+if TYPE_CHECKING:
+    from anim.spec import AnimationJob
+
+logger = logging.getLogger(__name__)
+
+StepFn = Callable[[FrameRecord, torch.Tensor | None], torch.Tensor]
+Frame = tuple[int, np.ndarray, RenderState]  # (frame index, (H, W, 3) uint8, state after it)
+_IDENTITY = np.eye(3)
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """The job settings the chain needs besides the plan (all of them change pixels)."""
+
+    width: int
+    height: int
+    border: str = "replicate"
+    color_coherence: str | None = "LAB"  # LAB | HSV | RGB | None
+    color_reference: str = "first"  # first | window
+    color_reference_window: int = 8
+    noise_type: str = "perlin"
+    perlin: dict[str, Any] = field(default_factory=dict)  # perlin_w/_h/_octaves/_persistence
+
+    @classmethod
+    def from_job(cls, job: AnimationJob) -> ChainOptions:
+        return cls(
+            width=job.width,
+            height=job.height,
+            border=job.border,
+            color_coherence=None if job.color_coherence == "None" else job.color_coherence,
+            color_reference=job.color_reference,
+            color_reference_window=job.color_reference_window,
+            noise_type=job.noise_type,
+            perlin={name: getattr(job, name) for name in PERLIN_FIELDS},
+        )
+
+    def new_colour_reference(self) -> ColourReference:
+        return ColourReference(self.color_reference, self.color_reference_window)
+
+
+PERLIN_FIELDS = ("perlin_w", "perlin_h", "perlin_octaves", "perlin_persistence")
+
+
+# ---------------------------------------------------------------------------- motion
+
+
+def frame_matrix(record: FrameRecord, width: int, height: int) -> np.ndarray:
+    """Forward 3x3 homography of one frame's motion (`anim.motion.motion_matrix`)."""
+    perspective = None
+    if record.perspective_flip:
+        perspective = PerspectiveFlip(
+            record.perspective_flip_theta,
+            record.perspective_flip_phi,
+            record.perspective_flip_gamma,
+            record.perspective_flip_fv,
+        )
+    return motion_matrix(
+        width,
+        height,
+        angle_deg=record.angle,
+        zoom=record.zoom,
+        translation_x=record.translation_x,
+        translation_y=record.translation_y,
+        transform_center_x=record.transform_center_x,
+        transform_center_y=record.transform_center_y,
+        perspective=perspective,
+    )
+
+
+def accumulated_matrix(
+    plan: Sequence[FrameRecord], start: int, end: int, width: int, height: int
+) -> np.ndarray:
+    """The motion of frames start+1..end composed (frame start+1's applied first); identity
+    when start == end."""
+    matrix = _IDENTITY.copy()
+    for frame in range(start + 1, end + 1):
+        matrix = frame_matrix(plan[frame], width, height) @ matrix
+    return matrix
+
+
+def _warp(image: torch.Tensor, matrix: np.ndarray, border: str) -> torch.Tensor:
+    """Warp, skipping the resample when there is no motion (keeps still frames exact)."""
+    if np.array_equal(matrix, _IDENTITY):
+        return image
+    return warp_with_matrix(image, matrix, border=border)
+
+
+# ---------------------------------------------------------------------------- one frame
+
+
+def prepare_init(
+    previous: torch.Tensor,
+    record: FrameRecord,
+    matrix: np.ndarray,
+    colour: ColourReference,
+    options: ChainOptions,
+) -> torch.Tensor:
+    """Steps 1-5 of a diffused frame: warp, colour-match, contrast, anti-blur, noise."""
+    image = _warp(previous, matrix, options.border)  # (3, H, W)
+    image = colour.match(image, options.color_coherence)
+    image = adjust_contrast(image, record.contrast)
+    image = unsharp_mask(image, record.amount, record.kernel, record.sigma, record.threshold)
+    return add_noise(image, record.noise, record.seed, options.noise_type, **options.perlin)
+
+
+def diffuse(
+    record: FrameRecord,
+    init: torch.Tensor | None,
+    step_fn: StepFn,
+    colour: ColourReference,
+    options: ChainOptions,
+) -> np.ndarray:
+    """Steps 6-8: run the model, colour-match its output, quantise; update the reference."""
+    output = step_fn(record, init).detach().float().cpu()  # (3, H, W) in [0, 1]
+    output = colour.match(output, options.color_coherence)
+    frame = to_uint8(output)  # (H, W, 3) uint8, what is written
+    colour.update(from_uint8(frame))
+    return frame
+
+
+def tween(record: FrameRecord, state: RenderState, plan: Sequence[FrameRecord],
+          options: ChainOptions) -> np.ndarray:  # fmt: skip
+    """Blend the diffused frames on either side, each moved to this frame's moment."""
+    assert record.tween_prev == state.prev_key and record.tween_next == state.next_key
+    assert state.prev_image is not None and state.next_image is not None
+    size = (options.width, options.height)
+    forward = accumulated_matrix(plan, record.tween_prev, record.frame, *size)
+    backward = np.linalg.inv(accumulated_matrix(plan, record.frame, record.tween_next, *size))
+    before = _warp(from_uint8(state.prev_image), forward, options.border)
+    after = _warp(from_uint8(state.next_image), backward, options.border)
+    return to_uint8(torch.lerp(before, after, float(record.tween_weight or 0.0)))
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def render_frames(
+    plan: Sequence[FrameRecord],
+    options: ChainOptions,
+    step_fn: StepFn,
+    state: RenderState | None = None,
+    init_image: torch.Tensor | None = None,
+) -> Iterator[Frame]:
+    """Yield (frame, uint8 image, state after it) for every frame not yet in `state`.
+
+    The caller writes the frame, then saves the state, before asking for the next one (the
+    colour reference inside the state is updated in place by later frames). Frames come in
+    index order, except that a diffused frame comes before the tweens that lead up to it.
+    """
+    # 1. start, or continue where the state says
+    state = state or RenderState(fingerprint="")
+    if state.colour is None:
+        state = replace(state, colour=options.new_colour_reference())
+    chain = _Chain(plan, options, step_fn, init_image)
+    # 2. one frame index at a time, each frame written exactly once
+    while state.next_frame < len(plan):
+        record = plan[state.next_frame]
+        if record.diffused and state.next_key == record.frame:
+            state = chain.promote(state)  # rendered ahead of its tweens: already written
+        elif record.diffused:
+            state = chain.key_frame(record, state)
+            yield record.frame, state.prev_image, state  # type: ignore[misc]
+        else:
+            if state.next_key != record.tween_next:
+                state = chain.look_ahead(plan[record.tween_next], state)  # type: ignore[index]
+                yield state.next_key, state.next_image, state  # type: ignore[misc]
+            state = chain.tween(record, state)
+            yield record.frame, chain.last_tween, state
+
+
+class _Chain:
+    """The state transitions of `render_frames` (each returns the new RenderState)."""
+
+    def __init__(self, plan: Sequence[FrameRecord], options: ChainOptions, step_fn: StepFn,
+                 init_image: torch.Tensor | None) -> None:  # fmt: skip
+        self.plan, self.options, self.step_fn, self.init_image = plan, options, step_fn, init_image
+        self.last_tween: np.ndarray | None = None
+
+    def render_key(self, record: FrameRecord, state: RenderState) -> np.ndarray:
+        """A diffused frame from the previous one (or from nothing / the init image)."""
+        assert state.colour is not None
+        if state.prev_image is None:
+            assert record.frame == 0, "only frame 0 starts without a previous frame"
+            init = self.init_image
+        else:
+            size = (self.options.width, self.options.height)
+            matrix = accumulated_matrix(self.plan, state.prev_key, record.frame, *size)  # type: ignore[arg-type]
+            init = prepare_init(from_uint8(state.prev_image), record, matrix, state.colour,
+                                self.options)  # fmt: skip
+        return diffuse(record, init, self.step_fn, state.colour, self.options)
+
+    def key_frame(self, record: FrameRecord, state: RenderState) -> RenderState:
+        image = self.render_key(record, state)
+        return self._advance(state, prev_key=record.frame, prev_image=image)
+
+    def look_ahead(self, record: FrameRecord, state: RenderState) -> RenderState:
+        image = self.render_key(record, state)
+        return replace(state, next_key=record.frame, next_image=image)
+
+    def promote(self, state: RenderState) -> RenderState:
+        """The next diffused frame was written ahead; it becomes the previous one."""
+        return self._advance(state, prev_key=state.next_key, prev_image=state.next_image,
+                             next_key=None, next_image=None)  # fmt: skip
+
+    def tween(self, record: FrameRecord, state: RenderState) -> RenderState:
+        self.last_tween = tween(record, state, self.plan, self.options)
+        return self._advance(state)
+
+    def _advance(self, state: RenderState, **changes: Any) -> RenderState:
+        after = state.next_frame + 1
+        next_seed = self.plan[after].seed if after < len(self.plan) else None
+        return replace(state, next_frame=after, next_seed=next_seed, **changes)

@@ -1,0 +1,139 @@
+"""Run an animation job: check what needs no model, render the clip(s), write the summary.
+
+- A job without `clips:` is one clip, rendered into OUT itself (in this process unless
+  ``--executor ray``). Its video is named after the job file (``anim_demo.yaml`` ->
+  ``OUT/anim_demo.mp4``).
+- A job with `clips:` renders each clip into ``OUT/<id>/`` on Ray actors (or one after the other
+  with ``--executor local``); one failing clip does not stop the others.
+- Running the same command again resumes: finished clips are skipped, unfinished ones continue
+  from their saved state. OUT/summary.json lists every clip's status.
+
+Exit status: 0 every clip ok, 2 a problem found before rendering (raised as ConfigError and
+friends, reported by the CLI), 3 one or more clips failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from anim.clip import check_resumable, with_absolute_paths
+from anim.probe import find_ffmpeg
+from anim.ray_clips import ClipTask, model_spec, run_clips_local, run_clips_ray
+from anim.spec import AnimationJob, resolve_clips
+from batch.errors import ConfigError
+from batch.models import resolve_model_source
+from batch.schedulers import check_scheduler_name
+from jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
+
+logger = logging.getLogger(__name__)
+
+DEMO_CLIP = Path(__file__).parent / "examples" / "anim_demo.yaml"
+
+
+def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, executor: str | None,
+                      address: str | None, show_progress: bool = True) -> int:  # fmt: skip
+    """Render every clip of `job` (see the module doc); returns the exit status."""
+    started = time.time()
+    # 1. the clips, with absolute paths, and their folders
+    root = Path(out) if out else Path("out") / Path(job_path).stem
+    tasks = clip_tasks(job, Path(job_path), root)
+    # 2. everything that needs no model
+    check_tasks(tasks)
+    # 3. render
+    executor = executor or ("ray" if job.clips else "local")
+    rows = render_tasks(tasks, executor, address, header(job_path), show_progress)
+    # 4. summary and report
+    write_summary(root, rows, executor, time.time() - started)
+    report(rows)
+    return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
+
+
+def clip_tasks(job: AnimationJob, job_path: Path, root: Path) -> list[ClipTask]:
+    """One task per clip: OUT/<id>/ for each entry of `clips`, else OUT itself."""
+    base_dir = job_path.parent
+    if not job.clips:
+        return [ClipTask(job_path.stem, with_absolute_paths(job, base_dir), root)]
+    return [
+        ClipTask(clip_id, with_absolute_paths(clip_job, base_dir), root / clip_id)
+        for clip_id, clip_job in resolve_clips(job)
+    ]
+
+
+def check_tasks(tasks: list[ClipTask]) -> None:
+    """Model sources, scheduler names, input files, ffmpeg and earlier renders in OUT; raises
+    one ConfigError listing every problem (ModelError/EncodeError as they come)."""
+    for spec in {model_spec(task.job) for task in tasks}:
+        resolve_model_source(spec)
+    find_ffmpeg()
+    problems = []
+    for task in tasks:
+        problems += [f"{task.id}: {p}" for p in clip_problems(task.job)]
+        try:
+            check_resumable(task.paths, task.job)
+        except ConfigError as exc:
+            problems.append(f"{task.id}: {exc}")
+    if problems:
+        raise ConfigError("animation job: " + "\n  ".join(["", *problems]).lstrip("\n"))
+
+
+def clip_problems(job: AnimationJob) -> list[str]:
+    """What is wrong with one clip's scheduler or files."""
+    problems = []
+    if message := check_scheduler_name(job.scheduler):
+        problems.append(f"scheduler: {message}")
+    for field, value in (("init_image", job.init_image), ("soundtrack", job.video.soundtrack)):
+        if value is not None and "://" not in value and not Path(value).is_file():
+            problems.append(f"{field}: {value!r} does not exist; fix the path (relative paths "
+                            "are from the job file's folder)")  # fmt: skip
+    return problems
+
+
+def header(job_path: Path) -> dict[str, str]:
+    """Comment lines for each clip's job.yaml: where it came from and the versions used."""
+    return {"rendered from": str(job_path), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")} | {
+        f"version {name}": value for name, value in versions().items()
+    }
+
+
+def render_tasks(tasks: list[ClipTask], executor: str, address: str | None,
+                 header: dict[str, str], show_progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    if executor == "ray":
+        return run_clips_ray(tasks, header, address=address)
+    if executor != "local":
+        raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
+    from jobs.cli import progress_bar
+
+    total = sum(task.job.max_frames for task in tasks)
+    with progress_bar(total, show_progress) as bar:
+        return run_clips_local(tasks, header, bar.update)
+
+
+def write_summary(root: Path, rows: list[dict[str, Any]], executor: str, wall_s: float) -> None:
+    ok = sum(row["status"] == "ok" for row in rows)
+    summary = {"executor": executor, "clips": len(rows), "ok": ok, "error": len(rows) - ok,
+               "wall_s": round(wall_s, 3), "statuses": rows}  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        if row["status"] == "ok":
+            print(f"{row['id']}: ok, {row['frames_written']} frames -> "
+                  f"{Path(row['folder']) / str(row['video'])}")  # fmt: skip
+        else:
+            print(f"{row['id']}: error: {row['error']}")
+    if any(row["status"] != "ok" for row in rows):
+        print("run the same command again to retry the failed clips (finished ones are kept)")
+
+
+def run_demo_clip(out: Path, show_progress: bool = False) -> int:
+    """`sdfleet demo`'s clip: jobs/examples/anim_demo.yaml (24 frames, 64x64, builtin:tiny)."""
+    from jobs.spec import load_job
+
+    job = load_job(DEMO_CLIP)
+    return run_animation_job(job, DEMO_CLIP, str(out), "local", None, show_progress)
