@@ -145,9 +145,8 @@ KILL_JOB = {
 }  # fmt: skip
 
 
-def sdfleet_run(job_file: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([SDFLEET, "run", str(job_file), "--out", str(out), "--no-progress"],
-                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+def run_argv(job_file: Path, out: Path) -> list[str]:
+    return [SDFLEET, "run", str(job_file), "--out", str(out), "--no-progress"]
 
 
 def wait_for_frames(out: Path, count: int, process: subprocess.Popen, timeout_s: float) -> int:
@@ -166,7 +165,8 @@ def test_sigkill_mid_render_then_rerun_gives_identical_frames(tmp_path: Path, ti
     job_file.write_text(yaml.safe_dump(KILL_JOB))
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     # 1. start, and SIGKILL once a few frames exist
-    process = sdfleet_run(job_file, killed)
+    process = subprocess.Popen(run_argv(job_file, killed), cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     wait_for_frames(killed, 5, process, timeout_s=120)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -174,8 +174,8 @@ def test_sigkill_mid_render_then_rerun_gives_identical_frames(tmp_path: Path, ti
     assert len(list((killed / "frames").glob("frame_*.png"))) < 40
     # 2. run the same command again, and an uninterrupted render elsewhere
     for out in (killed, clean):
-        done = subprocess.run([SDFLEET, "run", str(job_file), "--out", str(out), "--no-progress"],
-                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(run_argv(job_file, out), cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
     assert read_status(ClipPaths(killed))["resumed_from"] >= 4
     # 3. every frame byte for byte
