@@ -1,0 +1,100 @@
+"""`sdfleet run` on animation jobs and `sdfleet demo`'s clip, end to end on builtin:tiny."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anim.video import probe_video
+from jobs.anim_runner import run_demo_clip
+from jobs.cli import main
+from jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
+
+BASE = {"kind": "animation", "model": "builtin:tiny", "W": 64, "H": 64, "fps": 8,
+        "steps_schedule": "0:(4)", "prompts": {"0": "a paper boat"},
+        "video": {"format": "mp4", "preset": "veryfast"}}  # fmt: skip
+
+
+def write_job(tmp_path: Path, name: str = "clip", **fields) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(BASE | fields))
+    return path
+
+
+def run(job: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(job), "--out", str(out), "--no-progress", *extra])
+
+
+def test_2d_clip_with_motion_and_cadence_2(tiny_dir, tmp_path: Path) -> None:
+    """Acceptance: zoom + angle + translation, cadence 2: exactly max_frames frames, and an mp4
+    of exactly max_frames frames at the job's fps, H.264, yuv420p."""
+    job = write_job(tmp_path, max_frames=11, diffusion_cadence=2, zoom="0:(1.03)",
+                    angle="0:(2)", translation_x="0:(1.5)", translation_y="0:(-1)")  # fmt: skip
+    out = tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    frames = sorted(p.name for p in (out / "frames").glob("*.png"))
+    assert frames == [f"frame_{i:06d}.png" for i in range(11)]
+    facts = probe_video(out / "clip.mp4")
+    assert (facts["frames"], facts["fps"], facts["codec"], facts["pix_fmt"]) == (
+        11, 8.0, "h264", "yuv420p")  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"] == 1 and summary["statuses"][0]["frames_written"] == 11
+
+
+def test_finished_clip_is_skipped_on_rerun(tiny_dir, tmp_path: Path, monkeypatch) -> None:
+    job = write_job(tmp_path, max_frames=3)
+    out = tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    import anim.ray_clips
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished clip loaded a model")
+
+    monkeypatch.setattr(anim.ray_clips.RenderClips, "_load", no_model)
+    assert run(job, out) == EXIT_OK
+
+
+def test_problems_are_found_before_any_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:
+    import batch.replica
+
+    monkeypatch.setattr(batch.replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
+    job = write_job(tmp_path, max_frames=3, init_image="missing.png", scheduler="eulr")
+    assert run(job, tmp_path / "out") == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "init_image: " in err and "missing.png" in err and "unknown scheduler 'eulr'" in err
+
+
+def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> None:
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    job = write_job(tmp_path, "clips", max_frames=3, clips=[
+        {"id": "calm", "zoom": "0:(1.0)"},
+        {"id": "spin", "angle": "0:(10)", "animation_mode": "interpolation"},
+        {"id": "bad", "init_image": "bad.png"},
+    ])  # fmt: skip
+    out = tmp_path / "out"
+    assert run(job, out, "--executor", "local") == EXIT_ROWS_FAILED
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["error"]) == (2, 1)
+    assert probe_video(out / "calm" / "calm.mp4")["frames"] == 3
+    assert probe_video(out / "spin" / "spin.mp4")["frames"] == 3
+    assert "bad: error: UnidentifiedImageError" in capsys.readouterr().out
+
+
+def test_demo_clip_renders_and_encodes_in_under_a_minute(tiny_dir, tmp_path: Path) -> None:
+    started = time.perf_counter()
+    assert run_demo_clip(tmp_path / "clip") == EXIT_OK
+    elapsed_s = time.perf_counter() - started
+    facts = probe_video(tmp_path / "clip" / "anim_demo.mp4")
+    assert (facts["frames"], facts["fps"], facts["codec"]) == (24, 12.0, "h264")
+    assert elapsed_s < 60, f"the demo clip took {elapsed_s:.1f} s"
+
+
+@pytest.mark.slow
+def test_sdfleet_demo_also_renders_the_clip(tiny_dir, tmp_path: Path) -> None:
+    assert main(["demo", "--out", str(tmp_path)]) == EXIT_OK
+    assert list((tmp_path / "batch" / "images").glob("*.png"))
+    assert probe_video(tmp_path / "clip" / "anim_demo.mp4")["frames"] == 24
