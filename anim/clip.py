@@ -39,7 +39,7 @@ from anim.contact_sheet import make_contact_sheet
 from anim.plan import FrameRecord, compile_plan, plan_to_jsonl
 from anim.render import ChainOptions, Frame, render_frames
 from anim.spec import AnimationJob
-from anim.state import RenderState, load_state, save_state
+from anim.state import RenderState, load_state, save_state, saved_frames
 from anim.video import EncodeOptions, encode_frames
 from anim.walk import render_walk_frames
 from batch.outputs import encode_image
@@ -223,45 +223,46 @@ def render_clip(
     # 1. the plan and its fingerprint; a finished clip is not rendered again
     plan = compile_plan(job)
     print_ = fingerprint(job, plan)
-    status = {"id": clip_id, "max_frames": job.max_frames, "fingerprint": print_,
-              "video": paths.video.name}  # fmt: skip
     if is_finished(paths, print_):
         return read_status(paths) or {}
+    status = {"id": clip_id, "max_frames": job.max_frames, "fingerprint": print_,
+              "video": paths.video.name}  # fmt: skip
     try:
         # 2. what is rendered, exactly; then the state to continue from
         write_clip_record(paths, job, plan, header or {})
         state = load_state(paths.state, print_) or RenderState(fingerprint=print_)
-        status |= {"status": "running", "resumed_from": state.next_frame or None}
-        write_status(paths, status | {"frames_written": state.next_frame})
-        # 3. frames: each written, then the state that follows it
-        for index, image, after in iter_clip_frames(job, plan, model, state, walk_batch_size):
-            write_atomic(paths.frame(index), frame_png(image, plan[index], job))
-            save_state(paths.state, after)
-            if progress is not None:
-                progress(1)
+        status["resumed_from"] = state.next_frame or None
+        write_status(paths, status | {"status": "running", "frames_written": state.next_frame})
+        # 3. the frames, each followed by the state after it
+        frames = iter_clip_frames(job, plan, model, state, walk_batch_size)
+        write_frames(paths, job, plan, frames, progress)
         # 4. video and contact sheet
         encode_clip_video(paths, job)
         make_contact_sheet([paths.frame(i) for i in range(job.max_frames)],
                            job.contact_sheet_every, paths.contact_sheet)  # fmt: skip
     except Exception as exc:
-        status |= {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:2000]}
-        write_status(paths, status | _timing(started) | {"frames_written": state_frames(paths)})
+        close_status(paths, status, started, status="error", error=f"{type(exc).__name__}: {exc}",
+                     frames_written=saved_frames(paths.state))  # fmt: skip
         raise
     # 5. done
-    status |= {"status": "ok", "error": None, "frames_written": job.max_frames,
-               "contact_sheet": paths.contact_sheet.name}  # fmt: skip
-    write_status(paths, status | _timing(started))
+    close_status(paths, status, started, status="ok", error=None, frames_written=job.max_frames,
+                 contact_sheet=paths.contact_sheet.name)  # fmt: skip
     return read_status(paths) or status
 
 
-def state_frames(paths: ClipPaths) -> int:
-    """Frames written according to the saved state (0 when there is none or it is unreadable)."""
-    try:
-        with np.load(paths.state, allow_pickle=False) as archive:
-            return int(json.loads(str(archive["meta"]))["next_frame"])
-    except (OSError, KeyError, ValueError):
-        return 0
+def write_frames(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
+                 frames: Iterator[Frame], progress: Progress | None) -> None:  # fmt: skip
+    """Write each frame (atomically), then the state that follows it."""
+    for index, image, state in frames:
+        write_atomic(paths.frame(index), frame_png(image, plan[index], job))
+        save_state(paths.state, state)
+        if progress is not None:
+            progress(1)
 
 
-def _timing(started: float) -> dict[str, float]:
-    return {"seconds": round(time.perf_counter() - started, 3)}
+def close_status(paths: ClipPaths, base: dict[str, Any], started: float, **fields: Any) -> None:
+    """The final status of this run: ok or error, with the seconds it took."""
+    if fields.get("error"):
+        fields["error"] = fields["error"][:2000]
+    seconds = round(time.perf_counter() - started, 3)
+    write_status(paths, base | fields | {"seconds": seconds})

@@ -191,24 +191,15 @@ def run_clips_local(tasks: Sequence[ClipTask], header: Mapping[str, str] | None 
 def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = None, *,
                   address: str | None = None, replicas: int | None = None,
                   num_cpus: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
-    """Unfinished clips on a Ray actor pool (joined, or a local cluster started here), sized
-    like the batch engine's (`batch.pool.plan_pool`: one replica per GPU, else per CPU slot
-    with one CPU kept free), never more actors than clips."""
+    """Unfinished clips on a Ray actor pool (joined, or a local cluster started here)."""
     import ray
-
-    from batch.pool import plan_pool
-    from batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
 
     # 1. what is left to do; nothing starts for a finished run
     todo = [task for task in tasks if not task.is_finished()]
     if not todo:
         return collect_statuses(tasks)
     # 2. the cluster and the pool
-    connect(address)
-    nodes = alive_nodes()
-    plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True)
-    plan = replace(plan, replicas=min(plan.replicas, len(todo)))
-    threads = cpu_threads_per_replica(nodes, plan) if not plan.num_gpus else None
+    plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus)
     # 3. one block per clip, one clip per actor call
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
@@ -224,6 +215,21 @@ def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = 
         logger.error("the Ray run stopped: %s: %s", type(exc).__name__, exc)
     # 4. statuses, from the clips' own files
     return collect_statuses(tasks)
+
+
+def plan_clip_pool(clips: int, address: str | None, replicas: int | None,
+                   num_cpus: float) -> tuple[Any, int | None]:  # fmt: skip
+    """Join the cluster; size the pool like the batch engine (`batch.pool.plan_pool`: one
+    replica per GPU, else per CPU slot with one CPU kept free), never more actors than clips.
+    Returns (PoolPlan, torch threads per CPU replica or None on GPUs)."""
+    from batch.pool import plan_pool
+    from batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
+
+    connect(address)
+    nodes = alive_nodes()
+    plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True)
+    plan = replace(plan, replicas=min(plan.replicas, clips))
+    return plan, (cpu_threads_per_replica(nodes, plan) if not plan.num_gpus else None)
 
 
 def collect_statuses(tasks: Sequence[ClipTask]) -> list[dict[str, Any]]:

@@ -21,7 +21,8 @@ What it holds, and why that is enough:
   another fingerprint belongs to another job: `load_state` refuses it rather than mixing frames.
 
 API:
-    RenderState (frozen dataclass), save_state(path, state), load_state(path, fingerprint)
+    RenderState (frozen dataclass), save_state(path, state), load_state(path, fingerprint),
+    saved_frames(path)
     encode_colour(reference) -> dict of arrays, decode_colour(arrays) -> ColourReference
 """
 
@@ -111,6 +112,15 @@ def save_state(path: Path, state: RenderState) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def saved_frames(path: Path) -> int:
+    """How many frames the saved state counts as written (0 without a readable state)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return int(json.loads(str(archive["meta"]))["next_frame"])
+    except (OSError, KeyError, ValueError):
+        return 0
 
 
 def load_state(path: Path, fingerprint: str) -> RenderState | None:
