@@ -5,6 +5,8 @@
   ``OUT/anim_demo.mp4``).
 - A job with `clips:` renders each clip into ``OUT/<id>/`` on Ray actors (or one after the other
   with ``--executor local``); one failing clip does not stop the others.
+- `run_clip_manifest` does the same for a Parquet clip manifest (an ``id`` column plus job
+  fields as columns) over a base job.
 - Running the same command again resumes: finished clips are skipped, unfinished ones continue
   from their saved state. OUT/summary.json lists every clip's status.
 
@@ -22,7 +24,13 @@ from typing import Any
 
 from anim.clip import check_resumable, with_absolute_paths
 from anim.probe import find_ffmpeg
-from anim.ray_clips import ClipTask, model_spec, run_clips_local, run_clips_ray
+from anim.ray_clips import (
+    ClipTask,
+    model_spec,
+    read_clip_manifest,
+    run_clips_local,
+    run_clips_ray,
+)
 from anim.spec import AnimationJob, resolve_clips
 from batch.errors import ConfigError
 from batch.models import resolve_model_source
@@ -37,16 +45,33 @@ DEMO_CLIP = Path(__file__).parent / "examples" / "anim_demo.yaml"
 def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, executor: str | None,
                       address: str | None, show_progress: bool = True) -> int:  # fmt: skip
     """Render every clip of `job` (see the module doc); returns the exit status."""
-    started = time.time()
-    # 1. the clips, with absolute paths, and their folders
     root = Path(out) if out else Path("out") / Path(job_path).stem
     tasks = clip_tasks(job, Path(job_path), root)
-    # 2. everything that needs no model
-    check_tasks(tasks)
-    # 3. render
     executor = executor or ("ray" if job.clips else "local")
-    rows = render_tasks(tasks, executor, address, header(job_path), show_progress)
-    # 4. summary and report
+    return run_tasks(tasks, root, executor, address, header(job_path), show_progress)
+
+
+def run_clip_manifest(job: AnimationJob, job_path: Path, manifest: Path, out: str | None,
+                      executor: str | None = "ray", address: str | None = None,
+                      show_progress: bool = True) -> int:  # fmt: skip
+    """Render each row of a Parquet clip manifest (`anim.ray_clips.read_clip_manifest`) over
+    the base `job` into OUT/<id>/; returns the exit status."""
+    root = Path(out) if out else Path("out") / Path(manifest).stem
+    base = with_absolute_paths(job, Path(job_path).parent)
+    tasks = [ClipTask(clip_id, clip_job, root / clip_id)
+             for clip_id, clip_job in read_clip_manifest(Path(manifest), base)]  # fmt: skip
+    return run_tasks(tasks, root, executor or "ray", address, header(job_path), show_progress)
+
+
+def run_tasks(tasks: list[ClipTask], root: Path, executor: str, address: str | None,
+              header: dict[str, str], show_progress: bool) -> int:  # fmt: skip
+    """Check, render, summarise; the exit status."""
+    started = time.time()
+    # 1. everything that needs no model
+    check_tasks(tasks)
+    # 2. render
+    rows = render_tasks(tasks, executor, address, header, show_progress)
+    # 3. summary and report
     write_summary(root, rows, executor, time.time() - started)
     report(rows)
     return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED

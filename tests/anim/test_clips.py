@@ -16,7 +16,7 @@ from PIL import Image
 from anim.clip import ClipPaths, check_resumable, read_status, render_clip
 from anim.plan import compile_plan, plan_to_jsonl
 from anim.ray_clips import ClipTask, RenderClips, read_clip_manifest, run_clips_ray
-from anim.spec import load_animation_job, resolve_clips
+from anim.spec import load_animation_job
 from anim.video import probe_video
 from batch.errors import ConfigError
 from batch.outputs import read_png_metadata
@@ -115,18 +115,22 @@ def test_clip_manifest_problems_name_the_row(tmp_path: Path) -> None:
 
 
 def clip_tasks(tmp_path: Path, max_frames: int = 6) -> list[ClipTask]:
-    """Three clips on builtin:tiny at 64x64: a 2D one, a walk, and one whose init_image is a
-    corrupt file (it exists, so it passes the checks, and fails when the clip renders)."""
-    corrupt = tmp_path / "corrupt.png"
-    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    """A Parquet clip manifest of three clips on builtin:tiny at 64x64: a 2D one, a walk, and one
+    whose init_image is a corrupt file (it exists, so it passes the checks made before any
+    model loads, and fails when the clip renders)."""
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    pq.write_table(pa.table({
+        "id": ["zoom", "walk", "broken"],
+        "animation_mode": [None, "interpolation", None],
+        "init_image": [None, None, "corrupt.png"],  # relative to the manifest's folder
+    }), tmp_path / "clips.parquet")  # fmt: skip
     base = load_animation_job({
         "kind": "animation", "W": 64, "H": 64, "max_frames": max_frames, "fps": 8,
         "steps_schedule": 4, "diffusion_cadence": 2, "zoom": 1.02, "prompts": {"0": "a boat"},
         "video": {"preset": "veryfast"},
-        "clips": [{"id": "zoom"}, {"id": "walk", "animation_mode": "interpolation"},
-                  {"id": "broken", "init_image": str(corrupt)}],
     })  # fmt: skip
-    return [ClipTask(i, job, tmp_path / "out" / i) for i, job in resolve_clips(base)]
+    clips = read_clip_manifest(tmp_path / "clips.parquet", base)
+    return [ClipTask(i, job, tmp_path / "out" / i) for i, job in clips]
 
 
 def check_statuses(rows: list[dict], tasks: list[ClipTask]) -> None:

@@ -6,13 +6,16 @@ import json
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from anim.video import probe_video
-from jobs.anim_runner import run_demo_clip
+from jobs.anim_runner import run_clip_manifest, run_demo_clip
 from jobs.cli import main
 from jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
+from jobs.spec import load_job
 
 BASE = {"kind": "animation", "model": "builtin:tiny", "W": 64, "H": 64, "fps": 8,
         "steps_schedule": "0:(4)", "prompts": {"0": "a paper boat"},
@@ -82,6 +85,17 @@ def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> No
     assert probe_video(out / "calm" / "calm.mp4")["frames"] == 3
     assert probe_video(out / "spin" / "spin.mp4")["frames"] == 3
     assert "bad: error: UnidentifiedImageError" in capsys.readouterr().out
+
+
+def test_parquet_clip_manifest(tiny_dir, tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": ["left", "right"], "translation_x": ["0:(-2)", "0:(2)"]}),
+                   tmp_path / "clips.parquet")  # fmt: skip
+    job_path = write_job(tmp_path, "base", max_frames=3)
+    job = load_job(job_path)
+    out = tmp_path / "out"
+    assert run_clip_manifest(job, job_path, tmp_path / "clips.parquet", str(out), "local") == 0
+    assert yaml.safe_load((out / "right" / "job.yaml").read_text())["translation_x"] == "0:(2)"
+    assert probe_video(out / "left" / "left.mp4")["frames"] == 3
 
 
 def test_demo_clip_renders_and_encodes_in_under_a_minute(tiny_dir, tmp_path: Path) -> None:
