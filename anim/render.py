@@ -199,54 +199,53 @@ def render_frames(
         record = plan[state.next_frame]
         if record.diffused and state.next_key == record.frame:
             state = chain.promote(state)  # rendered ahead of its tweens: already written
-        elif record.diffused:
-            state = chain.key_frame(record, state)
-            yield record.frame, state.prev_image, state  # type: ignore[misc]
-        else:
-            if state.next_key != record.tween_next:
-                state = chain.look_ahead(plan[record.tween_next], state)  # type: ignore[index]
-                yield state.next_key, state.next_image, state  # type: ignore[misc]
-            state = chain.tween(record, state)
-            yield record.frame, chain.last_tween, state
+            continue
+        if not record.diffused and state.next_key != record.tween_next:
+            ahead = chain.look_ahead(record, state)  # the diffused frame this tween leads to
+            state = ahead[2]
+            yield ahead
+        frame = chain.key_frame(record, state) if record.diffused else chain.tween(record, state)
+        state = frame[2]
+        yield frame
 
 
 class _Chain:
-    """The state transitions of `render_frames` (each returns the new RenderState)."""
+    """The steps of `render_frames`: each returns the new state (with the frame it wrote)."""
 
     def __init__(self, plan: Sequence[FrameRecord], options: ChainOptions, step_fn: StepFn,
                  init_image: torch.Tensor | None) -> None:  # fmt: skip
         self.plan, self.options, self.step_fn, self.init_image = plan, options, step_fn, init_image
-        self.last_tween: np.ndarray | None = None
 
     def render_key(self, record: FrameRecord, state: RenderState) -> np.ndarray:
         """A diffused frame from the previous one (or from nothing / the init image)."""
         assert state.colour is not None
-        if state.prev_image is None:
+        if state.prev_image is None or state.prev_key is None:
             assert record.frame == 0, "only frame 0 starts without a previous frame"
             init = self.init_image
         else:
             size = (self.options.width, self.options.height)
-            matrix = accumulated_matrix(self.plan, state.prev_key, record.frame, *size)  # type: ignore[arg-type]
+            matrix = accumulated_matrix(self.plan, state.prev_key, record.frame, *size)
             init = prepare_init(from_uint8(state.prev_image), record, matrix, state.colour,
                                 self.options)  # fmt: skip
         return diffuse(record, init, self.step_fn, state.colour, self.options)
 
-    def key_frame(self, record: FrameRecord, state: RenderState) -> RenderState:
+    def key_frame(self, record: FrameRecord, state: RenderState) -> Frame:
         image = self.render_key(record, state)
-        return self._advance(state, prev_key=record.frame, prev_image=image)
+        return record.frame, image, self._advance(state, prev_key=record.frame, prev_image=image)
 
-    def look_ahead(self, record: FrameRecord, state: RenderState) -> RenderState:
+    def look_ahead(self, tween_record: FrameRecord, state: RenderState) -> Frame:
+        """Render the diffused frame a tween blends toward, before the tween."""
+        record = self.plan[tween_record.tween_next]  # type: ignore[index]
         image = self.render_key(record, state)
-        return replace(state, next_key=record.frame, next_image=image)
+        return record.frame, image, replace(state, next_key=record.frame, next_image=image)
 
     def promote(self, state: RenderState) -> RenderState:
         """The next diffused frame was written ahead; it becomes the previous one."""
         return self._advance(state, prev_key=state.next_key, prev_image=state.next_image,
                              next_key=None, next_image=None)  # fmt: skip
 
-    def tween(self, record: FrameRecord, state: RenderState) -> RenderState:
-        self.last_tween = tween(record, state, self.plan, self.options)
-        return self._advance(state)
+    def tween(self, record: FrameRecord, state: RenderState) -> Frame:
+        return record.frame, tween(record, state, self.plan, self.options), self._advance(state)
 
     def _advance(self, state: RenderState, **changes: Any) -> RenderState:
         after = state.next_frame + 1
