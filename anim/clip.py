@@ -165,7 +165,7 @@ def load_init_image(source: str | None, width: int, height: int) -> torch.Tensor
     from batch.replica import load_init_image as read_image  # the batch engine's reader
 
     image = read_image(SimpleNamespace(init_image=source, width=width, height=height))
-    return from_uint8(np.asarray(image))
+    return from_uint8(np.array(image))  # a writable copy for torch
 
 
 def frame_png(image: np.ndarray, record: FrameRecord, job: AnimationJob) -> bytes:

@@ -14,6 +14,7 @@ import yaml
 from anim.video import probe_video
 from jobs.anim_runner import run_clip_manifest, run_demo_clip
 from jobs.cli import main
+from jobs.examples import shape_image_png
 from jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
 from jobs.spec import load_job
 
@@ -73,8 +74,9 @@ def test_problems_are_found_before_any_model_loads(tmp_path: Path, monkeypatch, 
 
 def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "start.png").write_bytes(shape_image_png(2, size=48))  # resized to 64x64
     job = write_job(tmp_path, "clips", max_frames=3, clips=[
-        {"id": "calm", "zoom": "0:(1.0)"},
+        {"id": "calm", "zoom": "0:(1.0)", "init_image": "start.png"},
         {"id": "spin", "angle": "0:(10)", "animation_mode": "interpolation"},
         {"id": "bad", "init_image": "bad.png"},
     ])  # fmt: skip
