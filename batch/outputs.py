@@ -43,6 +43,12 @@ class OutputDir:
     def is_local(self) -> bool:
         return not _URI.match(self.uri) or self.uri.startswith("file://")
 
+    def child_uri(self, name: str) -> str:
+        """OUT/name in the form OUT was given (a URI stays a URI, so Ray nodes can reach it)."""
+        if "://" in self.uri:
+            return f"{self.uri.rstrip('/')}/{name}"
+        return self.path(name)
+
     def path(self, *parts: str) -> str:
         return posixpath.join(self.filesystem()[1], *parts)
 

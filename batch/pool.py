@@ -1,8 +1,7 @@
 """Sizing the replica pool from the cluster's resources (pure; no ray import).
 
-One replica per GPU by default (or `replicas_per_gpu` per GPU, fractional GPUs); with no GPU, as
-many CPU replicas as fit while one CPU stays free for the read and write tasks (an actor pool
-that takes every CPU starves the reads and hangs).
+One replica per GPU by default (or `replicas_per_gpu` per GPU, fractional GPUs); with no GPU,
+one replica per machine. Either way some CPUs stay free for Ray Data's own tasks.
 """
 
 from __future__ import annotations
@@ -37,44 +36,54 @@ def plan_pool(
     replicas_per_gpu: float = 1,
     num_cpus_per_replica: float = 1,
     allow_fewer: bool = False,
+    reserved_cpus: int = 1,
 ) -> PoolPlan:
-    """Choose (N, gpus, cpus) per replica; over-asking fails now, naming what exists."""
-    total_gpus = sum(n.gpus for n in nodes)
-    gpus_each = 1 / replicas_per_gpu if total_gpus > 0 else 0.0
-    capacity = pool_capacity(nodes, gpus_each, num_cpus_per_replica)
-    wanted = replicas if replicas is not None else capacity
+    """Choose (N, gpus, cpus) per replica; over-asking fails now, naming what exists.
+
+    Default N: one replica per GPU (times `replicas_per_gpu`); on a CPU-only cluster one per
+    machine, since one torch process already uses every core of its machine.
+    """
+    gpus_each = 1 / replicas_per_gpu if sum(n.gpus for n in nodes) > 0 else 0.0
+    capacity = pool_capacity(nodes, gpus_each, num_cpus_per_replica, reserved_cpus)
+    if replicas is not None:
+        wanted = replicas
+    elif gpus_each:
+        wanted = capacity
+    else:
+        wanted = min(capacity, len({n.address for n in nodes if n.cpus >= num_cpus_per_replica}))
     if wanted > capacity or capacity == 0:
         if not allow_fewer or capacity == 0:
-            message = _over_ask_message(nodes, wanted, gpus_each, num_cpus_per_replica, capacity)
+            message = _over_ask_message(
+                nodes, wanted, gpus_each, num_cpus_per_replica, capacity, reserved_cpus
+            )
             raise ConfigError(message)
         logger.warning("asked for %d replicas, running %d (allow_fewer_replicas)", wanted, capacity)
         wanted = capacity
-    return PoolPlan(replicas=max(1, wanted), num_gpus=gpus_each, num_cpus=num_cpus_per_replica)
+    return PoolPlan(replicas=wanted, num_gpus=gpus_each, num_cpus=num_cpus_per_replica)
 
 
-def pool_capacity(nodes: list[NodeResources], gpus_each: float, cpus_each: float) -> int:
-    """How many replicas fit, node by node, keeping one CPU of the cluster for reads/writes."""
-    spare_cpu_kept = False
-    fits = 0
-    for node in sorted(nodes, key=lambda n: -n.cpus):
-        cpus = node.cpus
-        if not spare_cpu_kept and cpus >= 1 + cpus_each:
-            cpus -= 1
-            spare_cpu_kept = True
-        by_cpu = math.floor(cpus / cpus_each + 1e-9)
+def pool_capacity(
+    nodes: list[NodeResources], gpus_each: float, cpus_each: float, reserved_cpus: int = 1
+) -> int:
+    """Replicas that fit node by node while `reserved_cpus` CPUs stay free for Ray Data's
+    own tasks: reading, writing and (when resuming) the checkpoint filter, which holds a CPU
+    for the whole run. An actor pool that takes every CPU starves them and hangs."""
+    per_node = 0
+    for node in nodes:
+        by_cpu = math.floor(node.cpus / cpus_each + 1e-9)
         by_gpu = math.floor(node.gpus / gpus_each + 1e-9) if gpus_each else by_cpu
-        fits += min(by_cpu, by_gpu)
-    if not spare_cpu_kept:
-        fits = max(0, fits - 1) if fits > 1 else fits  # tiny clusters: reads share a CPU
-    return fits
+        per_node += min(by_cpu, by_gpu)
+    spare = sum(n.cpus for n in nodes) - reserved_cpus
+    return max(0, min(per_node, math.floor(spare / cpus_each + 1e-9)))
 
 
-def _over_ask_message(nodes, wanted, gpus_each, cpus_each, capacity) -> str:
+def _over_ask_message(nodes, wanted, gpus_each, cpus_each, capacity, reserved_cpus) -> str:
     per_node = ", ".join(f"{n.address}: {n.cpus:g} CPU {n.gpus:g} GPU" for n in nodes)
     asked = f"{wanted} replica(s) x ({gpus_each:g} GPU, {cpus_each:g} CPU)"
     return (
-        f"ray: asked for {asked}, but the cluster fits {capacity} (one CPU is kept for reading "
-        f"and writing); cluster: {per_node or 'no nodes'}. Lower `ray.replicas` or "
+        f"ray: asked for {asked}, but the cluster fits {capacity} ({reserved_cpus} CPU kept "
+        f"for reading, writing and resuming); cluster: {per_node or 'no nodes'}. Lower "
+        "`ray.replicas` or "
         "`ray.num_cpus_per_replica`, add nodes, or set `ray.allow_fewer_replicas: true` to run "
         "on what exists."
     )

@@ -32,16 +32,19 @@ def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Prog
     connect(address or options.address)
     nodes = alive_nodes()
     out = OutputDir(config.out_uri)
-    checkpoint = options.checkpoint_path or out.path("_checkpoint")
+    checkpoint = options.checkpoint_path or out.child_uri("_checkpoint")
     check_shared_storage(nodes, {"manifest": files[0], "out": config.out_uri,
                                  "checkpoint": checkpoint})  # fmt: skip
-    # 2. size the pool before anything loads
+    # 2. size the pool before anything loads (resuming adds Ray's checkpoint-filter actor)
+    resuming = has_checkpoint(checkpoint)
     plan = plan_pool(nodes, options.replicas, options.replicas_per_gpu,
-                     options.num_cpus_per_replica, options.allow_fewer_replicas)  # fmt: skip
+                     options.num_cpus_per_replica, options.allow_fewer_replicas,
+                     reserved_cpus=2 if resuming else 1)  # fmt: skip
     stats.extra["ray"] = {"replicas": plan.replicas, "num_gpus_per_replica": plan.num_gpus,
-                          "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes)}  # fmt: skip
-    if plan.num_gpus == 0 and config.cpu_threads is None:
-        config = replace(config, cpu_threads=cpu_threads_per_replica(nodes, plan))
+                          "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes),
+                          "resumed": resuming}  # fmt: skip
+    if plan.num_gpus == 0 and config.cpu_threads is None and options.replicas is not None:
+        config = replace(config, cpu_threads=max(1, int(plan.num_cpus)))
     # 3. build and run the pipeline, counting progress through a small actor
     counter = ProgressCounter.options(num_cpus=0).remote()
     done_before = len(committed_ids(out))
@@ -67,20 +70,27 @@ def connect(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local instance
+    # A local instance gets one logical CPU more than the machine has: Ray Data's light tasks
+    # (file listing, reads, the checkpoint filter, writes) need slots of their own beside the
+    # replica, which uses every core through torch threads, or the pipeline deadlocks.
+    num_cpus = None if address else (os.cpu_count() or 1) + 1
     try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=True)  # fmt: skip
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=True)  # fmt: skip
     except ConnectionError as exc:
         raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}. Check the "
                           "address (ray status on the head prints it) or drop --address to "
                           "start a local instance.") from exc  # fmt: skip
 
 
-def cpu_threads_per_replica(nodes: list[NodeResources], plan: PoolPlan) -> int:
-    """Share each machine's cores among its replicas (Ray itself would pin workers to one
-    thread); one replica alone gets all the cores, as the local executor does."""
-    per_node = max(1, -(-plan.replicas // max(1, len(nodes))))
-    return max(1, int(min(n.cpus for n in nodes)) // per_node)
+def has_checkpoint(checkpoint_uri: str) -> bool:
+    from pyarrow import fs
+
+    from batch.outputs import OutputDir
+
+    filesystem, root = OutputDir(checkpoint_uri).filesystem()
+    found = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    return any(info.path.endswith(".parquet") for info in found)
 
 
 def alive_nodes() -> list[NodeResources]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -53,8 +54,9 @@ class Replica:
         self._schedulers: dict[str | None, Any] = {None: self._base_scheduler}
         # CPU kernels split work by thread count, which changes float rounding: the thread
         # count is part of what makes an image reproducible on CPU, so it is set and recorded.
-        if self.pipes.device.type == "cpu" and cpu_threads:
-            torch.set_num_threads(cpu_threads)
+        # Default: every core, also inside Ray workers (where OMP_NUM_THREADS would say 1).
+        if self.pipes.device.type == "cpu":
+            torch.set_num_threads(cpu_threads or os.cpu_count() or 1)
         self.cpu_threads = torch.get_num_threads() if self.pipes.device.type == "cpu" else None
         self.load_seconds = time.perf_counter() - t0
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from batch.errors import SdfleetError
-from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, exit_status
+from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
 
 logger = logging.getLogger("sdfleet")
 
@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["ray", "local"], help="override the job's executor")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--allow-row-errors", action="store_true",
+                     help="exit 0 even when some rows failed (they stay in the summary); for "
+                     "schedulers that would otherwise retry a finished job")  # fmt: skip
     validate = sub.add_parser("validate", help="check a job and its manifest without running")
     validate.add_argument("job", type=Path)
     plan = sub.add_parser("plan", help="print an animation job's per-frame plan")
@@ -90,8 +93,9 @@ def cmd_run(args) -> int:
 
         return run_animation_job(job, args.job, args.out, args.executor, args.address,
                                  show_progress=not args.no_progress)  # fmt: skip
-    return run_batch(job, args.job, args.out, args.executor or job.executor, args.address,
-                     show_progress=not args.no_progress)  # fmt: skip
+    status = run_batch(job, args.job, args.out, args.executor or job.executor, args.address,
+                       show_progress=not args.no_progress)  # fmt: skip
+    return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
 
 
 def run_batch(job, job_path: Path, out: str | None, executor: str, address: str | None,

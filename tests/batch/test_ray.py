@@ -1,0 +1,269 @@
+"""The `ray` executor: pinning, exactly-once resume, faults, over-asking, parity with `local`.
+
+Each test starts its own Ray instance or multi-node `ray.cluster_utils.Cluster` on this machine
+(fake GPUs), so they are marked `ray` and `slow`; `make test` (CI) runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from batch.errors import ConfigError
+from batch.manifest import table_from_rows
+from batch.pool import NodeResources, check_shared_storage, plan_pool
+from jobs.cli import main
+from jobs.examples import shape_image_png
+from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
+
+ray_test = [pytest.mark.ray, pytest.mark.slow]
+
+
+def write_job(tmp_path: Path, rows: list[dict], ray_options: dict | None = None, **fields) -> Path:
+    pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
+    job = {"manifest": "m.parquet", "executor": "ray", "seed": 11, "batch_size": 2,
+           "defaults": {"num_inference_steps": 2, "width": 64, "height": 64},
+           "ray": {"rows_per_block": 4, **(ray_options or {})}} | fields  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def rows(n: int) -> list[dict]:
+    return [{"id": f"r{i:03d}", "prompt": f"prompt {i}", "label": i % 3} for i in range(n)]
+
+
+def run(job: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(job), "--out", str(out), "--no-progress", *extra])
+
+
+def results(out: Path) -> list[dict]:
+    return pq.read_table(out / "results").to_pylist()
+
+
+def images(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((out / "images").iterdir())}
+
+
+@pytest.fixture
+def local_ray(tiny_dir, monkeypatch):
+    import ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def cluster(tiny_dir, monkeypatch):
+    """Head (CPUs for reads) + two worker nodes declaring fake GPUs."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    workers = [cluster.add_node(num_cpus=2, num_gpus=2), cluster.add_node(num_cpus=2, num_gpus=1)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+# --- pure pool sizing -------------------------------------------------------------------------
+
+
+NODES = [NodeResources("a", "10.0.0.1", 8, 1), NodeResources("b", "10.0.0.2", 8, 1)]
+
+
+def test_pool_defaults_to_one_replica_per_gpu():
+    plan = plan_pool(NODES)
+    assert (plan.replicas, plan.num_gpus, plan.num_cpus) == (2, 1, 1)
+    assert plan_pool(NODES, replicas_per_gpu=2).replicas == 4
+    assert plan_pool(NODES, replicas_per_gpu=2).num_gpus == 0.5
+
+
+def test_pool_on_cpus_is_one_replica_per_machine_and_keeps_cpus_for_ray_data():
+    one_machine = [NodeResources("a", "h", 4, 0)]
+    assert plan_pool(one_machine).replicas == 1
+    two_machines = [NodeResources("a", "h1", 4, 0), NodeResources("b", "h2", 4, 0)]
+    assert plan_pool(two_machines).replicas == 2
+    assert plan_pool(one_machine, replicas=3).replicas == 3  # 4 CPUs, one kept for reads
+    with pytest.raises(ConfigError, match="fits 3"):
+        plan_pool(one_machine, replicas=4)
+    with pytest.raises(ConfigError, match="fits 0 \\(2 CPU kept"):  # resuming keeps a 2nd CPU
+        plan_pool([NodeResources("a", "h", 2, 0)], reserved_cpus=2)
+
+
+def test_over_asking_names_resources_and_fix():
+    with pytest.raises(ConfigError) as info:
+        plan_pool(NODES, replicas=4)
+    text = str(info.value)
+    assert "4 replica(s) x (1 GPU, 1 CPU)" in text and "fits 2" in text
+    assert "10.0.0.1: 8 CPU 1 GPU" in text and "allow_fewer_replicas" in text
+    assert plan_pool(NODES, replicas=4, allow_fewer=True).replicas == 2
+
+
+def test_local_paths_are_refused_on_a_multi_machine_cluster():
+    with pytest.raises(ConfigError, match="spans 2 machines.*out='/data/out'"):
+        check_shared_storage(NODES, {"out": "/data/out", "manifest": "s3://b/m.parquet"})
+    check_shared_storage(NODES, {"out": "s3://b/out", "manifest": "file:///mnt/m.parquet"})
+    check_shared_storage(NODES[:1], {"out": "/data/out"})  # one machine: fine
+
+
+# --- on Ray -------------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_is_the_default_and_matches_local_images(local_ray, tmp_path):
+    example = Path(__file__).resolve().parents[2] / "jobs" / "examples" / "marketing.yaml"
+    assert run(example, tmp_path / "ray") == EXIT_OK
+    assert run(example, tmp_path / "local", "--executor", "local") == EXIT_OK
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert summary["executor"] == "ray" and summary["ok"] == 16
+    assert images(tmp_path / "ray") == images(tmp_path / "local")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_poison_row_fails_alone(local_ray, tmp_path, capsys):
+    manifest = rows(6) + [{"id": "poison", "prompt": "x", "init_image": b"\x89PNG corrupt"}]
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path, manifest), out) == EXIT_ROWS_FAILED
+    by_id = {r["output_id"]: r for r in results(out)}
+    assert len(by_id) == 7 and by_id["poison"]["status"] == "error"
+    assert by_id["poison"]["error"].startswith("init_image: UnidentifiedImageError")
+    assert all(r["status"] == "ok" for k, r in by_id.items() if k != "poison")
+    assert "error poison" in capsys.readouterr().out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_pinning_on_two_nodes_with_fake_gpus(cluster, tmp_path):
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path, rows(24), {"num_cpus_per_replica": 0.5}), out) == EXIT_OK
+    found = results(out)
+    assert len(found) == 24
+    placements = {(r["ray_node_id"], r["worker"]): r["gpu_ids"] for r in found}
+    workers = {w for _, w in placements}
+    assert len(workers) == 3, placements  # one replica per fake GPU: 2 + 1
+    per_node: dict[str, set[str]] = {}
+    for (node, _), gpu in placements.items():
+        per_node.setdefault(node, set()).add(gpu)
+    assert sorted(len(g) for g in per_node.values()) == [1, 2]  # distinct devices per node
+    assert all(g in {"0", "1"} for g in placements.values())
+    assert len(Counter(r["worker"] for r in found)) == 3  # rows spread over every replica
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_over_asking_gpus_fails_fast(cluster, tmp_path, capsys):
+    start = time.monotonic()
+    code = run(write_job(tmp_path, rows(4), {"replicas": 4}), tmp_path / "out")
+    assert code == EXIT_CONFIG and time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert "asked for 4 replica(s) x (1 GPU, 1 CPU)" in err and "fits 3" in err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_actor_killed_mid_batch_and_node_removed(cluster, tmp_path, monkeypatch):
+    cluster_obj, workers = cluster
+    marker = tmp_path / "killed-once"
+    hooks = {"kill_on_id": "r005", "kill_marker": str(marker), "sleep_s": 0.3}
+    monkeypatch.setenv("SDFLEET_TEST_HOOKS", json.dumps(hooks))
+    job = write_job(tmp_path, rows(30), {"num_cpus_per_replica": 0.5, "replicas": 2,
+                                          "allow_fewer_replicas": True})  # fmt: skip
+    out = tmp_path / "out"
+
+    def remove_a_worker_when_half_done():
+        while len(list((out / "images").glob("*.png"))) < 12 if (out / "images").exists() else True:
+            time.sleep(0.2)
+        cluster_obj.remove_node(workers[1])
+
+    remover = threading.Thread(target=remove_a_worker_when_half_done, daemon=True)
+    remover.start()
+    assert run(job, out) == EXIT_OK
+    remover.join(timeout=5)
+    assert marker.exists()  # the actor really died once
+    found = Counter(r["output_id"] for r in results(out))
+    assert set(found) == {f"r{i:03d}" for i in range(30)}
+    assert max(found.values()) == 1  # every output exactly once
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_stalled_pipeline_fails_with_a_message(local_ray, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SDFLEET_TEST_HOOKS", json.dumps({"sleep_s": 60}))
+    job = write_job(tmp_path, rows(2), {"stall_timeout_s": 8})
+    start = time.monotonic()
+    assert run(job, tmp_path / "out") == EXIT_CONFIG
+    assert time.monotonic() - start < 55
+    assert "made no progress for 8 s" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_driver_sigkill_then_rerun_resumes_exactly_once(tiny_dir, tmp_path, sdfleet_cache):
+    manifest = rows(40)
+    job = write_job(tmp_path, manifest)
+    out, counts = tmp_path / "out", tmp_path / "generated.txt"
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "SDFLEET_CACHE": str(sdfleet_cache),
+                        "SDFLEET_TEST_HOOKS": json.dumps({"count_file": str(counts),
+                                                          "sleep_s": 0.4})}  # fmt: skip
+    command = [sys.executable, "-m", "jobs.cli", "run", str(job), "--out", str(out),
+               "--no-progress"]  # fmt: skip
+    first = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        wait_for(lambda: len(list((out / "_checkpoint").glob("*.parquet"))) >= 2, 240)
+        first.send_signal(signal.SIGKILL)  # the driver only
+        first.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # agents the dead driver's Ray left behind
+    committed = checkpoint_ids(out)
+    generated_first = counts.read_text().splitlines()
+    assert 0 < len(committed) < 40
+    assert subprocess.run(command, env=env, timeout=400).returncode == EXIT_OK
+    generated_second = counts.read_text().splitlines()[len(generated_first):]
+    assert not committed & set(generated_second)  # committed rows were not generated again
+    found = Counter(r["output_id"] for r in results(out))
+    assert set(found) == {r["id"] for r in manifest} and max(found.values()) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_already_done_rows"] >= len(committed)
+    reference = tmp_path / "reference"
+    assert run(job, reference, "--executor", "local") == EXIT_OK
+    assert images(out) == images(reference)  # byte-identical to an uninterrupted run
+
+
+def checkpoint_ids(out: Path) -> set[str]:
+    files = list((out / "_checkpoint").glob("*.parquet"))
+    return {i for f in files for i in pq.read_table(f).column("id").to_pylist()}
+
+
+def wait_for(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.2)
+
+
+def test_keyboard_interrupt_code_is_distinct():
+    assert len({EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_ROWS_FAILED}) == 4
