@@ -25,7 +25,6 @@ from batch.errors import ConfigError
 from batch.manifest import table_from_rows
 from batch.pool import NodeResources, check_shared_storage, plan_pool
 from jobs.cli import main
-from jobs.examples import shape_image_png
 from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
 
 ray_test = [pytest.mark.ray, pytest.mark.slow]
