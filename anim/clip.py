@@ -160,11 +160,9 @@ def load_init_image(source: str | None, width: int, height: int) -> torch.Tensor
     """The job's init_image as (3, H, W) in [0, 1], resized to the clip with Lanczos."""
     if source is None:
         return None
-    from types import SimpleNamespace
+    from batch.replica import read_image  # the batch engine's reader
 
-    from batch.replica import load_init_image as read_image  # the batch engine's reader
-
-    image = read_image(SimpleNamespace(init_image=source, width=width, height=height))
+    image = read_image(source, width, height)
     return from_uint8(np.array(image))  # a writable copy for torch
 
 

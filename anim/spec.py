@@ -94,7 +94,7 @@ Frozen = ConfigDict(extra="forbid", frozen=True)
 
 def clip_field_names() -> list[str]:
     """Fields a clip may override (everything but kind and clips), with W and H."""
-    names = [name for name in AnimationJob.model_fields if name not in ("kind", "clips")]
+    names = [n for n in AnimationJob.model_fields if n not in ("kind", "clips", "clips_manifest")]
     return [*names, "W", "H"]
 
 
@@ -207,6 +207,9 @@ class AnimationJob(BaseModel):
     video: VideoSpec = Field(default_factory=VideoSpec)
     contact_sheet_every: int = Field(10, ge=1)
     clips: Annotated[tuple[Clip, ...] | None, AfterValidator(check_clip_ids)] = None
+    clips_manifest: str | None = Field(
+        None, description="Parquet clip manifest (id + override columns), relative to the job"
+    )
 
     @field_validator("width", "height")
     @classmethod

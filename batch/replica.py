@@ -174,10 +174,14 @@ def to_pil(array):
 
 
 def load_init_image(request: GenRequest):
-    """bytes or a path/URI -> RGB PIL image at the request's size (resized with Lanczos)."""
+    """A request's init image as an RGB PIL image at the request's size."""
+    return read_image(request.init_image, request.width, request.height)
+
+
+def read_image(source: bytes | str, width: int, height: int):
+    """Encoded bytes, a path or a URI -> RGB PIL image at width x height (Lanczos resize)."""
     from PIL import Image
 
-    source = request.init_image
     if isinstance(source, bytes):
         data = source
     elif "://" in str(source):
@@ -192,8 +196,8 @@ def load_init_image(request: GenRequest):
     image = Image.open(io.BytesIO(data))
     image.load()
     image = image.convert("RGB")
-    if image.size != (request.width, request.height):
-        image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
 
 

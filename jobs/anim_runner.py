@@ -45,6 +45,11 @@ DEMO_CLIP = Path(__file__).parent / "examples" / "anim_demo.yaml"
 def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, executor: str | None,
                       address: str | None, show_progress: bool = True) -> int:  # fmt: skip
     """Render every clip of `job` (see the module doc); returns the exit status."""
+    if job.clips_manifest:
+        manifest = Path(job.clips_manifest)
+        manifest = manifest if manifest.is_absolute() else Path(job_path).parent / manifest
+        base = job.model_copy(update={"clips_manifest": None})
+        return run_clip_manifest(base, job_path, manifest, out, executor, address, show_progress)
     root = Path(out) if out else Path("out") / Path(job_path).stem
     tasks = clip_tasks(job, Path(job_path), root)
     executor = executor or ("ray" if job.clips else "local")

@@ -26,7 +26,7 @@ def run_demo(out: Path, executor: str | None) -> int:
     from jobs.cli import run_batch
 
     manifest = write_manifest(demo_rows(), out.resolve() / "manifest" / "demo.parquet")
-    job = demo_job(manifest, executor or "local")
+    job = demo_job(manifest, executor or "ray")
     status = run_batch(job, out / "job.yaml", str(out / "batch"), job.executor, None)
     print(f"demo images: {out / 'batch' / 'images'}")
     from jobs.anim_runner import run_demo_clip

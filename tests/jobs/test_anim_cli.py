@@ -100,6 +100,16 @@ def test_parquet_clip_manifest(tiny_dir, tmp_path: Path) -> None:
     assert probe_video(out / "left" / "left.mp4")["frames"] == 3
 
 
+def test_clips_manifest_field_runs_through_sdfleet_run(tiny_dir, tmp_path: Path) -> None:
+    pq.write_table(pa.table({"id": ["up", "down"], "translation_y": ["0:(-2)", "0:(2)"]}),
+                   tmp_path / "clips.parquet")  # fmt: skip
+    job_path = write_job(tmp_path, "base", max_frames=2, clips_manifest="clips.parquet")
+    out = tmp_path / "out"
+    assert run(job_path, out, "--executor", "local") == EXIT_OK
+    assert yaml.safe_load((out / "down" / "job.yaml").read_text())["translation_y"] == "0:(2)"
+    assert probe_video(out / "up" / "up.mp4")["frames"] == 2
+
+
 def test_demo_clip_renders_and_encodes_in_under_a_minute(tiny_dir, tmp_path: Path) -> None:
     started = time.perf_counter()
     assert run_demo_clip(tmp_path / "clip") == EXIT_OK
