@@ -99,3 +99,35 @@ def test_local_rerun_skips_committed_rows(tiny_dir, tmp_path):
 def test_example_jobs_validate(example, capsys):
     job = Path(__file__).resolve().parents[2] / "jobs" / "examples" / example
     assert main(["validate", str(job)]) == EXIT_OK
+
+
+ANIM_EXAMPLES = sorted(
+    (Path(__file__).resolve().parents[2] / "jobs" / "examples").glob("anim_*.yaml")
+)
+PLAN_FIELDS = {"frame", "zoom", "angle", "translation_x", "translation_y", "strength", "denoise",
+               "noise", "contrast", "cfg_scale", "steps", "amount", "kernel", "sigma",
+               "threshold", "seed", "prompt", "negative_prompt", "blend_prompt", "blend_weight",
+               "diffused"}  # fmt: skip
+
+
+@pytest.mark.parametrize("example", ANIM_EXAMPLES, ids=lambda p: p.stem)
+def test_plan_json_prints_one_record_per_frame(example, capsys):
+    assert main(["plan", str(example), "--json"]) == EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    records = [json.loads(line) for line in lines]
+    max_frames = yaml.safe_load(example.read_text()).get("max_frames", 120)
+    assert len(records) == max_frames
+    assert [r["frame"] for r in records] == list(range(max_frames))
+    assert PLAN_FIELDS <= set(records[0])
+    assert all(abs(r["denoise"] - (1 - r["strength"])) < 1e-9 for r in records)
+
+
+def test_plan_table_is_readable(capsys):
+    assert main(["plan", str(ANIM_EXAMPLES[0])]) == EXIT_OK
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "frame" in header and "zoom" in header
+
+
+def test_plan_refuses_a_batch_job(tmp_path, capsys):
+    assert main(["plan", str(write_job(tmp_path, ROWS))]) == EXIT_CONFIG
+    assert "`plan` is for animation jobs" in capsys.readouterr().err
