@@ -10,11 +10,13 @@ import math
 import os
 import re
 import string
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -164,63 +166,101 @@ def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tup
 def validate_manifest(
     files: list[str], defaults: RowDefaults, max_problems: int = 50, base_dir: Path | None = None
 ) -> int:
-    """Check every row; raise ManifestError listing up to `max_problems`; return output count."""
-    problems: list[Problem] = []
-    seen_ids: dict[str, str] = {}
-    seen_names: dict[str, str] = {}
-    outputs = 0
-    total_bad = 0
+    """Check every row; raise ManifestError listing up to `max_problems`; return output count.
+
+    Streams with flat memory: rows are read and checked one at a time, and uniqueness keeps
+    only a 64-bit hash per id and output name. Only when some hash repeats (a duplicate, or
+    rarely a hash collision) does a second pass remember those ids and names, to say which
+    rows collide.
+    """
+    scan = _scan_rows(files, defaults, max_problems, base_dir, _Uniqueness())
+    repeated = scan.unique.repeated_hashes()
+    if repeated is not None:
+        scan = _scan_rows(files, defaults, max_problems, base_dir, _Uniqueness(repeated))
+    if scan.problems:
+        raise _problems_error(scan.problems, scan.total_bad)
+    return scan.outputs
+
+
+def _problems_error(problems: list[Problem], total_bad: int) -> ManifestError:
+    shown = "\n  ".join(str(p) for p in problems)
+    more = f"\n  ... and more ({total_bad} bad rows in all)" if total_bad > len(problems) else ""
+    return ManifestError(f"manifest has {total_bad} bad row(s); nothing was run:\n  {shown}{more}")
+
+
+@dataclass
+class _Scan:
+    unique: _Uniqueness
+    problems: list[Problem] = field(default_factory=list)
+    outputs: int = 0
+    total_bad: int = 0
+
+
+def _scan_rows(files: list[str], defaults: RowDefaults, max_problems: int,
+               base_dir: Path | None, unique: _Uniqueness) -> _Scan:  # fmt: skip
+    """One pass over every row: its own problems, then (if it has none) uniqueness."""
+    scan = _Scan(unique)
     for source, index, row in iter_manifest_rows(files):
         row_problems = check_row(row, defaults, source, index, base_dir)
         row_id = row.get("id")
         if not row_problems:
-            row_problems = _check_unique(row, defaults, source, index, seen_ids, seen_names)
-            outputs += _num_images(row, defaults)
-        total_bad += bool(row_problems)
-        problems.extend(row_problems[: max(0, max_problems - len(problems))])
+            count = _num_images(row, defaults)
+            row_problems = unique.check(row, count, source, index)
+            scan.outputs += count
+        scan.total_bad += bool(row_problems)
+        scan.problems.extend(row_problems[: max(0, max_problems - len(scan.problems))])
         if isinstance(row_id, str):
-            seen_ids.setdefault(row_id, f"{source}#{index}")
-    if problems:
-        shown = "\n  ".join(str(p) for p in problems)
-        more = (
-            f"\n  ... and more ({total_bad} bad rows in all)" if total_bad > len(problems) else ""
-        )
-        raise ManifestError(
-            f"manifest has {total_bad} bad row(s); nothing was run:\n  {shown}{more}"
-        )
-    return outputs
+            unique.add_id(row_id, source, index)
+    return scan
 
 
-def _check_unique(row, defaults, source, index, seen_ids, seen_names) -> list[Problem]:
-    row_id = row["id"]
-    if row_id in seen_ids:
-        return [
-            Problem(
-                source,
-                index,
-                row_id,
-                "id",
-                row_id,
-                f"duplicate id (first at {seen_ids[row_id]}); ids must be unique",
-            )
-        ]
-    count = _num_images(row, defaults)
-    for variant in range(count):
-        name = output_name(row_id, variant, count)
-        if name in seen_names:
-            return [
-                Problem(
-                    source,
-                    index,
-                    row_id,
-                    "id",
-                    row_id,
-                    f"output name {name!r} collides with row {seen_names[name]!r}; "
-                    "rename one of the ids",
-                )
-            ]
-        seen_names[name] = row_id
-    return []
+class _Uniqueness:
+    """Duplicate ids and colliding output names, remembering as little as possible.
+
+    First pass (no `repeated`): keep the hash of every id and output name, report nothing.
+    Second pass: remember only the ids and names whose hash repeated in the first, and report
+    exactly what remembering every id and name would.
+    """
+
+    def __init__(self, repeated: tuple[set[int], set[int]] | None = None) -> None:
+        self.repeated = repeated
+        self.id_hashes, self.name_hashes = array("q"), array("q")
+        self.seen_ids: dict[str, str] = {}  # id -> where it first appeared
+        self.seen_names: dict[str, str] = {}  # output name -> the id that makes it
+
+    def add_id(self, row_id: str, source: str, index: int) -> None:
+        if self.repeated is None:
+            self.id_hashes.append(hash(row_id))
+        elif hash(row_id) in self.repeated[0]:
+            self.seen_ids.setdefault(row_id, f"{source}#{index}")
+
+    def check(self, row: dict, count: int, source: str, index: int) -> list[Problem]:
+        row_id = row["id"]
+        names = [output_name(row_id, variant, count) for variant in range(count)]
+        if self.repeated is None:
+            self.name_hashes.extend(hash(name) for name in names)
+            return []
+        if row_id in self.seen_ids:
+            fix = f"duplicate id (first at {self.seen_ids[row_id]}); ids must be unique"
+            return [Problem(source, index, row_id, "id", row_id, fix)]
+        for name in names:
+            if name in self.seen_names:
+                fix = (f"output name {name!r} collides with row {self.seen_names[name]!r}; "
+                       "rename one of the ids")  # fmt: skip
+                return [Problem(source, index, row_id, "id", row_id, fix)]
+            if hash(name) in self.repeated[1]:
+                self.seen_names[name] = row_id
+        return []
+
+    def repeated_hashes(self) -> tuple[set[int], set[int]] | None:
+        """(id hashes, name hashes) seen more than once, or None when every one is unique."""
+        ids, names = _repeated(self.id_hashes), _repeated(self.name_hashes)
+        return (ids, names) if ids or names else None
+
+
+def _repeated(hashes: array) -> set[int]:
+    values, counts = np.unique(np.frombuffer(hashes, dtype=np.int64), return_counts=True)
+    return set(values[counts > 1].tolist())
 
 
 def _num_images(row: dict, defaults: RowDefaults) -> int:
