@@ -220,8 +220,8 @@ def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = 
 def plan_clip_pool(clips: int, address: str | None, replicas: int | None,
                    num_cpus: float) -> tuple[Any, int | None]:  # fmt: skip
     """Join the cluster; size the pool like the batch engine (`batch.pool.plan_pool`: one
-    replica per GPU, else per CPU slot with one CPU kept free), never more actors than clips.
-    Returns (PoolPlan, torch threads per CPU replica or None on GPUs)."""
+    replica per GPU, else one per machine), never more actors than clips. Returns (PoolPlan,
+    torch threads per CPU replica, None meaning every core of its machine)."""
     from batch.pool import plan_pool
     from batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
 
@@ -229,7 +229,7 @@ def plan_clip_pool(clips: int, address: str | None, replicas: int | None,
     nodes = alive_nodes()
     plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True)
     plan = replace(plan, replicas=min(plan.replicas, clips))
-    return plan, (cpu_threads_per_replica(nodes, plan) if not plan.num_gpus else None)
+    return plan, cpu_threads_per_replica(plan, replicas)
 
 
 def collect_statuses(tasks: Sequence[ClipTask]) -> list[dict[str, Any]]:

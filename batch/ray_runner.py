@@ -43,10 +43,10 @@ def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Prog
     stats.extra["ray"] = {"replicas": plan.replicas, "num_gpus_per_replica": plan.num_gpus,
                           "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes),
                           "resumed": resuming}  # fmt: skip
-    if plan.num_gpus == 0 and config.cpu_threads is None and options.replicas is not None:
-        config = replace(config, cpu_threads=max(1, int(plan.num_cpus)))
+    if config.cpu_threads is None:
+        config = replace(config, cpu_threads=cpu_threads_per_replica(plan, options.replicas))
     # 3. build and run the pipeline, counting progress through a small actor
-    counter = ProgressCounter.options(num_cpus=0).remote()
+    counter = ProgressCounter.options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
     done_before = len(committed_ids(out))
     started = time.time()
     configure_data_context(checkpoint, options)
@@ -86,6 +86,14 @@ def connect(address: str | None) -> None:
                           "start a local instance.") from exc  # fmt: skip
 
 
+def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int | None:
+    """Torch threads of a CPU replica: None (every core of its machine) for the default one
+    replica per machine; its CPU share when the job packs several replicas per machine."""
+    if plan.num_gpus or asked_replicas is None:
+        return None
+    return max(1, int(plan.num_cpus))
+
+
 def has_checkpoint(checkpoint_uri: str) -> bool:
     from pyarrow import fs
 
@@ -104,6 +112,14 @@ def alive_nodes() -> list[NodeResources]:
                       cpus=n["Resources"].get("CPU", 0.0), gpus=n["Resources"].get("GPU", 0.0))
         for n in ray.nodes() if n["Alive"]
     ]  # fmt: skip
+
+
+def on_this_node():
+    """Keep driver-side helpers on the driver's node: a worker node may go away mid-run."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def configure_data_context(checkpoint_path: str, options: Any) -> None:
