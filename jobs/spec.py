@@ -59,7 +59,7 @@ class RayOptions(Strict):
     num_cpus_per_replica: float = Field(1, gt=0)
     rows_per_block: int = Field(16, ge=1)
     allow_fewer_replicas: bool = False
-    min_replicas_timeout_s: float = Field(120, gt=0)
+    min_replicas_timeout_s: float = Field(600, gt=0, description="time for replicas to load")
     stall_timeout_s: float = Field(600, gt=0)
     checkpoint_path: str | None = None
 

@@ -55,6 +55,7 @@ def test_some_rows_failed_has_its_own_exit_status(tiny_dir, tmp_path, capsys):
     assert summary["error"] == 1 and summary["ok"] == 4
     assert summary["errors"][0]["output_id"] == "poison"
     assert "error poison: init_image:" in capsys.readouterr().out
+    assert run(write_job(tmp_path, rows), out, "--allow-row-errors") == EXIT_OK  # resumes too
 
 
 def test_bad_manifest_fails_before_any_model_loads(tmp_path, monkeypatch, capsys):
