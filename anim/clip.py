@@ -152,8 +152,11 @@ def with_absolute_paths(job: AnimationJob, base_dir: Path) -> AnimationJob:
             return value
         return str((base_dir / value).resolve())
 
+    from batch.models import relative_to
+
     video = job.video.model_copy(update={"soundtrack": absolute(job.video.soundtrack)})
-    return job.model_copy(update={"init_image": absolute(job.init_image), "video": video})
+    return job.model_copy(update={"init_image": absolute(job.init_image), "video": video,
+                                  "model": relative_to(job.model, base_dir)})  # fmt: skip
 
 
 def load_init_image(source: str | None, width: int, height: int) -> torch.Tensor | None:

@@ -42,6 +42,15 @@ class ModelSource:
     location: str
 
 
+def relative_to(name: str | None, base_dir: Path) -> str | None:
+    """A model path written relative to the job file, made absolute when it exists there;
+    builtins, hub ids and absolute paths are returned unchanged."""
+    if not name or name.startswith("builtin:") or "://" in name or Path(name).is_absolute():
+        return name
+    candidate = base_dir / os.path.expanduser(name)
+    return str(candidate.resolve()) if candidate.exists() else name
+
+
 def resolve_model_source(spec: ModelSpec) -> ModelSource:
     """Classify `spec.model` and refuse what must not load; raises ModelError with the fix."""
     name = spec.model

@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 from batch.actor import RunConfig
-from batch.errors import ConfigError
+from batch.errors import ConfigError, ModelError
 from batch.manifest import find_manifest_files, validate_manifest
-from batch.models import ModelSpec, resolve_model_source
+from batch.models import ModelSpec, relative_to, resolve_model_source
 from batch.outputs import OutputDir
 from batch.run import Progress, RunStats, manifest_dir_of, run_local, summarize
 from jobs.spec import BatchJob
@@ -38,8 +38,11 @@ class PreparedJob:
 
 def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> PreparedJob:
     """Every check that needs no model: model source, manifest rows, output location."""
-    spec = model_spec(job)
-    resolve_model_source(spec)
+    spec = model_spec(job, job_path.parent)
+    try:
+        resolve_model_source(spec)
+    except ModelError as exc:
+        raise ModelError(f"{job_path}: {exc}") from None
     files = find_manifest_files(job.manifest, base_dir=job_path.parent)
     base_dir = manifest_dir_of(files)
     defaults = job.row_defaults()
@@ -56,10 +59,11 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
     return PreparedJob(job, config, files, expected)
 
 
-def model_spec(job: Any) -> ModelSpec:
-    return ModelSpec(model=job.model, scheduler=job.scheduler, device=job.device,
-                     dtype=job.dtype, allow_pickle=job.allow_pickle,
-                     model_config=getattr(job, "model_config_path", None))  # fmt: skip
+def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:
+    """The job's model fields; paths relative to the job file's folder are made absolute."""
+    return ModelSpec(model=relative_to(job.model, base_dir), scheduler=job.scheduler,
+                     device=job.device, dtype=job.dtype, allow_pickle=job.allow_pickle,
+                     model_config=relative_to(job.model_config_path, base_dir))  # fmt: skip
 
 
 def write_job_record(out: OutputDir, job: BatchJob | Any, source: Path, executor: str) -> None:

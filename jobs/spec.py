@@ -123,7 +123,8 @@ def load_job(path: str | Path):
 
         return load_animation_job(data, source=str(path))
     if kind != "batch":
-        raise ConfigError(f"{path}: kind: {kind!r} is unknown; use 'batch' or 'animation'")
+        hint = suggest_name(str(kind), ["batch", "animation"])
+        raise ConfigError(f"{path}: kind: {kind!r} is unknown{hint}; use 'batch' or 'animation'")
     return validate_model(BatchJob, data, str(path))
 
 

@@ -132,3 +132,22 @@ def test_plan_table_is_readable(capsys):
 def test_plan_refuses_a_batch_job(tmp_path, capsys):
     assert main(["plan", str(write_job(tmp_path, ROWS))]) == EXIT_CONFIG
     assert "`plan` is for animation jobs" in capsys.readouterr().err
+
+
+def test_model_path_is_relative_to_the_job_file(tiny_dir, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "models" / "tiny")
+    job = write_job(tmp_path, ROWS[:1], model="models/tiny", executor="local")
+    monkeypatch.chdir(tmp_path.parent)  # not the job's folder
+    assert main(["validate", str(job)]) == EXIT_OK
+    assert run(job, tmp_path / "out") == EXIT_OK
+    record = yaml.safe_load((tmp_path / "out" / "job.yaml").read_text())
+    assert record["job"]["model"] == "models/tiny"  # the job as written
+
+
+def test_missing_model_names_the_job_file(tmp_path, capsys):
+    job = write_job(tmp_path, ROWS, model="nowhere/model.safetensors")
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "job.yaml: model: checkpoint file 'nowhere/model.safetensors' does not exist" in err
