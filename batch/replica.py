@@ -77,27 +77,36 @@ class Replica:
                     results[index] = result
         return results  # type: ignore[return-value]
 
-    def _run_chunk(self, chunk: list[GenRequest], retry_smaller: bool = True) -> list[GenResult]:
-        """One call for the chunk; on failure, isolate: halve on OOM, else one request at a time."""
+    def _run_chunk(
+        self, chunk: list[GenRequest], pad_to: int | None = None, may_shrink: bool = True
+    ) -> list[GenResult]:
+        """One call for the chunk at shape `pad_to`; on failure isolate the cause: out of memory
+        is retried once at half the shape (those rows are generated at that shape), any other
+        error row by row, so one bad row never fails its neighbours."""
+        pad_to = pad_to or self.batch_size
         ready, failed = self._prepare_inputs(chunk)
         if not ready:
             return [failed[id(r)] for r in chunk]
         try:
-            results = self._call_pipeline(ready)
+            results = self._call_pipeline(ready, pad_to)
         except Exception as exc:  # noqa: BLE001 - a row's failure must not stop the job
-            if len(ready) == 1:
+            if is_out_of_memory(exc) and may_shrink and pad_to > 1:
+                results = self._retry_smaller([r for r, _ in ready], max(1, pad_to // 2))
+            elif len(ready) == 1:
                 results = [_error(ready[0][0], exc)]
-            elif is_out_of_memory(exc) and retry_smaller:
-                logger.warning("out of memory at %d rows; retrying in halves", len(ready))
-                self._free_memory()
-                half = len(ready) // 2
-                requests = [r for r, _ in ready]
-                results = self._run_chunk(requests[:half], False)
-                results += self._run_chunk(requests[half:], False)
             else:
-                results = [r for req, _ in ready for r in self._run_chunk([req], False)]
+                results = [x for r, _ in ready for x in self._run_chunk([r], pad_to, False)]
         by_request = {id(r.request): r for r in results} | failed
         return [by_request[id(r)] for r in chunk]
+
+    def _retry_smaller(self, requests: list[GenRequest], size: int) -> list[GenResult]:
+        logger.warning("out of memory at batch shape %d; retrying at %d", 2 * size, size)
+        self._free_memory()
+        return [
+            result
+            for start in range(0, len(requests), size)
+            for result in self._run_chunk(requests[start : start + size], size, False)
+        ]
 
     def _prepare_inputs(self, chunk: list[GenRequest]):
         """Decode init images; a request whose image cannot be read fails alone."""
@@ -110,12 +119,13 @@ class Replica:
                 failed[id(request)] = _error(request, exc, prefix="init_image: ")
         return ready, failed
 
-    def _call_pipeline(self, ready: list[tuple[GenRequest, Any]]) -> list[GenResult]:
+    def _call_pipeline(self, ready: list[tuple[GenRequest, Any]], pad_to: int) -> list[GenResult]:
         import numpy as np
         import torch
 
         # 1. pad to the fixed batch shape (see module docstring)
-        padded = ready + [ready[-1]] * (self.batch_size - len(ready) if self.pad_batches else 0)
+        padding = max(0, pad_to - len(ready)) if self.pad_batches else 0
+        padded = ready + [ready[-1]] * padding
         first = padded[0][0]
         # 2. one generator per row, seeded from the row alone
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r, _ in padded]

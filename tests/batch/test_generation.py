@@ -129,8 +129,9 @@ def test_nan_output_becomes_a_row_error(replica, monkeypatch):
     assert second.error is None
 
 
-def test_out_of_memory_retries_at_a_smaller_batch(tiny_dir, monkeypatch):
-    small = Replica(ModelSpec(), batch_size=4, pad_batches=False)
+@pytest.mark.parametrize("pad_batches", [True, False])
+def test_out_of_memory_retries_at_a_smaller_batch(tiny_dir, monkeypatch, pad_batches):
+    small = Replica(ModelSpec(), batch_size=4, pad_batches=pad_batches)
     real = small.pipes.txt2img
     calls: list[int] = []
 
@@ -147,6 +148,9 @@ def test_out_of_memory_retries_at_a_smaller_batch(tiny_dir, monkeypatch):
     results = small.generate([request(f"r{i}", "p", i) for i in range(4)])
     assert calls == [4, 2, 2]
     assert all(r.error is None for r in results)
+    calls.clear()
+    (alone,) = small.generate([request("x", "p", 9)])  # padded to 4 it runs out of memory too
+    assert calls == ([4, 2] if pad_batches else [1]) and alone.error is None
 
 
 def test_a_generic_failure_is_isolated_row_by_row(replica, monkeypatch):
