@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.manifest import GenRequest, RowDefaults, expand_row
+from batch.manifest import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
 from batch.models import ModelSpec
 from batch.outputs import OutputDir, encode_image, results_table, sha256_hex
 
@@ -67,7 +67,10 @@ class GenerateBatch:
             requests.extend(expand_row(row, self.config.defaults, self.config.job_seed, base_dir))
         self._maybe_fault(requests)
         results = self.replica.generate(requests)
-        table = results_table(rows_to_columns([self._finish(r) for r in results]))
+        carried = {
+            f.name: f.type for f in getattr(batch, "schema", ()) if f.name not in KNOWN_COLUMNS
+        }
+        table = results_table(rows_to_columns([self._finish(r) for r in results]), carried)
         if self.progress is not None:
             self.progress.add.remote(table.num_rows)
         return table

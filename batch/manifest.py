@@ -173,6 +173,7 @@ def validate_manifest(
     rarely a hash collision) does a second pass remember those ids and names, to say which
     rows collide.
     """
+    check_columns(files)
     scan = _scan_rows(files, defaults, max_problems, base_dir, _Uniqueness())
     repeated = scan.unique.repeated_hashes()
     if repeated is not None:
@@ -180,6 +181,25 @@ def validate_manifest(
     if scan.problems:
         raise _problems_error(scan.problems, scan.total_bad)
     return scan.outputs
+
+
+def check_columns(files: list[str]) -> None:
+    """Carried columns must not clash with the columns sdfleet writes into the results."""
+    from batch.outputs import result_types
+
+    reserved = set(result_types()) - set(KNOWN_COLUMNS)
+    for path in files:
+        try:
+            names = open_parquet(path).schema_arrow.names
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise ManifestError(f"manifest: cannot read {path!r} as Parquet: {exc}") from exc
+        clash = sorted(reserved & set(names))
+        if clash:
+            raise ManifestError(
+                f"{path}: column(s) {', '.join(repr(c) for c in clash)} would be carried into "
+                "the results, where sdfleet writes its own column of that name; rename them "
+                f"(e.g. 'src_{clash[0]}')."
+            )
 
 
 def _problems_error(problems: list[Problem], total_bad: int) -> ManifestError:

@@ -146,11 +146,12 @@ def result_types():
     }  # fmt: skip
 
 
-def results_table(columns: dict[str, list]):
-    """A pyarrow Table with fixed types for known columns, so every part has one schema."""
+def results_table(columns: dict[str, list], carried_types: dict[str, Any] | None = None):
+    """A pyarrow Table with fixed types for result columns and the manifest's own types for
+    carried columns, so every part has one schema (an all-null chunk stays a string column)."""
     import pyarrow as pa
 
-    types = result_types()
+    types = (carried_types or {}) | result_types()
     arrays, names = [], []
     for name, values in columns.items():
         arrays.append(pa.array(values, type=types.get(name)))

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.actor import GenerateBatch, RunConfig
-from batch.manifest import iter_manifest_rows, table_from_rows
+from batch.manifest import open_parquet
 from batch.outputs import OutputDir, write_json
 
 logger = logging.getLogger(__name__)
@@ -81,17 +81,18 @@ def committed_ids(out: OutputDir) -> set[str]:
     return set() if table is None else set(pc.unique(table.column("id")).to_pylist())
 
 
-def iter_row_chunks(files: list[str], chunk_rows: int, skip: set[str]) -> Iterator[list[dict]]:
-    chunk: list[dict] = []
-    for _, _, row in iter_manifest_rows(files):
-        if row["id"] in skip:
-            continue
-        chunk.append(row)
-        if len(chunk) >= chunk_rows:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def iter_row_chunks(files: list[str], chunk_rows: int, skip: set[str]) -> Iterator[pa.Table]:
+    """Tables of up to `chunk_rows` rows not in `skip`, keeping each file's own Arrow types."""
+    import pyarrow.compute as pc
+
+    skip_array = pa.array(sorted(skip), type=pa.string())
+    for path in files:
+        for batch in open_parquet(path).iter_batches(batch_size=chunk_rows):
+            table = pa.Table.from_batches([batch])
+            if len(skip_array):
+                table = table.filter(pc.invert(pc.is_in(table["id"], value_set=skip_array)))
+            if table.num_rows:
+                yield table
 
 
 def run_local(config: RunConfig, files: list[str], stats: RunStats, progress: Progress) -> None:
@@ -106,8 +107,8 @@ def run_local(config: RunConfig, files: list[str], stats: RunStats, progress: Pr
     t0 = time.perf_counter()
     part = _next_part_number(out)
     chunk_rows = max(config.batch_size * 4, 16)
-    for rows in iter_row_chunks(files, chunk_rows, done):
-        table = actor(table_from_rows(rows))
+    for chunk in iter_row_chunks(files, chunk_rows, done):
+        table = actor(chunk)
         _commit_part(out, table, part)
         part += 1
         stats.generated_outputs += table.num_rows

@@ -149,3 +149,13 @@ def test_unreadable_parquet_names_the_file(tmp_path):
     bad.write_text("not parquet")
     with pytest.raises(ManifestError, match="bad.parquet"):
         validate_manifest([str(bad)], DEFAULTS)
+
+
+@pytest.mark.parametrize("column", ["status", "image", "seed_used", "model"])
+def test_carried_columns_may_not_clash_with_result_columns(tmp_path, column):
+    rows = [{"id": "a", "prompt": "p", column: "x"}]
+    if column == "seed_used":  # not a result column: carried as is
+        assert validate_manifest(write(tmp_path, rows), DEFAULTS) == 1
+        return
+    with pytest.raises(ManifestError, match=f"'{column}' would be carried.*rename"):
+        validate_manifest(write(tmp_path, rows), DEFAULTS)

@@ -151,3 +151,14 @@ def test_missing_model_names_the_job_file(tmp_path, capsys):
     assert main(["validate", str(job)]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert "job.yaml: model: checkpoint file 'nowhere/model.safetensors' does not exist" in err
+
+
+def test_results_keep_carried_column_types_across_parts(tiny_dir, tmp_path):
+    """A chunk whose carried column is all null must not write a null-typed part."""
+    rows = [{"id": f"r{i:02d}", "prompt": "p", "label": None if i < 16 else "x"} for i in range(18)]
+    job, out = write_job(tmp_path, rows, batch_size=1), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    parts = sorted((out / "results").glob("*.parquet"))
+    assert len(parts) == 2
+    assert {str(pq.read_schema(p).field("label").type) for p in parts} == {"string"}
+    assert pq.read_table(out / "results").num_rows == 18  # plain pyarrow reads the folder
