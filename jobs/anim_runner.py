@@ -56,6 +56,23 @@ def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, execut
     return run_tasks(tasks, root, executor, address, header(job_path), show_progress)
 
 
+def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = None) -> int:
+    """Every check `run` makes before a model loads (clips, files, model, ffmpeg, earlier
+    renders in OUT); returns the number of frames over all clips."""
+    job_path = Path(job_path)
+    root = Path(out) if out else Path("out") / job_path.stem
+    if job.clips_manifest:
+        manifest = Path(job.clips_manifest)
+        manifest = manifest if manifest.is_absolute() else job_path.parent / manifest
+        base = with_absolute_paths(job.model_copy(update={"clips_manifest": None}), job_path.parent)
+        tasks = [ClipTask(clip_id, clip_job, root / clip_id)
+                 for clip_id, clip_job in read_clip_manifest(manifest, base)]  # fmt: skip
+    else:
+        tasks = clip_tasks(job, job_path, root)
+    check_tasks(tasks)
+    return sum(task.job.max_frames for task in tasks)
+
+
 def run_clip_manifest(job: AnimationJob, job_path: Path, manifest: Path, out: str | None,
                       executor: str | None = "ray", address: str | None = None,
                       show_progress: bool = True) -> int:  # fmt: skip

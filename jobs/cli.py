@@ -57,10 +57,10 @@ def cmd_validate(args) -> int:
 
     job = load_job(args.job)
     if job.kind == "animation":
-        from anim.plan import compile_plan
+        from jobs.anim_runner import validate_animation_job
 
-        frames = compile_plan(job)
-        print(f"{args.job}: ok (animation, {len(frames)} frames)")
+        frames = validate_animation_job(job, args.job)
+        print(f"{args.job}: ok (animation, {frames} frames)")
         return EXIT_OK
     from jobs.runner import prepare_batch_job
 
@@ -91,10 +91,11 @@ def cmd_run(args) -> int:
     if job.kind == "animation":
         from jobs.anim_runner import run_animation_job
 
-        return run_animation_job(job, args.job, args.out, args.executor, args.address,
-                                 show_progress=not args.no_progress)  # fmt: skip
-    status = run_batch(job, args.job, args.out, args.executor or job.executor, args.address,
-                       show_progress=not args.no_progress)  # fmt: skip
+        status = run_animation_job(job, args.job, args.out, args.executor, args.address,
+                                   show_progress=not args.no_progress)  # fmt: skip
+    else:
+        status = run_batch(job, args.job, args.out, args.executor or job.executor, args.address,
+                           show_progress=not args.no_progress)  # fmt: skip
     return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
 
 

@@ -124,3 +124,23 @@ def test_sdfleet_demo_also_renders_the_clip(tiny_dir, tmp_path: Path) -> None:
     assert main(["demo", "--out", str(tmp_path)]) == EXIT_OK
     assert list((tmp_path / "batch" / "images").glob("*.png"))
     assert probe_video(tmp_path / "clip" / "anim_demo.mp4")["frames"] == 24
+
+
+def test_validate_checks_an_animation_job_like_run(tmp_path: Path, capsys) -> None:
+    job = write_job(tmp_path, "bad", max_frames=2, model="nowhere.safetensors")
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    assert "nowhere.safetensors" in capsys.readouterr().err
+    job = write_job(tmp_path, "bad2", max_frames=2, scheduler="eulr", init_image="missing.png")
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "scheduler: unknown scheduler 'eulr'" in err and "init_image: " in err
+    assert main(["validate", str(write_job(tmp_path, "good", max_frames=3))]) == EXIT_OK
+    assert "ok (animation, 3 frames)" in capsys.readouterr().out
+
+
+def test_allow_row_errors_covers_failed_clips(tiny_dir, tmp_path: Path) -> None:
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    clips = [{"id": "fine"}, {"id": "bad", "init_image": "broken.png"}]
+    job = write_job(tmp_path, "clips", max_frames=2, clips=clips)
+    assert run(job, tmp_path / "out", "--executor", "local") == EXIT_ROWS_FAILED
+    assert run(job, tmp_path / "out2", "--executor", "local", "--allow-row-errors") == EXIT_OK
