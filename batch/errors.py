@@ -26,6 +26,11 @@ class GenerationError(SdfleetError):
     """One row could not be generated (becomes a result with status=error)."""
 
 
+class PipelineError(SdfleetError):
+    """A run stopped part-way (stalled, could not start its replicas); what it committed is
+    kept and running the same command again resumes."""
+
+
 class EncodeError(SdfleetError):
     """ffmpeg is missing or failed; the message quotes ffmpeg."""
 

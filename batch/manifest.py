@@ -328,20 +328,20 @@ def _check_id(row_id: Any, bad) -> None:
             "'.' or surrounding spaces; use letters, digits, '-', '_' and inner '.'",
         )
     elif len(row_id) > 200:
-        bad("id", row_id, "ids name files: keep them under 200 characters")
+        bad("id", row_id, "ids name files: use at most 200 characters")
 
 
 def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
     prompt = _value(row, defaults, "prompt")
     if defaults.prompt_template:
-        missing = [n for n in _template_fields(defaults.prompt_template) if n not in row]
-        if missing:
-            bad(
-                missing[0],
-                None,
-                f"prompt_template uses {{{missing[0]}}} but the manifest has "
-                "no such column; add it or change the template",
-            )
+        for name in _template_fields(defaults.prompt_template):
+            if name not in row:
+                bad(name, None, f"prompt_template uses {{{name}}} but the manifest has no such "
+                    "column; add it or change the template")  # fmt: skip
+                break
+            if row[name] is None or (name == "prompt" and not str(row[name]).strip()):
+                bad(name, row[name], f"prompt_template uses {{{name}}}, which is empty in "
+                    "this row; fill it")  # fmt: skip
     elif not isinstance(prompt, str) or not prompt.strip():
         bad(
             "prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job"
@@ -355,6 +355,21 @@ def _template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
+def check_prompt_template(template: str) -> str | None:
+    """None if `template` is plain `{column}` fields and text, else what is wrong and the fix."""
+    try:
+        fields = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{exc} in {template!r}; write fields as {{column}} and a literal brace as {{{{"
+    for _, name, spec, conversion in fields:
+        if name is not None and (not name.isidentifier() or spec or conversion):
+            return (f"field {{{name}}} in {template!r} is not a plain column name; use "
+                    "{column} only (no attributes, indexes, formats or conversions)")  # fmt: skip
+    if not any(name for _, name, _, _ in fields):
+        return f"{template!r} names no column; use e.g. '{{prompt}}, {{style}} style'"
+    return None
+
+
 def _check_numbers(row: dict, defaults: RowDefaults, bad) -> None:
     for side in ("width", "height"):
         v = _value(row, defaults, side)
@@ -363,7 +378,11 @@ def _check_numbers(row: dict, defaults: RowDefaults, bad) -> None:
                 side,
                 v,
                 f"use a multiple of 8 between {MIN_SIDE_PX} and {MAX_SIDE_PX}"
-                + (f", e.g. {max(MIN_SIDE_PX, round(v / 8) * 8)}" if _is_int(v) else ""),
+                + (
+                    f", e.g. {min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / 8) * 8))}"
+                    if _is_int(v)
+                    else ""
+                ),
             )
     steps = _value(row, defaults, "num_inference_steps")
     if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
@@ -412,6 +431,9 @@ def resolve_local_path(value: str, base_dir: Path | None) -> Path:
 
 
 def _is_int(value: Any) -> bool:
+    """Whole numbers, including 64.0 (pandas writes nullable int columns as floats)."""
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 

@@ -195,10 +195,14 @@ def _from_hub(repo_id: str, spec: ModelSpec, dtype: Any):
 def _offline_error(repo_id: str, exc: Exception) -> ModelError:
     return ModelError(
         f"model: hub id {repo_id!r} is not in the local Hugging Face cache and the hub could not "
-        f"be reached ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Point `model:` at "
+        f"be reached ({type(exc).__name__}: {_first_line(exc)[:200]}). Point `model:` at "
         "a local diffusers folder or a .safetensors file, or download it where the hub is "
         f"reachable (`hf download {repo_id}`) and copy the cache (HF_HOME) here."
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
 
 
 def _from_single_file(path: str, spec: ModelSpec, dtype: Any):
@@ -209,8 +213,15 @@ def _from_single_file(path: str, spec: ModelSpec, dtype: Any):
         load_single_file_checkpoint,
     )
 
-    checkpoint = load_single_file_checkpoint(path, local_files_only=True)
-    model_type = infer_diffusers_model_type(checkpoint)
+    try:
+        checkpoint = load_single_file_checkpoint(path, local_files_only=True)
+        model_type = infer_diffusers_model_type(checkpoint)
+    except Exception as exc:
+        raise ModelError(
+            f"model: {path!r} could not be read as a Stable Diffusion checkpoint "
+            f"({type(exc).__name__}: {_first_line(exc)[:300]}); check that the file is complete "
+            "and is an SD 1.x/2.x or SDXL checkpoint."
+        ) from exc
     pipeline_cls = (
         StableDiffusionXLPipeline if model_type.startswith("xl") else StableDiffusionPipeline
     )
@@ -222,7 +233,7 @@ def _from_single_file(path: str, spec: ModelSpec, dtype: Any):
     except Exception as exc:
         raise ModelError(
             f"model: could not load single-file checkpoint {path!r} (detected type "
-            f"{model_type!r}): {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. "
+            f"{model_type!r}): {type(exc).__name__}: {_first_line(exc)[:300]}. "
             "Its component configs come from `model_config:` (a local diffusers folder of the "
             "same architecture) or from the Hugging Face cache of the matching base model."
         ) from exc

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from batch.actor import GenerateBatch, RunConfig
-from batch.errors import ConfigError, SdfleetError
+from batch.errors import ConfigError, PipelineError
 from batch.outputs import OutputDir
 from batch.pool import NodeResources, PoolPlan, check_shared_storage, plan_pool
 from batch.run import Progress, RunStats, committed_ids
@@ -167,13 +167,13 @@ def execute(dataset, out: OutputDir, options: Any) -> None:
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
         if "ExecutionTimeoutError" in text or "no progress" in text.lower():
-            raise SdfleetError(
+            raise PipelineError(
                 f"the pipeline made no progress for {options.stall_timeout_s:g} s "
                 f"(ray.stall_timeout_s) and was stopped; committed rows are kept, run the same "
                 f"command again to resume. Ray said: {text.splitlines()[0][:300]}"
             ) from exc
         if "wait_for_min_actors" in text or "min actors" in text.lower():
-            raise SdfleetError(
+            raise PipelineError(
                 f"the replica pool did not start within {options.min_replicas_timeout_s:g} s "
                 f"(ray.min_replicas_timeout_s): the cluster cannot host it. {text[:300]}"
             ) from exc

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from batch.errors import SdfleetError
+from batch.errors import PipelineError, SdfleetError
 from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
 
 logger = logging.getLogger("sdfleet")
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo}
     try:
         return commands[args.command](args)
+    except PipelineError as exc:
+        print(f"sdfleet: stopped: {exc}", file=sys.stderr)
+        return EXIT_CRASH
     except SdfleetError as exc:
         print(f"sdfleet: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

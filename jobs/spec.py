@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from batch.errors import ConfigError, suggest_name
-from batch.manifest import MAX_STEPS, RowDefaults
+from batch.manifest import MAX_STEPS, RowDefaults, check_prompt_template
 from batch.schedulers import check_scheduler_name
 
 
@@ -40,6 +40,13 @@ class Defaults(Strict):
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
         if value is not None and (msg := check_scheduler_name(value)):
+            raise ValueError(msg)
+        return value
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _plain_template(cls, value: str | None) -> str | None:
+        if value is not None and (msg := check_prompt_template(value)):
             raise ValueError(msg)
         return value
 
@@ -70,7 +77,9 @@ class BatchJob(Strict):
     model: str = "builtin:tiny"
     model_config_path: str | None = Field(None, alias="model_config")
     scheduler: str | None = None
-    device: str | None = None
+    device: str | None = Field(
+        None, pattern=r"^(cpu|mps|cuda(:\d+)?)$", description="auto if unset"
+    )
     dtype: Literal["float16", "fp16", "bfloat16", "bf16", "float32", "fp32"] | None = None
     allow_pickle: bool = False
     manifest: str

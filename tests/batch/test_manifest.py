@@ -159,3 +159,30 @@ def test_carried_columns_may_not_clash_with_result_columns(tmp_path, column):
         return
     with pytest.raises(ManifestError, match=f"'{column}' would be carried.*rename"):
         validate_manifest(write(tmp_path, rows), DEFAULTS)
+
+
+def test_whole_number_floats_are_accepted_and_hints_stay_in_range(tmp_path):
+    rows = [{"id": "a", "prompt": "p", "width": 64.0, "seed": 5.0}]
+    assert validate_manifest(write(tmp_path, rows), DEFAULTS) == 1
+    (req,) = expand_row(rows[0], DEFAULTS, 0)
+    assert (req.width, req.seed) == (64, 5) and isinstance(req.width, int)
+    text = messages(tmp_path, [{"id": "b", "prompt": "p", "width": 100000}])
+    assert "e.g. 4096" in text
+
+
+def test_prompt_template_rows_with_an_empty_field_are_reported(tmp_path):
+    defaults = RowDefaults(prompt_template="{prompt}, {style}")
+    text = messages(tmp_path, [{"id": "a", "prompt": "mug", "style": None}], defaults)
+    assert "row 'a' (#0), column 'style'" in text and "empty in this row" in text
+
+
+@pytest.mark.parametrize(
+    "template,fragment",
+    [("{prompt, {style}", "unexpected '{'"), ("{prompt.upper}", "not a plain column"),
+     ("{0}", "not a plain column"), ("{prompt!r}", "not a plain column"), ("plain", "no column")],
+)  # fmt: skip
+def test_bad_prompt_templates_are_refused(template, fragment):
+    from batch.manifest import check_prompt_template
+
+    assert fragment in check_prompt_template(template)
+    assert check_prompt_template("{prompt}, {style} style, {{braces}}") is None

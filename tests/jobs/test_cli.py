@@ -162,3 +162,11 @@ def test_results_keep_carried_column_types_across_parts(tiny_dir, tmp_path):
     assert len(parts) == 2
     assert {str(pq.read_schema(p).field("label").type) for p in parts} == {"string"}
     assert pq.read_table(out / "results").num_rows == 18  # plain pyarrow reads the folder
+
+
+def test_job_level_checks_name_the_field(tmp_path, capsys):
+    job = write_job(tmp_path, ROWS, device="gpu", defaults={"prompt_template": "{prompt.x}"})
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "device: String should match pattern" in err and "'gpu'" in err
+    assert "defaults.prompt_template: Value error, field {prompt.x}" in err
