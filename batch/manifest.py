@@ -106,6 +106,7 @@ def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
     path = Path(os.path.expanduser(spec))
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    path = path.resolve()  # absolute: Ray workers may run in another directory
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*.parquet"))
     elif any(ch in str(path) for ch in "*?["):

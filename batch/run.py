@@ -195,4 +195,8 @@ def _per_replica(table: pa.Table | None) -> dict[str, float]:
 
 
 def manifest_dir_of(files: list[str]) -> str | None:
-    return str(Path(files[0]).parent) if files and "://" not in files[0] else None
+    """The folder relative init_image paths are read from: the first manifest file's (local
+    or file://). Remote manifests (s3://, ...) must give init_image as full URIs."""
+    if not files or ("://" in files[0] and not files[0].startswith("file://")):
+        return None
+    return str(Path(files[0].removeprefix("file://")).resolve().parent)

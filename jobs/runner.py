@@ -49,6 +49,7 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
     expected = validate_manifest(files, defaults, job.max_reported_errors,
                                  Path(base_dir) if base_dir else None)  # fmt: skip
     out = out_uri or str(Path("out") / (job.name or job_path.stem))
+    out = out if "://" in out else str(Path(out).resolve())  # actors may run elsewhere
     config = RunConfig(
         model=spec, defaults=defaults, out_uri=out, job_seed=job.seed,
         batch_size=job.batch_size, pad_batches=job.pad_batches, cpu_threads=job.cpu_threads,
@@ -64,6 +65,32 @@ def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:
     return ModelSpec(model=relative_to(job.model, base_dir), scheduler=job.scheduler,
                      device=job.device, dtype=job.dtype, allow_pickle=job.allow_pickle,
                      model_config=relative_to(job.model_config_path, base_dir))  # fmt: skip
+
+
+# Job fields that change pixels or file names: a rerun into the same OUT must not change them.
+PIXEL_FIELDS = ("model", "model_config", "scheduler", "device", "dtype", "seed", "defaults",
+                "batch_size", "pad_batches", "cpu_threads", "output")  # fmt: skip
+
+
+def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
+    """Resuming into OUT is only safe with the settings (and executor) that started it."""
+    if not out.exists("job.yaml"):
+        return
+    before = yaml.safe_load(out.read_bytes("job.yaml")) or {}
+    now = job.model_dump(mode="json", by_alias=True)
+    changed = [f"{k}: {before.get('job', {}).get(k)!r} -> {now.get(k)!r}"
+               for k in PIXEL_FIELDS if before.get("job", {}).get(k) != now.get(k)]  # fmt: skip
+    if changed:
+        raise ConfigError(
+            f"{out.uri} holds results of a different job (changed {'; '.join(changed)}); a "
+            "resume would mix settings. Use a new --out, or delete the folder to start over."
+        )
+    if before.get("executor") not in (None, executor):
+        raise ConfigError(
+            f"{out.uri} was started with the {before['executor']} executor, which keeps its own "
+            f"record of finished rows; resume it with --executor {before['executor']}, or use "
+            "a new --out."
+        )
 
 
 def write_job_record(out: OutputDir, job: BatchJob | Any, source: Path, executor: str) -> None:
@@ -94,6 +121,7 @@ def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
                   address: str | None = None) -> dict:  # fmt: skip
     """Execute and return the summary (also written to OUT/summary.json)."""
     out = OutputDir(prepared.config.out_uri)
+    check_same_job(out, prepared.job, executor)
     write_job_record(out, prepared.job, Path(prepared.files[0]), executor)
     stats = RunStats(executor=executor)
     if executor == "local":

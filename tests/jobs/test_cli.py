@@ -170,3 +170,21 @@ def test_job_level_checks_name_the_field(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "device: String should match pattern" in err and "'gpu'" in err
     assert "defaults.prompt_template: Value error, field {prompt.x}" in err
+
+
+def test_rerun_with_changed_settings_or_executor_is_refused(tiny_dir, tmp_path, capsys):
+    job, out = write_job(tmp_path, ROWS[:1]), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    changed = write_job(tmp_path, ROWS[:1], defaults={"num_inference_steps": 3})
+    assert run(changed, out) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "holds results of a different job" in err and "num_inference_steps" in err
+    assert run(write_job(tmp_path, ROWS[:1]), out, "--executor", "ray") == EXIT_CONFIG
+    assert "resume it with --executor local" in capsys.readouterr().err
+
+
+def test_relative_out_is_made_absolute(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = write_job(tmp_path, ROWS[:1])
+    assert main(["run", str(job), "--out", "rel/out", "--no-progress"]) == EXIT_OK
+    assert (tmp_path / "rel" / "out" / "images" / "a.png").is_file()
