@@ -165,10 +165,10 @@ def ray_cluster():
 @pytest.mark.slow
 def test_many_clips_on_ray_one_failing(tmp_path: Path, tiny_dir, ray_cluster) -> None:
     tasks = clip_tasks(tmp_path)
-    rows = run_clips_ray(tasks, num_cpus=0.5)  # two actors on the two CPUs, one kept free
+    rows = run_clips_ray(tasks, replicas=2, num_cpus=0.5)  # two clips side by side
     check_statuses(rows, tasks)
     # a rerun skips the finished clips and tries the failed one again
     finished = {t.id: read_status(t.paths)["updated_at"] for t in tasks[:2]}
-    rows = run_clips_ray(tasks, num_cpus=0.5)
+    rows = run_clips_ray(tasks, replicas=2, num_cpus=0.5)
     check_statuses(rows, tasks)
     assert {t.id: read_status(t.paths)["updated_at"] for t in tasks[:2]} == finished

@@ -231,7 +231,7 @@ def test_memory_does_not_grow_with_clip_length(tmp_path: Path) -> None:
         "import resource, sys, numpy as np\n"
         "from anim.video import EncodeOptions, encode_frames\n"
         "count = int(sys.argv[1])\n"
-        "frames = (np.full((64, 64, 3), i % 256, np.uint8) for i in range(count))\n"
+        "frames = (np.full((256, 256, 3), i % 256, np.uint8) for i in range(count))\n"
         "encode_frames(frames, sys.argv[2], EncodeOptions(fps=24, preset='ultrafast'))\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
