@@ -40,7 +40,7 @@ from anim.plan import FrameRecord, compile_plan, plan_to_jsonl
 from anim.render import ChainOptions, Frame, render_frames
 from anim.spec import AnimationJob
 from anim.state import RenderState, load_state, save_state, saved_frames
-from anim.video import EncodeOptions, encode_frames
+from anim.video import EncodeOptions, encode_frames, read_rgb
 from anim.walk import render_walk_frames
 from batch.outputs import encode_image
 
@@ -196,13 +196,8 @@ def encode_clip_video(paths: ClipPaths, job: AnimationJob) -> Path:
     """Stream frames 0..max_frames-1 to ffmpeg, one at a time; the frame count is verified."""
     options = EncodeOptions(fps=job.fps, format=job.video.format, crf=job.video.crf,
                             preset=job.video.preset, soundtrack=job.video.soundtrack)  # fmt: skip
-    frames = (_read_rgb(paths.frame(index)) for index in range(job.max_frames))
+    frames = (read_rgb(paths.frame(index)) for index in range(job.max_frames))
     return encode_frames(frames, paths.video, options, frame_count=job.max_frames)
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 # ---------------------------------------------------------------------------- the clip

@@ -44,14 +44,12 @@ from pydantic import (
 from anim.plan import SCHEDULE_RULES, check_job
 from anim.schedule import parse_schedule
 from anim.seeds import SEED_MAX
+from anim.video import X264_PRESETS
 from batch.errors import ConfigError, ScheduleError, suggest_name
 
 logger = logging.getLogger(__name__)
 
 Interpolation = Literal["linear", "step", "cubic"]
-X264_PRESETS = tuple(
-    "ultrafast superfast veryfast faster fast medium slow slower veryslow placebo".split()
-)
 DEFAULT_SEED_SCHEDULE = '0:(s), 1:(-1), "max_f-2":(-1), "max_f-1":(s)'
 DEFAULT_PROMPTS = {  # Deforum's example prompts
     "0": "tiny cute bunny, vibrant diffraction, highly detailed, intricate, ultra hd, "

@@ -397,12 +397,13 @@ def encode_frame_dir(
     files = list_frame_files(frames_dir, pattern)
     if not files:
         raise EncodeError(f"no frames matching {pattern!r} in {str(frames_dir)!r}")
-    frames = (np.asarray(_read_rgb(path)) for path in files)
+    frames = (read_rgb(path) for path in files)
     return encode_frames(
         frames, out_path, options, ffmpeg_exe=ffmpeg_exe, frame_count=len(files), verify=verify
     )
 
 
-def _read_rgb(path: Path) -> Image.Image:
+def read_rgb(path: Path) -> np.ndarray:
+    """A frame file as uint8 (H, W, 3)."""
     with Image.open(path) as image:
-        return image.convert("RGB")
+        return np.asarray(image.convert("RGB"))

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch.errors import ManifestError
+from batch.outputs import URI as _URI
 from batch.outputs import output_name
 from batch.schedulers import check_scheduler_name
 from batch.seeds import SEED_MAX, derive_seed
@@ -34,7 +35,6 @@ MIN_SIDE_PX = 16
 MAX_STEPS = 1000
 MAX_IMAGES_PER_ROW = 64
 _UNSAFE_ID = re.compile(r'[/\\<>:"|?*\x00-\x1f\x7f]')
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # scheme://...
 
 
 def output_name(row_id: str, variant: int, num_images: int) -> str:
@@ -33,7 +33,7 @@ class OutputDir:
         """(pyarrow FileSystem, root path) - built on demand so the object pickles cleanly."""
         from pyarrow import fs
 
-        if _URI.match(self.uri) and not self.uri.startswith("file://"):
+        if URI.match(self.uri) and not self.uri.startswith("file://"):
             return fs.FileSystem.from_uri(self.uri)
         local = self.uri.removeprefix("file://")
         import os
@@ -41,7 +41,7 @@ class OutputDir:
         return fs.LocalFileSystem(), os.path.abspath(local)
 
     def is_local(self) -> bool:
-        return not _URI.match(self.uri) or self.uri.startswith("file://")
+        return not URI.match(self.uri) or self.uri.startswith("file://")
 
     def child_uri(self, name: str) -> str:
         """OUT/name in the form OUT was given (a URI stays a URI, so Ray nodes can reach it)."""
@@ -105,10 +105,23 @@ def encode_image(image, fmt: str, params: dict[str, Any], quality: int = 95) -> 
         info.add_itxt("sdfleet", json.dumps(params, default=str, sort_keys=True))
         image.save(buffer, format="PNG", pnginfo=info)
     else:
+        # A1111 keeps the parameters of jpg/webp in the Exif UserComment, UTF-16 with a
+        # "UNICODE" header (what piexif writes), so non-ASCII prompts survive.
+        from PIL import ExifTags
+
         exif = image.getexif()
-        exif[0x9286] = a1111_parameters(params)  # UserComment, where A1111 puts it for jpg/webp
+        text = a1111_parameters(params).encode("utf-16-be")
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"UNICODE\x00" + text
         image.save(buffer, format=pil_format, quality=quality, exif=exif)
     return buffer.getvalue()
+
+
+def read_user_comment(image) -> str:
+    """The A1111 parameters of a jpg/webp written by `encode_image`."""
+    from PIL import ExifTags
+
+    raw = image.getexif().get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment]
+    return raw.removeprefix(b"UNICODE\x00").decode("utf-16-be")
 
 
 def read_png_metadata(data: bytes) -> dict[str, Any]:

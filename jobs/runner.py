@@ -55,9 +55,21 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
         batch_size=job.batch_size, pad_batches=job.pad_batches, cpu_threads=job.cpu_threads,
         image_format=job.output.format, image_quality=job.output.quality,
         embed_image_bytes=job.output.embed_image_bytes, manifest_dir=base_dir,
-        test_hooks=json.loads(os.environ.get("SDFLEET_TEST_HOOKS", "{}")),
+        test_hooks=test_hooks(),
     )  # fmt: skip
     return PreparedJob(job, config, files, expected)
+
+
+def test_hooks() -> dict[str, Any]:
+    """Fault injection for sdfleet's own tests (SDFLEET_TEST_HOOKS, JSON); never set otherwise."""
+    text = os.environ.get("SDFLEET_TEST_HOOKS", "{}")
+    try:
+        hooks = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"SDFLEET_TEST_HOOKS is not JSON ({exc}): {text!r}; unset it") from None
+    if not isinstance(hooks, dict):
+        raise ConfigError(f"SDFLEET_TEST_HOOKS must be a JSON object, got {text!r}; unset it")
+    return hooks
 
 
 def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:

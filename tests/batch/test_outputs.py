@@ -12,7 +12,14 @@ from PIL import Image
 from batch.actor import GenerateBatch, RunConfig
 from batch.manifest import RowDefaults, table_from_rows
 from batch.models import ModelSpec
-from batch.outputs import OutputDir, a1111_parameters, output_name, read_png_metadata
+from batch.outputs import (
+    OutputDir,
+    a1111_parameters,
+    encode_image,
+    output_name,
+    read_png_metadata,
+    read_user_comment,
+)
 from jobs.examples import shape_image_png
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=2, guidance_scale=4.0)
@@ -84,7 +91,7 @@ def test_other_image_formats(tiny_dir, tmp_path, fmt, pil_format):
     assert row["image_path"] == f"images/b.{fmt}"
     with Image.open(tmp_path / "out" / row["image_path"]) as image:
         assert image.format == pil_format
-        assert "Seed: 3" in image.getexif()[0x9286]
+        assert "Seed: 3" in read_user_comment(image)
 
 
 def test_embedded_image_bytes_are_a_datasets_image_struct(tiny_dir, tmp_path):
@@ -121,3 +128,12 @@ def test_output_dir_writes_atomically(tmp_path):
     out.write_bytes("a/b.txt", b"hello")
     assert out.read_bytes("a/b.txt") == b"hello" and out.exists("a/b.txt")
     assert not out.exists("a/b.txt.tmp")
+
+
+def test_jpg_metadata_keeps_non_ascii_prompts():
+    params = {"prompt": "café ☕ 東京", "negative_prompt": "", "num_inference_steps": 4,
+              "scheduler": None, "guidance_scale": 7.0, "seed": 1, "width": 8, "height": 8,
+              "model": "m", "strength": None}  # fmt: skip
+    data = encode_image(Image.new("RGB", (8, 8)), "jpg", params)
+    with Image.open(io.BytesIO(data)) as image:
+        assert read_user_comment(image).splitlines()[0] == "café ☕ 東京"
