@@ -220,9 +220,9 @@ def render_clip(
     plan = compile_plan(job)
     print_ = fingerprint(job, plan)
     if is_finished(paths, print_):
-        return read_status(paths) or {}
+        return refresh_outputs(paths, job, plan, header or {})
     status = {"id": clip_id, "max_frames": job.max_frames, "fingerprint": print_,
-              "video": paths.video.name}  # fmt: skip
+              "video": paths.video.name, "outputs": output_settings(job)}  # fmt: skip
     try:
         # 2. what is rendered, exactly; then the state to continue from
         write_clip_record(paths, job, plan, header or {})
@@ -233,9 +233,7 @@ def render_clip(
         frames = iter_clip_frames(job, plan, model, state, walk_batch_size)
         write_frames(paths, job, plan, frames, progress)
         # 4. video and contact sheet
-        encode_clip_video(paths, job)
-        make_contact_sheet([paths.frame(i) for i in range(job.max_frames)],
-                           job.contact_sheet_every, paths.contact_sheet)  # fmt: skip
+        write_outputs(paths, job)
     except Exception as exc:
         close_status(paths, status, started, status="error", error=f"{type(exc).__name__}: {exc}",
                      frames_written=saved_frames(paths.state))  # fmt: skip
@@ -244,6 +242,31 @@ def render_clip(
     close_status(paths, status, started, status="ok", error=None, frames_written=job.max_frames,
                  contact_sheet=paths.contact_sheet.name)  # fmt: skip
     return read_status(paths) or status
+
+
+def output_settings(job: AnimationJob) -> str:
+    """What the video and contact sheet depend on besides the frames."""
+    settings = job.model_dump(mode="json", include={"video", "fps", "contact_sheet_every"})
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_outputs(paths: ClipPaths, job: AnimationJob) -> None:
+    encode_clip_video(paths, job)
+    make_contact_sheet([paths.frame(i) for i in range(job.max_frames)],
+                       job.contact_sheet_every, paths.contact_sheet)  # fmt: skip
+
+
+def refresh_outputs(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
+                    header: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+    """A finished clip whose video settings (fps, format, crf, soundtrack, contact sheet)
+    changed is encoded again from its frames; its frames are never rendered again."""
+    done = read_status(paths) or {}
+    if done.get("outputs") == output_settings(job):
+        return done
+    write_clip_record(paths, job, plan, header)
+    write_outputs(paths, job)
+    write_status(paths, done | {"outputs": output_settings(job), "video": paths.video.name})
+    return read_status(paths) or done
 
 
 def write_frames(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],

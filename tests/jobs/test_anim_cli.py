@@ -144,3 +144,16 @@ def test_allow_row_errors_covers_failed_clips(tiny_dir, tmp_path: Path) -> None:
     job = write_job(tmp_path, "clips", max_frames=2, clips=clips)
     assert run(job, tmp_path / "out", "--executor", "local") == EXIT_ROWS_FAILED
     assert run(job, tmp_path / "out2", "--executor", "local", "--allow-row-errors") == EXIT_OK
+
+
+def test_changed_video_settings_re_encode_without_rendering(tiny_dir, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path, "clip", max_frames=3), out, "--executor", "local") == EXIT_OK
+    frames = {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()}
+    changed = write_job(tmp_path, "clip", max_frames=3, fps=4,
+                        video={"format": "webm", "preset": "veryfast"})  # fmt: skip
+    assert run(changed, out, "--executor", "local") == EXIT_OK
+    facts = probe_video(out / "clip.webm")
+    assert (facts["frames"], facts["fps"]) == (3, 4.0)
+    assert frames == {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()}
+    assert yaml.safe_load((out / "job.yaml").read_text())["fps"] == 4
