@@ -18,7 +18,7 @@ from batch.actor import GenerateBatch, RunConfig
 from batch.errors import ConfigError, PipelineError
 from batch.outputs import OutputDir
 from batch.pool import NodeResources, PoolPlan, check_shared_storage, plan_pool
-from batch.run import Progress, RunStats, committed_ids
+from batch.run import Progress, RunStats
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Prog
         config = replace(config, cpu_threads=cpu_threads_per_replica(plan, options.replicas))
     # 3. build and run the pipeline, counting progress through a small actor
     counter = ProgressCounter.options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
-    done_before = len(committed_ids(out))
+    done_before = count_checkpointed_ids(checkpoint)
     started = time.time()
     configure_data_context(checkpoint, options)
     dataset = build_pipeline(config, files, plan, options, counter)
@@ -94,14 +94,30 @@ def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int |
     return max(1, int(plan.num_cpus))
 
 
-def has_checkpoint(checkpoint_uri: str) -> bool:
+def checkpoint_files(checkpoint_uri: str) -> tuple[Any, list[str]]:
     from pyarrow import fs
-
-    from batch.outputs import OutputDir
 
     filesystem, root = OutputDir(checkpoint_uri).filesystem()
     found = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
-    return any(info.path.endswith(".parquet") for info in found)
+    return filesystem, [info.path for info in found if info.path.endswith(".parquet")]
+
+
+def has_checkpoint(checkpoint_uri: str) -> bool:
+    return bool(checkpoint_files(checkpoint_uri)[1])
+
+
+def count_checkpointed_ids(checkpoint_uri: str) -> int:
+    """Rows committed before this run (Ray's checkpoint, not results/: a crash may leave
+    uncommitted result files there, which Ray deletes when the run restarts)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    filesystem, paths = checkpoint_files(checkpoint_uri)
+    if not paths:
+        return 0
+    ids = [pq.read_table(p, columns=["id"], filesystem=filesystem)["id"] for p in paths]
+    return len(pc.unique(pa.chunked_array([c for i in ids for c in i.chunks], pa.string())))
 
 
 def alive_nodes() -> list[NodeResources]:
