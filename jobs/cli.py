@@ -34,14 +34,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo on builtin:tiny (no network)")
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--executor", choices=["ray", "local"], default=None)
+    add_bench_parser(sub)
     return parser
+
+
+def add_bench_parser(sub) -> None:
+    """`sdfleet bench` (jobs/bench.py, docs/PERFORMANCE.md)."""
+    bench = sub.add_parser("bench", help="measure sdfleet against plain diffusers / Ray Data")
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--overhead", action="store_true", help="builtin:null at many rows")
+    mode.add_argument("--animation", action="store_true", help="2D render and video encoder")
+    bench.add_argument("--model", default="builtin:tiny")
+    bench.add_argument("--rows", help="rows (throughput: 128; --overhead: 10000,100000)")
+    for flag, default in (("--steps", 4), ("--size", 64), ("--batch-size", 4),
+                          ("--repeats", 3), ("--frames", 24)):  # fmt: skip
+        bench.add_argument(flag, type=int, default=default)
+    bench.add_argument("--guidance-scale", type=float, default=7.5)
+    bench.add_argument("--rows-per-block", type=int, help="sdfleet's ray executor (job: 16)")
+    bench.add_argument("--strength", type=float, default=0.5, help="--animation: img2img share")
+    bench.add_argument("--device")
+    bench.add_argument("--dtype")
+    bench.add_argument("--out", default="out/bench")
+    bench.add_argument("--contenders", help="throughput: a,b,c,local,ray; --overhead: local,ray")
+    bench.add_argument("--keep-outputs", action="store_true", help="keep every run's images")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    commands = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo}
+    commands = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo,
+                "bench": cmd_bench}  # fmt: skip
     try:
         return commands[args.command](args)
     except PipelineError as exc:
@@ -144,6 +167,12 @@ def report(summary: dict, out: str) -> None:
     if summary["unique_outputs"] < summary["expected_outputs"]:
         print(f"  missing: {summary['expected_outputs'] - summary['unique_outputs']} outputs; "
               "run the same command again to resume")  # fmt: skip
+
+
+def cmd_bench(args) -> int:
+    from jobs.bench import run_bench_command
+
+    return run_bench_command(args)
 
 
 def cmd_demo(args) -> int:

@@ -1,0 +1,328 @@
+"""The contenders of `sdfleet bench`: the code a user would otherwise write, and sdfleet itself.
+
+Each contender makes the same images (same manifest rows, model, size, steps, guidance and
+seeds) into its own fresh folder and returns a `Sample`: images written, wall seconds and
+startup seconds. Startup is the time until the model is loaded and ready to generate (for Ray:
+until the last replica actor is up, which includes the actor's process start and imports);
+it is excluded from images/s for every contender alike. Everything after it counts: reading
+the manifest, generating, encoding and writing images, and for sdfleet its validation, PNG
+metadata, results Parquet and summary.
+
+    a      plain diffusers: `from_pretrained`, a loop calling the pipeline per row, `save` PNG
+    b      the same loop on batches of `batch_size` rows
+    c      plain Ray Data, as in Ray's batch inference docs: read_parquet -> map_batches(class,
+           ActorPoolStrategy) -> write_parquet; images saved in the UDF; no resume, no metadata
+    local  sdfleet, `local` executor (jobs.runner: prepare_batch_job + run_batch_job)
+    ray    sdfleet, `ray` executor, same code path; same actor count and CPUs as c
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batch.models import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+CONTENDER_NAMES = {
+    "a": "(a) plain diffusers, per row",
+    "b": "(b) plain diffusers, batched",
+    "c": "(c) plain Ray Data",
+    "local": "(d) sdfleet, local executor",
+    "ray": "(e) sdfleet, ray executor",
+}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every contender makes: the manifest's rows with these generation settings."""
+
+    spec: ModelSpec
+    manifest: Path  # Parquet: id, prompt, seed
+    steps: int
+    size_px: int
+    guidance_scale: float
+    batch_size: int
+    rows_per_block: int | None = None  # sdfleet's ray executor: None keeps the job default
+
+    def call_kwargs(self) -> dict[str, Any]:
+        return {"num_inference_steps": self.steps, "guidance_scale": self.guidance_scale,
+                "width": self.size_px, "height": self.size_px}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One contender, one repeat."""
+
+    contender: str
+    repeat: int
+    images: int
+    wall_s: float  # the whole run, model load and start-up included
+    startup_s: float | None  # until the model was ready (Ray: the last replica actor up)
+    images_per_s: float  # steady rate: slope of images done against time (`steady_rate`)
+    load_average: tuple[float, float] | None = None  # 1-min load average before, after
+
+    @property
+    def fixed_s(self) -> float:
+        """What the run costs besides `images / images_per_s`: load, start-up, fill, tail."""
+        return self.wall_s - self.images / self.images_per_s
+
+    @property
+    def end_to_end_images_per_s(self) -> float:
+        return self.images / self.wall_s
+
+
+def measure(contender: str, repeat: int, images_dir: Path, wall_s: float,
+            startup_s: float | None) -> Sample:  # fmt: skip
+    """A Sample from the images a run wrote."""
+    times = image_times(images_dir)
+    return Sample(contender, repeat, len(times), wall_s, startup_s, steady_rate(times))
+
+
+def image_times(folder: Path) -> list[float]:
+    """When each image was written (file modification times, seconds), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(entry.stat().st_mtime_ns / 1e9 for entry in os.scandir(folder)
+                  if entry.name.endswith(".png"))  # fmt: skip
+
+
+def steady_rate(times: list[float]) -> float:
+    """Images/s once running: the least-squares slope of images written against time.
+
+    The same rule for every contender, whatever writes its images in groups (a row, a batch,
+    a chunk, a Ray block): model load, start-up and the tail fall into the intercept, not the
+    slope. Needs several groups (rows >= 4 x the largest group); with fewer it is the plain
+    images / (last - first) estimate and less exact.
+    """
+    import numpy as np
+
+    if len(times) < 2 or times[-1] == times[0]:
+        return float("nan")
+    t = np.asarray(times) - times[0]
+    done = np.arange(1, len(times) + 1, dtype=float)
+    slope = float(np.polyfit(t, done, 1)[0])
+    return slope if slope > 0 else (len(times) - 1) / t[-1]
+
+
+class BenchError(RuntimeError):
+    """A contender did not make every image (the comparison would be meaningless)."""
+
+
+# ---------------------------------------------------------------------------- plain diffusers
+
+
+def cpu_threads(spec: ModelSpec) -> int | None:
+    """sdfleet's CPU replicas use every core (`batch.replica.Replica`); plain code does too."""
+    from batch.models import choose_device_dtype
+
+    device, _ = choose_device_dtype(spec)
+    return os.cpu_count() or 1 if device.type == "cpu" else None
+
+
+def load_plain_pipeline(spec: ModelSpec) -> Any:
+    """What a user writes: `from_pretrained` on the folder or hub id, `.to(device)`.
+
+    builtin:tiny is its diffusers folder; builtin:null the instrument; a single-file checkpoint
+    goes through `batch.models.load_pipelines`, which makes the same `from_single_file` call.
+    """
+    from diffusers import AutoPipelineForText2Image
+
+    from batch.models import (
+        choose_device_dtype,
+        load_pipelines,
+        quiet_loading,
+        resolve_model_source,
+    )
+    from batch.tiny import tiny_model_dir
+
+    quiet_loading()  # loading is not timed; this only keeps Ray workers' logs short
+    source = resolve_model_source(spec)
+    device, dtype = choose_device_dtype(spec)
+    if source.location == "builtin:null" or source.kind == "single_file":
+        return load_pipelines(spec).txt2img
+    location = str(tiny_model_dir()) if source.kind == "builtin" else source.location
+    pipe = AutoPipelineForText2Image.from_pretrained(location, dtype=dtype)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate_and_save(pipe: Any, ids: list[str], prompts: list[str], seeds: list[int],
+                      work: Workload, folder: Path) -> list[str]:  # fmt: skip
+    """One pipeline call with a seeded generator per row; each image saved as `<id>.png`."""
+    import torch
+
+    generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+    images = pipe(prompt=prompts, generator=generators, **work.call_kwargs()).images
+    paths = [str(folder / f"{row_id}.png") for row_id in ids]
+    for image, path in zip(images, paths):
+        image.save(path)
+    return paths
+
+
+def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_call: int) -> Sample:
+    """(a) and (b): load, read the manifest, call the pipeline per row (or per batch), save."""
+    import pyarrow.parquet as pq
+    import torch
+
+    started = time.perf_counter()
+    threads = cpu_threads(work.spec)
+    if threads:
+        torch.set_num_threads(threads)
+    pipe = load_plain_pipeline(work.spec)
+    ready = time.perf_counter()
+    rows = pq.read_table(work.manifest).to_pylist()
+    images = folder / "images"
+    images.mkdir(parents=True)
+    for start in range(0, len(rows), rows_per_call):
+        chunk = rows[start : start + rows_per_call]
+        generate_and_save(pipe, [r["id"] for r in chunk], [r["prompt"] for r in chunk],
+                          [r["seed"] for r in chunk], work, images)  # fmt: skip
+    return measure(name, repeat, images, time.perf_counter() - started, ready - started)
+
+
+# ---------------------------------------------------------------------------- plain Ray Data
+
+
+class PlainRayPredictor:
+    """Ray's batch-inference recipe: the model loads in `__init__`, `__call__` maps a batch."""
+
+    def __init__(self, work: Workload, folder: str) -> None:
+        import torch
+
+        threads = cpu_threads(work.spec)
+        if threads:  # Ray workers start with OMP_NUM_THREADS=1; sdfleet's replica sets this too
+            torch.set_num_threads(threads)
+        self.pipe = load_plain_pipeline(work.spec)
+        self.work, self.folder = work, Path(folder)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        paths = generate_and_save(self.pipe, list(batch["id"]), list(batch["prompt"]),
+                                  list(batch["seed"]), self.work, self.folder)  # fmt: skip
+        return {"id": batch["id"], "path": np.array(paths)}
+
+
+def run_plain_ray(work: Workload, folder: Path, repeat: int) -> Sample:
+    """(c): read_parquet -> map_batches(PlainRayPredictor) -> write_parquet, on the pool that
+    sdfleet's ray executor would use here (same actor count, CPUs and GPUs per actor)."""
+    import ray.data
+
+    images = folder / "images"
+    images.mkdir(parents=True)
+    plan = sdfleet_pool_plan()
+    use_default_data_context()
+    since, started = time.time(), time.perf_counter()
+    dataset = ray.data.read_parquet(str(work.manifest)).map_batches(
+        PlainRayPredictor, fn_constructor_kwargs={"work": work, "folder": str(images)},
+        batch_size=work.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+    )  # fmt: skip
+    dataset.write_parquet(str(folder / "results"))
+    return measure("c", repeat, images, time.perf_counter() - started, replicas_startup_s(since))
+
+
+def sdfleet_pool_plan() -> Any:
+    """The pool `sdfleet run` plans on this cluster with a job's default `ray:` options."""
+    from batch.pool import plan_pool
+    from batch.ray_runner import alive_nodes
+    from jobs.spec import RayOptions
+
+    options = RayOptions()
+    return plan_pool(alive_nodes(), options.replicas, options.replicas_per_gpu,
+                     options.num_cpus_per_replica, options.allow_fewer_replicas)  # fmt: skip
+
+
+# What sdfleet's ray executor sets on the driver's DataContext (batch.ray_runner); plain Ray
+# Data runs with Ray's defaults for these, except that neither shows progress bars.
+_SDFLEET_CONTEXT_FIELDS = ("checkpoint_config", "execution_no_progress_timeout_s",
+                           "wait_for_min_actors_s", "max_errored_blocks")  # fmt: skip
+
+
+def use_default_data_context() -> None:
+    import ray.data
+
+    current, default = ray.data.DataContext.get_current(), ray.data.DataContext()
+    for name in _SDFLEET_CONTEXT_FIELDS:
+        setattr(current, name, getattr(default, name))
+    current.enable_progress_bars = False
+    current.print_on_execution_start = False
+
+
+def replicas_startup_s(since: float) -> float | None:
+    """Seconds from `since` (time.time()) until the last Ray Data map actor created after it
+    was up: an actor is ALIVE once its constructor, which loads the model, has returned.
+
+    Read from the GCS actor table (a private Ray API, the public one needs the dashboard);
+    None if it cannot be read, and then images/s is end to end.
+    """
+    try:
+        from ray._private import state
+
+        actors = list(state.actors().values())
+    except Exception as exc:  # noqa: BLE001 - an instrument, not a requirement
+        logger.warning("cannot read Ray's actor table (%s); startup not measured", exc)
+        return None
+    started = [
+        a["StartTime"] / 1000
+        for a in actors
+        if "MapWorker" in str(a.get("ActorClassName")) and a["StartTime"] / 1000 >= since
+    ]
+    return max(started) - since if started else None
+
+
+# ---------------------------------------------------------------------------- sdfleet
+
+
+def bench_job(work: Workload, executor: str) -> Any:
+    """The batch job `sdfleet run` would get for this workload (defaults everywhere else)."""
+    from jobs.spec import BatchJob
+
+    ray = {"rows_per_block": work.rows_per_block} if work.rows_per_block else {}
+    return BatchJob.model_validate({
+        "name": "bench", "model": work.spec.model, "device": work.spec.device,
+        "dtype": work.spec.dtype, "manifest": str(work.manifest), "executor": executor,
+        "batch_size": work.batch_size, "ray": ray,
+        "defaults": {"num_inference_steps": work.steps, "guidance_scale": work.guidance_scale,
+                     "width": work.size_px, "height": work.size_px},
+    })  # fmt: skip
+
+
+def run_sdfleet(work: Workload, folder: Path, repeat: int, executor: str) -> Sample:
+    """(d)/(e): the real path of `sdfleet run` (validation, job record, run, summary)."""
+    from jobs.runner import EXIT_OK, exit_status, prepare_batch_job, run_batch_job
+
+    job = bench_job(work, executor)
+    started = time.perf_counter()
+    prepared = prepare_batch_job(job, folder / "job.yaml", str(folder))
+    since = time.time()
+    summary = run_batch_job(prepared, executor, lambda outputs: None)
+    wall = time.perf_counter() - started
+    if exit_status(summary) != EXIT_OK:
+        raise BenchError(
+            f"sdfleet {executor}: {summary['error']} errors, "
+            f"{summary['unique_outputs']}/{summary['expected_outputs']} outputs"
+        )
+    if executor == "local":
+        startup = summary["stage_s"]["load"]
+    else:
+        startup = replicas_startup_s(since)
+    return measure(executor, repeat, folder / "images", wall, startup)
+
+
+Contender = Callable[[Workload, Path, int], Sample]
+CONTENDERS: dict[str, Contender] = {
+    "a": lambda work, folder, repeat: run_plain(work, folder, repeat, "a", 1),
+    "b": lambda work, folder, repeat: run_plain(work, folder, repeat, "b", work.batch_size),
+    "c": run_plain_ray,
+    "local": lambda work, folder, repeat: run_sdfleet(work, folder, repeat, "local"),
+    "ray": lambda work, folder, repeat: run_sdfleet(work, folder, repeat, "ray"),
+}

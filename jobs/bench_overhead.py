@@ -1,0 +1,129 @@
+"""`sdfleet bench --overhead`: sdfleet's own cost per row, measured with `builtin:null`.
+
+`builtin:null` (batch/null_model.py) returns a fixed 8x8 picture without computing, so what
+is left is sdfleet: manifest validation, batching, generators, PNG encoding with metadata,
+image writes, results Parquet and the summary. For each row count, and each executor, a fresh
+Python process (`python -m jobs.bench_overhead`) runs the real `sdfleet run` path
+(`prepare_batch_job` + `run_batch_job`) and reports wall time and the driver's peak memory
+(`ru_maxrss`: a fresh process per run, so one size's peak never carries into the next).
+
+Per row = (wall - start-up) / rows, where start-up is the model load (local) or Ray's start
+plus the replica actor coming up (ray); Ray's own start (`ray.init`) is timed apart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from jobs.bench import (
+    BenchSettings,
+    format_table,
+    machine_info,
+    settings_record,
+    write_bench_manifest,
+    write_report,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def run_overhead(settings: BenchSettings) -> dict[str, Any]:
+    """Every row count x executor in its own process; table + OUT/overhead.json."""
+    root = settings.out / "overhead"
+    results = []
+    for rows in settings.rows:
+        manifest = write_bench_manifest(root / f"manifest-{rows}.parquet", rows)
+        for executor in settings.contenders:
+            folder = root / "runs" / f"{rows}-{executor}"
+            shutil.rmtree(folder, ignore_errors=True)
+            result = run_child(manifest, folder, executor, settings)
+            print(f"  {rows} rows, {executor}: {result['ms_per_row']:.3g} ms/row, "
+                  f"peak {result['peak_rss_mib']:.0f} MiB")  # fmt: skip
+            results.append(result)
+            if not settings.keep_outputs:
+                shutil.rmtree(folder, ignore_errors=True)
+    report = {"mode": "overhead", "machine": machine_info(), "settings": settings_record(settings),
+              "results": results}  # fmt: skip
+    write_report(settings.out / "overhead.json", report)
+    print(overhead_table(results))
+    return report
+
+
+def run_child(manifest: Path, folder: Path, executor: str, settings: BenchSettings) -> dict:
+    """One size, one executor, in a fresh interpreter; its JSON line back."""
+    request = {"manifest": str(manifest), "out": str(folder), "executor": executor,
+               "batch_size": settings.batch_size,
+               "rows_per_block": settings.rows_per_block}  # fmt: skip
+    command = [sys.executable, "-m", "jobs.bench_overhead", json.dumps(request)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"overhead run {request} failed ({done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")  # fmt: skip
+    return json.loads(lines[-1])
+
+
+def overhead_table(results: list[dict]) -> str:
+    headers = ["rows", "executor", "ms/row", "rows/s", "wall s", "start-up s", "validate s",
+               "peak driver MiB", "driver MiB before the job"]  # fmt: skip
+    rows = [[r["rows"], r["executor"], r["ms_per_row"], r["rows_per_s"], r["wall_s"],
+             r["startup_s"], r["validate_s"], r["peak_rss_mib"], r["rss_before_job_mib"]]
+            for r in results]  # fmt: skip
+    return "builtin:null, fresh process per run\n" + format_table(headers, rows)
+
+
+# ---------------------------------------------------------------------------- the child
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def measure_run(request: dict[str, Any]) -> dict[str, Any]:
+    """`sdfleet run` of the null job, timed by stage, in this (fresh) process."""
+    from batch.models import ModelSpec
+    from jobs.bench import start_ray
+    from jobs.bench_contenders import Workload, bench_job, replicas_startup_s
+    from jobs.runner import prepare_batch_job, run_batch_job
+
+    executor, folder = request["executor"], Path(request["out"])
+    work = Workload(ModelSpec(model="builtin:null"), Path(request["manifest"]), steps=1,
+                    size_px=64, guidance_scale=7.5, batch_size=request["batch_size"],
+                    rows_per_block=request["rows_per_block"])  # fmt: skip
+    job = bench_job(work, executor)
+    before = peak_rss_mib()
+    ray_start_s = start_ray() if executor == "ray" else None
+    started = time.perf_counter()
+    prepared = prepare_batch_job(job, folder / "job.yaml", str(folder))
+    validated, since = time.perf_counter(), time.time()
+    summary = run_batch_job(prepared, executor, lambda outputs: None)
+    wall = time.perf_counter() - started
+    startup = summary["stage_s"]["load"] if executor == "local" else replicas_startup_s(since)
+    rows = summary["ok"]
+    if rows != summary["expected_outputs"] or not rows:
+        raise RuntimeError(f"{executor}: {rows} of {summary['expected_outputs']} rows ok")
+    busy = wall - (startup or 0.0)
+    return {"rows": rows, "executor": executor, "ok": summary["ok"], "error": summary["error"],
+            "wall_s": round(wall, 3), "startup_s": startup, "ray_start_s": ray_start_s,
+            "validate_s": round(validated - started, 3), "stage_s": summary["stage_s"],
+            "ms_per_row": round(1000 * busy / rows, 4), "rows_per_s": round(rows / busy, 1),
+            "rss_before_job_mib": before, "peak_rss_mib": peak_rss_mib()}  # fmt: skip
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(measure_run(json.loads(argv[1]))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

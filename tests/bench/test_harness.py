@@ -1,0 +1,165 @@
+"""The bench harness on tiny sizes: same images from every contender, ratios against (a),
+the overhead and animation reports. No timing assertions: benchmarks are not timed tests."""
+
+from __future__ import annotations
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+from batch.errors import ConfigError
+from jobs.bench import (
+    BenchSettings,
+    rotated,
+    run_throughput,
+    settings_from_args,
+    summarize_samples,
+    write_bench_manifest,
+)
+from jobs.bench_contenders import Sample, steady_rate
+
+
+def settings(tmp_path: Path, **fields) -> BenchSettings:
+    base = {
+        "model": "builtin:null",
+        "rows": (12,),
+        "steps": 1,
+        "size_px": 64,
+        "batch_size": 4,
+        "repeats": 2,
+        "out": tmp_path / "bench",
+        "contenders": ("a", "b", "local"),
+    }
+    return BenchSettings(**(base | fields))
+
+
+def args(**fields) -> Namespace:
+    base = {
+        "model": "builtin:tiny",
+        "rows": None,
+        "steps": 4,
+        "size": 64,
+        "batch_size": 4,
+        "repeats": 3,
+        "guidance_scale": 7.5,
+        "device": None,
+        "dtype": None,
+        "out": "out/bench",
+        "contenders": None,
+        "keep_outputs": False,
+        "frames": 24,
+        "strength": 0.5,
+        "rows_per_block": None,
+        "overhead": False,
+        "animation": False,
+    }
+    return Namespace(**(base | fields))
+
+
+def sample(contender: str, repeat: int, rate: float) -> Sample:
+    return Sample(contender, repeat, images=10, wall_s=2.0, startup_s=0.5, images_per_s=rate)
+
+
+def test_every_contender_makes_the_same_images_and_a_is_the_baseline(tmp_path, sdfleet_cache):
+    report = run_throughput(settings(tmp_path))
+    assert {s["images"] for s in report["samples"]} == {12}
+    assert len(report["samples"]) == 6  # 3 contenders x 2 repeats
+    assert report["contenders"]["a"]["ratio_to_a"] == {"min": 1.0, "median": 1.0, "max": 1.0}
+    written = json.loads((tmp_path / "bench" / "throughput.json").read_text())
+    assert written["settings"]["rows"] == [12] and written["machine"]["cpu_count"] >= 1
+    assert not (tmp_path / "bench" / "runs" / "0-a").exists()  # outputs removed by default
+
+
+def test_ratios_are_taken_against_a_repeat_by_repeat():
+    samples = [sample("a", 0, 10), sample("local", 0, 15), sample("a", 1, 20),
+               sample("local", 1, 20)]  # fmt: skip
+    summary = summarize_samples(samples, ["a", "local"])
+    assert summary["local"]["ratio_to_a"] == {"min": 1.0, "median": 1.25, "max": 1.5}
+    assert summary["local"]["images_per_s"]["median"] == 17.5
+    assert summary["local"]["fixed_s"]["max"] == pytest.approx(2.0 - 10 / 20)
+
+
+def test_each_repeat_rotates_the_order():
+    names = ["a", "b", "c"]
+    assert [rotated(names, r) for r in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]  # fmt: skip
+
+
+def test_steady_rate_ignores_startup_and_grouped_writes():
+    # 5 groups of 4 images, one group every 0.5 s, after 7 s of start-up: 8 images/s
+    times = [7.0 + 0.5 * group + 0.001 * k for group in range(5) for k in range(4)]
+    assert steady_rate(times) == pytest.approx(8.0, rel=0.02)
+
+
+def test_manifest_rows_have_ids_prompts_and_seeds(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(write_bench_manifest(tmp_path / "m.parquet", 70_000))
+    assert table.num_rows == 70_000 and table.column_names == ["id", "prompt", "seed"]
+    assert len(set(table.column("id").to_pylist())) == 70_000
+
+
+@pytest.mark.parametrize("fields,fragment", [
+    ({"contenders": "a,zz"}, "zz unknown"),
+    ({"rows": "10,20"}, "one number"),
+    ({"rows": "ten"}, "whole numbers"),
+    ({"repeats": 0}, "--repeats"),
+    ({"strength": 1.5}, "--strength"),
+    ({"overhead": True, "contenders": "a"}, "choose from local, ray"),
+])  # fmt: skip
+def test_bad_flags_say_what_to_change(fields, fragment):
+    mode = "overhead" if fields.get("overhead") else "throughput"
+    with pytest.raises(ConfigError, match=fragment):
+        settings_from_args(args(**fields), mode)
+
+
+def test_mode_defaults():
+    assert settings_from_args(args(), "throughput").contenders == ("a", "b", "c", "local", "ray")
+    overhead = settings_from_args(args(overhead=True), "overhead")
+    assert overhead.rows == (10_000, 100_000) and overhead.contenders == ("local", "ray")
+
+
+def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cache):
+    from jobs.bench_overhead import run_overhead
+
+    report = run_overhead(settings(tmp_path, rows=(40,), contenders=("local",)))
+    (result,) = report["results"]
+    assert result["rows"] == 40 and result["error"] == 0
+    assert result["rows_per_s"] > 0 and result["ms_per_row"] > 0
+    assert result["peak_rss_mib"] >= result["rss_before_job_mib"] > 0
+
+
+def test_animation_mode_splits_model_and_overhead(tmp_path, tiny_dir):
+    from jobs.bench_anim import run_animation_bench
+
+    bench = settings(tmp_path, model="builtin:tiny", frames=3, repeats=1, size_px=32, steps=2,
+                     contenders=("sdfleet", "plain"))  # fmt: skip
+    summary = run_animation_bench(bench)["summary"]
+    for name in ("sdfleet", "plain"):
+        assert 0 <= summary[name]["overhead_share"]["median"] < 1
+        assert summary[name]["frames_per_s"]["median"] > 0
+    assert summary["sdfleet"]["encode_fps_512px"]["median"] > 0
+
+
+@pytest.fixture
+def bench_ray(sdfleet_cache, monkeypatch):
+    """A local Ray instance started the way `sdfleet bench` starts it; shut down after."""
+    import ray
+
+    from jobs.bench import start_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    start_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_contenders_make_the_same_images(tmp_path, bench_ray):
+    report = run_throughput(settings(tmp_path, repeats=1, contenders=("a", "c", "ray")))
+    assert {s["images"] for s in report["samples"]} == {12}
+    assert report["contenders"]["c"]["startup_s"] is not None
+    assert report["contenders"]["ray"]["ratio_to_a"] is not None
