@@ -69,6 +69,7 @@ class BenchSettings:
     frames: int = 24
     strength: float = 0.5
     rows_per_block: int | None = None  # sdfleet's ray executor (None: the job default, 16)
+    cpu_threads: int | None = None  # torch threads of every contender on CPU (None: all cores)
 
     @property
     def spec(self) -> ModelSpec:
@@ -108,7 +109,8 @@ def settings_from_args(args: Any, mode: str) -> BenchSettings:
                           f"choose from {', '.join(known)}")  # fmt: skip
     if mode == "throughput" and len(rows) != 1:
         raise ConfigError(f"--rows: one number for a throughput run, got {args.rows!r}")
-    for name in ("steps", "size", "batch_size", "repeats", "frames", "rows_per_block"):
+    for name in ("steps", "size", "batch_size", "repeats", "frames", "rows_per_block",
+                 "cpu_threads"):  # fmt: skip
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
@@ -119,7 +121,7 @@ def settings_from_args(args: Any, mode: str) -> BenchSettings:
         batch_size=args.batch_size, repeats=args.repeats, guidance_scale=args.guidance_scale,
         device=args.device, dtype=args.dtype, out=Path(args.out), contenders=contenders,
         keep_outputs=args.keep_outputs, frames=args.frames, strength=args.strength,
-        rows_per_block=args.rows_per_block,
+        rows_per_block=args.rows_per_block, cpu_threads=args.cpu_threads,
     )  # fmt: skip
 
 
@@ -146,7 +148,7 @@ def run_throughput(settings: BenchSettings) -> dict[str, Any]:
     manifest = write_bench_manifest(settings.out / "manifest.parquet", settings.rows[0])
     work = Workload(settings.spec, manifest, settings.steps, settings.size_px,
                     settings.guidance_scale, settings.batch_size,
-                    settings.rows_per_block)  # fmt: skip
+                    settings.rows_per_block, settings.cpu_threads)  # fmt: skip
     ray_start_s = start_ray() if {"c", "ray"} & set(settings.contenders) else None
     # 2. the rounds
     samples = [run_sample(work, settings, name, repeat)

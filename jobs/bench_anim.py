@@ -131,7 +131,8 @@ def load_models(settings: BenchSettings, job: Any) -> tuple[Any, tuple[Any, Any]
     from batch.schedulers import make_scheduler
     from jobs.bench_contenders import load_plain_pipeline
 
-    replica = Replica(model_spec(job), batch_size=1)  # sets torch threads for CPU replicas
+    # the replica sets torch threads for CPU replicas (every core unless told); plain uses those
+    replica = Replica(model_spec(job), batch_size=1, cpu_threads=settings.cpu_threads)
     txt2img = load_plain_pipeline(settings.spec)
     txt2img.scheduler = make_scheduler(job.scheduler, txt2img.scheduler.config)
     img2img = AutoPipelineForImage2Image.from_pipe(txt2img)

@@ -50,6 +50,7 @@ class Workload:
     guidance_scale: float
     batch_size: int
     rows_per_block: int | None = None  # sdfleet's ray executor: None keeps the job default
+    cpu_threads: int | None = None  # CPU: torch threads of every contender (None: all cores)
 
     def call_kwargs(self) -> dict[str, Any]:
         return {"num_inference_steps": self.steps, "guidance_scale": self.guidance_scale,
@@ -118,12 +119,13 @@ class BenchError(RuntimeError):
 # ---------------------------------------------------------------------------- plain diffusers
 
 
-def cpu_threads(spec: ModelSpec) -> int | None:
-    """sdfleet's CPU replicas use every core (`batch.replica.Replica`); plain code does too."""
+def cpu_threads(work: Workload) -> int | None:
+    """Torch threads on CPU: the job's `cpu_threads`, else every core, as sdfleet's replica
+    (`batch.replica.Replica`) does; the plain contenders set the same."""
     from batch.models import choose_device_dtype
 
-    device, _ = choose_device_dtype(spec)
-    return os.cpu_count() or 1 if device.type == "cpu" else None
+    device, _ = choose_device_dtype(work.spec)
+    return (work.cpu_threads or os.cpu_count() or 1) if device.type == "cpu" else None
 
 
 def load_plain_pipeline(spec: ModelSpec) -> Any:
@@ -173,7 +175,7 @@ def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_cal
     import torch
 
     started = time.perf_counter()
-    threads = cpu_threads(work.spec)
+    threads = cpu_threads(work)
     if threads:
         torch.set_num_threads(threads)
     pipe = load_plain_pipeline(work.spec)
@@ -197,7 +199,7 @@ class PlainRayPredictor:
     def __init__(self, work: Workload, folder: str) -> None:
         import torch
 
-        threads = cpu_threads(work.spec)
+        threads = cpu_threads(work)
         if threads:  # Ray workers start with OMP_NUM_THREADS=1; sdfleet's replica sets this too
             torch.set_num_threads(threads)
         self.pipe = load_plain_pipeline(work.spec)
@@ -290,7 +292,7 @@ def bench_job(work: Workload, executor: str) -> Any:
     return BatchJob.model_validate({
         "name": "bench", "model": work.spec.model, "device": work.spec.device,
         "dtype": work.spec.dtype, "manifest": str(work.manifest), "executor": executor,
-        "batch_size": work.batch_size, "ray": ray,
+        "batch_size": work.batch_size, "ray": ray, "cpu_threads": work.cpu_threads,
         "defaults": {"num_inference_steps": work.steps, "guidance_scale": work.guidance_scale,
                      "width": work.size_px, "height": work.size_px},
     })  # fmt: skip

@@ -52,6 +52,7 @@ def args(**fields) -> Namespace:
         "frames": 24,
         "strength": 0.5,
         "rows_per_block": None,
+        "cpu_threads": None,
         "overhead": False,
         "animation": False,
     }
