@@ -158,6 +158,7 @@ def run_throughput(settings: BenchSettings) -> dict[str, Any]:
     report = {"mode": "throughput", "machine": machine_info(settings.spec),
               "settings": settings_record(settings), "ray_start_s": ray_start_s,
               "contenders": summarize_samples(samples, settings.contenders),
+              "pairs": pair_ratios(samples),
               "samples": [sample_record(s) for s in samples]}  # fmt: skip
     write_report(settings.out / "throughput.json", report)
     print(throughput_table(report))
@@ -226,30 +227,49 @@ def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
             "max": round(max(values), digits)}  # fmt: skip
 
 
+# The comparisons the targets name: sdfleet local vs the loops, sdfleet on Ray vs plain Ray.
+PAIRS = (("local", "a"), ("local", "b"), ("ray", "c"))
+
+
+def paired_ratio(samples: list[Sample], name: str, baseline: str) -> dict[str, float] | None:
+    """images/s of `name` over `baseline`, repeat by repeat (the two ran side by side)."""
+    base = {s.repeat: s.images_per_s for s in samples if s.contender == baseline}
+    ratios = [s.images_per_s / base[s.repeat] for s in samples
+              if s.contender == name and s.repeat in base]  # fmt: skip
+    return spread(ratios) if ratios else None
+
+
 def summarize_samples(samples: list[Sample], names: Sequence[str]) -> dict[str, Any]:
     """Per contender: spreads over repeats, and the ratio to (a) taken repeat by repeat."""
-    baseline = {s.repeat: s.images_per_s for s in samples if s.contender == "a"}
-    summary = {}
+    summary: dict[str, Any] = {}
     for name in names:
         mine = [s for s in samples if s.contender == name]
         startups = [s.startup_s for s in mine if s.startup_s is not None]
-        ratios = [s.images_per_s / baseline[s.repeat] for s in mine if s.repeat in baseline]
         summary[name] = {
             "label": CONTENDER_NAMES[name],
             "images_per_s": spread([s.images_per_s for s in mine]),
-            "ratio_to_a": spread(ratios) if ratios else None,
+            "ratio_to_a": paired_ratio(samples, name, "a"),
             "fixed_s": spread([s.fixed_s for s in mine]),
             "startup_s": spread(startups) if startups else None,
             "end_to_end_images_per_s": spread([s.end_to_end_images_per_s for s in mine]),
             "wall_s": spread([s.wall_s for s in mine]),
         }
+        cpu = [s.cpu_ms_per_image for s in mine if s.cpu_ms_per_image is not None]
+        summary[name]["cpu_ms_per_image"] = spread(cpu) if cpu else None
     return summary
+
+
+def pair_ratios(samples: list[Sample]) -> dict[str, dict[str, float]]:
+    """The target comparisons that this run has both sides of, e.g. {"ray/c": spread}."""
+    found = {f"{a}/{b}": paired_ratio(samples, a, b) for a, b in PAIRS}
+    return {key: value for key, value in found.items() if value is not None}
 
 
 def sample_record(sample: Sample) -> dict[str, Any]:
     return asdict(sample) | {
         "fixed_s": round(sample.fixed_s, 3),
         "end_to_end_images_per_s": round(sample.end_to_end_images_per_s, 3),
+        "cpu_ms_per_image": sample.cpu_ms_per_image,
     }
 
 
@@ -323,11 +343,13 @@ def throughput_table(report: dict[str, Any]) -> str:
     settings = report["settings"]
     rows = [[entry["label"], fmt_spread(entry["images_per_s"]), fmt_spread(entry["ratio_to_a"]),
              fmt_spread(entry["fixed_s"]), fmt_spread(entry["startup_s"]),
-             fmt_spread(entry["end_to_end_images_per_s"])]
+             fmt_spread(entry["end_to_end_images_per_s"]),
+             fmt_spread(entry["cpu_ms_per_image"])]
             for entry in report["contenders"].values()]  # fmt: skip
     title = (f"{settings['model']}, {settings['rows'][0]} rows, {settings['size_px']} px, "
              f"{settings['steps']} steps, batch {settings['batch_size']}, "
              f"{settings['repeats']} repeats; median (min-max)")  # fmt: skip
     headers = ["contender", "images/s", "ratio to (a)", "fixed s", "model ready s",
-               "images/s end to end"]  # fmt: skip
-    return title + "\n" + format_table(headers, rows)
+               "images/s end to end", "CPU ms/image"]  # fmt: skip
+    pairs = [f"{key}: {fmt_spread(value)}" for key, value in report["pairs"].items()]
+    return "\n".join([title, format_table(headers, rows), *pairs])

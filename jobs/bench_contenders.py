@@ -67,6 +67,7 @@ class Sample:
     wall_s: float  # the whole run, model load and start-up included
     startup_s: float | None  # until the model was ready (Ray: the last replica actor up)
     images_per_s: float  # steady rate: slope of images done against time (`steady_rate`)
+    cpu_s: float | None = None  # this process's CPU time for the run (in-process contenders)
     load_average: tuple[float, float] | None = None  # 1-min load average before, after
 
     @property
@@ -78,12 +79,18 @@ class Sample:
     def end_to_end_images_per_s(self) -> float:
         return self.images / self.wall_s
 
+    @property
+    def cpu_ms_per_image(self) -> float | None:
+        """CPU time per image, model load included: unlike wall time, other processes on the
+        machine barely change it (with one torch thread, nothing spins while it waits)."""
+        return None if self.cpu_s is None else 1000 * self.cpu_s / self.images
+
 
 def measure(contender: str, repeat: int, images_dir: Path, wall_s: float,
-            startup_s: float | None) -> Sample:  # fmt: skip
+            startup_s: float | None, cpu_s: float | None = None) -> Sample:  # fmt: skip
     """A Sample from the images a run wrote."""
     times = image_times(images_dir)
-    return Sample(contender, repeat, len(times), wall_s, startup_s, steady_rate(times))
+    return Sample(contender, repeat, len(times), wall_s, startup_s, steady_rate(times), cpu_s)
 
 
 def image_times(folder: Path) -> list[float]:
@@ -174,7 +181,7 @@ def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_cal
     import pyarrow.parquet as pq
     import torch
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     threads = cpu_threads(work)
     if threads:
         torch.set_num_threads(threads)
@@ -187,7 +194,8 @@ def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_cal
         chunk = rows[start : start + rows_per_call]
         generate_and_save(pipe, [r["id"] for r in chunk], [r["prompt"] for r in chunk],
                           [r["seed"] for r in chunk], work, images)  # fmt: skip
-    return measure(name, repeat, images, time.perf_counter() - started, ready - started)
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return measure(name, repeat, images, wall, ready - started, cpu)
 
 
 # ---------------------------------------------------------------------------- plain Ray Data
@@ -303,21 +311,19 @@ def run_sdfleet(work: Workload, folder: Path, repeat: int, executor: str) -> Sam
     from jobs.runner import EXIT_OK, exit_status, prepare_batch_job, run_batch_job
 
     job = bench_job(work, executor)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     prepared = prepare_batch_job(job, folder / "job.yaml", str(folder))
     since = time.time()
     summary = run_batch_job(prepared, executor, lambda outputs: None)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if exit_status(summary) != EXIT_OK:
         raise BenchError(
             f"sdfleet {executor}: {summary['error']} errors, "
             f"{summary['unique_outputs']}/{summary['expected_outputs']} outputs"
         )
-    if executor == "local":
-        startup = summary["stage_s"]["load"]
-    else:
-        startup = replicas_startup_s(since)
-    return measure(executor, repeat, folder / "images", wall, startup)
+    if executor == "local":  # the replica ran in this process: its CPU time is comparable
+        return measure(executor, repeat, folder / "images", wall, summary["stage_s"]["load"], cpu)
+    return measure(executor, repeat, folder / "images", wall, replicas_startup_s(since))
 
 
 Contender = Callable[[Workload, Path, int], Sample]

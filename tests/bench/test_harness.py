@@ -12,6 +12,7 @@ import pytest
 from batch.errors import ConfigError
 from jobs.bench import (
     BenchSettings,
+    pair_ratios,
     rotated,
     run_throughput,
     settings_from_args,
@@ -63,11 +64,13 @@ def sample(contender: str, repeat: int, rate: float) -> Sample:
     return Sample(contender, repeat, images=10, wall_s=2.0, startup_s=0.5, images_per_s=rate)
 
 
+@pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_every_contender_makes_the_same_images_and_a_is_the_baseline(tmp_path, sdfleet_cache):
     report = run_throughput(settings(tmp_path))
     assert {s["images"] for s in report["samples"]} == {12}
     assert len(report["samples"]) == 6  # 3 contenders x 2 repeats
     assert report["contenders"]["a"]["ratio_to_a"] == {"min": 1.0, "median": 1.0, "max": 1.0}
+    assert report["contenders"]["local"]["cpu_ms_per_image"]["median"] > 0
     written = json.loads((tmp_path / "bench" / "throughput.json").read_text())
     assert written["settings"]["rows"] == [12] and written["machine"]["cpu_count"] >= 1
     assert not (tmp_path / "bench" / "runs" / "0-a").exists()  # outputs removed by default
@@ -80,6 +83,7 @@ def test_ratios_are_taken_against_a_repeat_by_repeat():
     assert summary["local"]["ratio_to_a"] == {"min": 1.0, "median": 1.25, "max": 1.5}
     assert summary["local"]["images_per_s"]["median"] == 17.5
     assert summary["local"]["fixed_s"]["max"] == pytest.approx(2.0 - 10 / 20)
+    assert pair_ratios(samples) == {"local/a": summary["local"]["ratio_to_a"]}
 
 
 def test_each_repeat_rotates_the_order():
@@ -122,6 +126,7 @@ def test_mode_defaults():
     assert overhead.rows == (10_000, 100_000) and overhead.contenders == ("local", "ray")
 
 
+@pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cache):
     from jobs.bench_overhead import run_overhead
 
@@ -132,6 +137,7 @@ def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cach
     assert result["peak_rss_mib"] >= result["rss_before_job_mib"] > 0
 
 
+@pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_animation_mode_splits_model_and_overhead(tmp_path, tiny_dir):
     from jobs.bench_anim import run_animation_bench
 
