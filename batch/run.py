@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -42,34 +44,43 @@ def read_results(out: OutputDir, columns: list[str] | None = None) -> pa.Table |
     """All committed result rows (every results/*.parquet), or None if there are none yet.
 
     The local executor commits one small part per chunk, so a big job has tens of thousands:
-    each is opened once (`ParquetFile`, about half the cost of `read_table`) and every few
-    hundred parts are merged into contiguous columns, so memory follows rows, not parts.
+    every few hundred parts are merged into contiguous columns, so memory follows rows, not
+    parts. `summarize` does not hold them all: it counts part by part (`iter_result_parts`).
     """
+    parts = _batched(iter_result_parts(out, columns), _MERGE_PARTS)
+    groups = [_concat(group) for group in parts]
+    return _concat(groups) if groups else None
+
+
+_MERGE_PARTS = 256  # small parts merged at a time: few compute calls, bounded memory
+
+
+def iter_result_parts(out: OutputDir, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """Each committed results part, in file name order; each file is opened once."""
     from pyarrow import fs as pafs
 
     filesystem, root = out.filesystem()
     base = f"{root}/results"
-
     if filesystem.get_file_info(base).type == pafs.FileType.NotFound:
-        return None
+        return
     selector = pafs.FileSelector(base, recursive=True)
     files = sorted(i.path for i in filesystem.get_file_info(selector)
                    if i.path.endswith(".parquet") and i.type == pafs.FileType.File)  # fmt: skip
-    if not files:
-        return None
-    groups = [
-        _concat([_read_part(filesystem, f, columns) for f in files[start : start + _MERGE_PARTS]])
-        for start in range(0, len(files), _MERGE_PARTS)
-    ]
-    return _concat(groups)
+    for path in files:
+        with filesystem.open_input_file(path) as handle:  # ParquetFile: half read_table's cost
+            yield pq.ParquetFile(handle).read(columns=columns)
 
 
-_MERGE_PARTS = 256
-
-
-def _read_part(filesystem, path: str, columns: list[str] | None) -> pa.Table:
-    with filesystem.open_input_file(path) as handle:
-        return pq.ParquetFile(handle).read(columns=columns)
+def _batched(tables: Iterator[pa.Table], parts: int, rows: int = 65536) -> Iterator[list]:
+    """Consecutive tables in groups of at most `parts` tables, or about `rows` rows."""
+    group: list[pa.Table] = []
+    for table in tables:
+        group.append(table)
+        if len(group) == parts or sum(t.num_rows for t in group) >= rows:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -134,64 +145,83 @@ def _commit_part(out: OutputDir, table: pa.Table, part: int) -> None:
 def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors: int) -> dict:
     """Counts from results/ (the source of truth), throughput, stage times -> summary.json.
 
-    Counted on whole columns (pyarrow compute), never row by row, so a million results take
-    seconds and little memory; only the first `max_errors` error rows become Python objects.
+    Counted a few hundred parts at a time on whole columns (pyarrow compute), never row by
+    row and never all parts at once, so memory stays flat however many results there are.
     """
-    table = read_results(out, ["output_id", "status", "error", "seconds", "worker"])
-    counts = count_results(table, max_errors)
+    counts = ResultCounts(max_errors)
+    for parts in _batched(iter_result_parts(out, list(ResultCounts.COLUMNS)), _MERGE_PARTS):
+        counts.add(_concat(parts))
     wall_s = time.time() - stats.started
     gen_s = stats.stage_seconds.get("generate", 0.0)
     summary = {
         "executor": stats.executor,
         "expected_outputs": expected_outputs,
-        "outputs": counts["outputs"],
-        "unique_outputs": counts["unique_outputs"],
-        "ok": counts["ok"],
-        "error": counts["outputs"] - counts["ok"],
+        "outputs": counts.outputs,
+        "unique_outputs": counts.unique_outputs(out),
+        "ok": counts.ok,
+        "error": counts.outputs - counts.ok,
         "skipped_already_done_rows": stats.skipped_rows,
         "generated_this_run": stats.generated_outputs,
         "images_per_s": round(stats.generated_outputs / gen_s, 3) if gen_s else None,
-        "images_per_s_per_replica": _per_replica(table),
+        "images_per_s_per_replica": counts.per_replica(),
         "model_load_s": [round(s, 3) for s in stats.model_load_seconds],
         "stage_s": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
         "wall_s": round(wall_s, 3),
-        "errors": counts["errors"],
+        "errors": counts.errors,
     } | stats.extra
     write_json(out, "summary.json", summary)
     return summary
 
 
-def count_results(table: pa.Table | None, max_errors: int) -> dict[str, Any]:
-    """outputs, unique_outputs, ok, and the first `max_errors` errors (output_id, error).
+class ResultCounts:
+    """Running totals over results parts: outputs, ok (status "ok"; a null status is an
+    error), the first `max_errors` errors, each worker's (outputs, busy seconds), and a 64-bit
+    hash per output_id for counting distinct outputs in 8 bytes a row."""
 
-    A row is ok only when its status is "ok" (a null status is an error).
-    """
-    if table is None:
-        return {"outputs": 0, "unique_outputs": 0, "ok": 0, "errors": []}
-    is_ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False)
-    failed = table.filter(pc.invert(is_ok)).slice(0, max_errors)
-    return {
-        "outputs": table.num_rows,
-        "unique_outputs": pc.count_distinct(table.column("output_id"), mode="all").as_py(),
-        "ok": pc.sum(is_ok).as_py() or 0,
-        "errors": failed.select(["output_id", "error"]).to_pylist(),
-    }
+    COLUMNS = ("output_id", "status", "error", "seconds", "worker")
 
+    def __init__(self, max_errors: int) -> None:
+        self.max_errors = max_errors
+        self.outputs = self.ok = 0
+        self.errors: list[dict[str, Any]] = []
+        self.busy: dict[str, list[float]] = {}  # worker -> [outputs, seconds], first seen first
+        self.id_hashes = array("q")
 
-def _per_replica(table: pa.Table | None) -> dict[str, float]:
-    """Images/s of each worker over its own generation time (sum of per-image shares)."""
-    if table is None or table.num_rows == 0:
-        return {}
-    worker = pc.fill_null(table.column("worker"), "?")
-    worker = pc.if_else(pc.equal(worker, ""), "?", worker)  # no worker name: "?"
-    seconds = pc.fill_null(table.column("seconds"), 0.0)
-    busy = pa.table({"worker": worker, "seconds": seconds}).group_by("worker", use_threads=False)
-    totals = busy.aggregate([("seconds", "sum"), ("seconds", "count")]).to_pylist()
-    return {
-        t["worker"]: round(t["seconds_count"] / t["seconds_sum"], 3)
-        for t in totals
-        if t["seconds_sum"] > 0
-    }
+    def add(self, part: pa.Table) -> None:
+        is_ok = pc.fill_null(pc.equal(part.column("status"), "ok"), False)
+        self.outputs += part.num_rows
+        self.ok += pc.sum(is_ok).as_py() or 0
+        room = self.max_errors - len(self.errors)
+        if room > 0:
+            failed = part.filter(pc.invert(is_ok)).slice(0, room)
+            self.errors += failed.select(["output_id", "error"]).to_pylist()
+        self.id_hashes.extend(hash(v) for v in part.column("output_id").to_pylist())
+        self._add_busy(part)
+
+    def _add_busy(self, part: pa.Table) -> None:
+        worker = pc.fill_null(part.column("worker"), "?")
+        worker = pc.if_else(pc.equal(worker, ""), "?", worker)  # no worker name: "?"
+        seconds = pc.fill_null(part.column("seconds"), 0.0)
+        grouped = pa.table({"worker": worker, "seconds": seconds}).group_by(
+            "worker", use_threads=False
+        )  # groups in order of first appearance
+        for total in grouped.aggregate([("seconds", "count"), ("seconds", "sum")]).to_pylist():
+            entry = self.busy.setdefault(total["worker"], [0, 0.0])
+            entry[0] += total["seconds_count"]
+            entry[1] += total["seconds_sum"]
+
+    def unique_outputs(self, out: OutputDir) -> int:
+        """Distinct output ids: exact from the hashes when they are all distinct (the normal
+        case); otherwise counted again on the ids themselves."""
+        hashes = np.frombuffer(self.id_hashes, dtype=np.int64)
+        if len(np.unique(hashes)) == self.outputs:
+            return self.outputs
+        table = read_results(out, ["output_id"])
+        return 0 if table is None else pc.count_distinct(table["output_id"], mode="all").as_py()
+
+    def per_replica(self) -> dict[str, float]:
+        """Images/s of each worker over its own generation time (sum of per-image shares)."""
+        return {w: round(n / busy_s, 3) for w, (n, busy_s) in self.busy.items() if busy_s > 0}
 
 
 def manifest_dir_of(files: list[str]) -> str | None:

@@ -150,16 +150,18 @@ def run_throughput(settings: BenchSettings) -> dict[str, Any]:
                     settings.guidance_scale, settings.batch_size,
                     settings.rows_per_block, settings.cpu_threads)  # fmt: skip
     ray_start_s = start_ray() if {"c", "ray"} & set(settings.contenders) else None
-    # 2. the rounds
-    samples = [run_sample(work, settings, name, repeat)
-               for repeat in range(settings.repeats)
-               for name in rotated(settings.contenders, repeat)]  # fmt: skip
-    # 3. the report
     report = {"mode": "throughput", "machine": machine_info(settings.spec),
-              "settings": settings_record(settings), "ray_start_s": ray_start_s,
-              "contenders": summarize_samples(samples, settings.contenders),
-              "pairs": pair_ratios(samples),
-              "samples": [sample_record(s) for s in samples]}  # fmt: skip
+              "settings": settings_record(settings), "ray_start_s": ray_start_s}  # fmt: skip
+    # 2. the rounds; the report is rewritten after every sample (a stopped run keeps them)
+    samples: list[Sample] = []
+    for repeat in range(settings.repeats):
+        for name in rotated(settings.contenders, repeat):
+            samples.append(run_sample(work, settings, name, repeat))
+            report |= {"contenders": summarize_samples(samples, settings.contenders),
+                       "pairs": pair_ratios(samples),
+                       "samples": [sample_record(s) for s in samples]}  # fmt: skip
+            write_report(settings.out / "throughput.json", report, quiet=True)
+    # 3. the table
     write_report(settings.out / "throughput.json", report)
     print(throughput_table(report))
     return report
@@ -175,7 +177,7 @@ def run_sample(work: Workload, settings: BenchSettings, name: str, repeat: int) 
     sample = replace(sample, load_average=(load_before, os.getloadavg()[0]))
     logger.info("%s repeat %d: %.2f images/s", name, repeat, sample.images_per_s)
     print(f"  repeat {repeat} {name:>5}: {sample.images_per_s:.3g} images/s, "
-          f"fixed {sample.fixed_s:.3g} s, wall {sample.wall_s:.3g} s")  # fmt: skip
+          f"fixed {sample.fixed_s:.3g} s, wall {sample.wall_s:.3g} s", flush=True)  # fmt: skip
     if sample.images != settings.rows[0]:
         raise BenchError(f"{name} made {sample.images} images, not {settings.rows[0]}")
     if not settings.keep_outputs:
@@ -310,10 +312,11 @@ def settings_record(settings: BenchSettings) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
 
 
-def write_report(path: Path, report: dict[str, Any]) -> None:
+def write_report(path: Path, report: dict[str, Any], quiet: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"wrote {path}")
+    if not quiet:
+        print(f"wrote {path}")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -36,9 +36,11 @@ logger = logging.getLogger(__name__)
 
 
 def run_overhead(settings: BenchSettings) -> dict[str, Any]:
-    """Every row count x executor in its own process; table + OUT/overhead.json."""
+    """Every row count x executor in its own process; table + OUT/overhead.json (rewritten
+    after every run, so a long series that is stopped keeps what it measured)."""
     root = settings.out / "overhead"
-    results = []
+    report = {"mode": "overhead", "machine": machine_info(), "settings": settings_record(settings),
+              "results": []}  # fmt: skip
     for rows in settings.rows:
         manifest = write_bench_manifest(root / f"manifest-{rows}.parquet", rows)
         for executor in settings.contenders:
@@ -46,14 +48,13 @@ def run_overhead(settings: BenchSettings) -> dict[str, Any]:
             shutil.rmtree(folder, ignore_errors=True)
             result = run_child(manifest, folder, executor, settings)
             print(f"  {rows} rows, {executor}: {result['ms_per_row']:.3g} ms/row, "
-                  f"peak {result['peak_rss_mib']:.0f} MiB")  # fmt: skip
-            results.append(result)
+                  f"peak {result['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+            report["results"].append(result)
+            write_report(settings.out / "overhead.json", report, quiet=True)
             if not settings.keep_outputs:
                 shutil.rmtree(folder, ignore_errors=True)
-    report = {"mode": "overhead", "machine": machine_info(), "settings": settings_record(settings),
-              "results": results}  # fmt: skip
     write_report(settings.out / "overhead.json", report)
-    print(overhead_table(results))
+    print(overhead_table(report["results"]))
     return report
 
 
