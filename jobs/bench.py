@@ -246,6 +246,8 @@ def summarize_samples(samples: list[Sample], names: Sequence[str]) -> dict[str, 
     summary: dict[str, Any] = {}
     for name in names:
         mine = [s for s in samples if s.contender == name]
+        if not mine:  # not run yet: the report is rewritten while a series is under way
+            continue
         startups = [s.startup_s for s in mine if s.startup_s is not None]
         summary[name] = {
             "label": CONTENDER_NAMES[name],

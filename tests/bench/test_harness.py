@@ -86,6 +86,13 @@ def test_ratios_are_taken_against_a_repeat_by_repeat():
     assert pair_ratios(samples) == {"local/a": summary["local"]["ratio_to_a"]}
 
 
+def test_a_series_stopped_part_way_summarizes_only_what_ran():
+    # the report is rewritten after every sample: after the first, only (a) has figures
+    summary = summarize_samples([sample("a", 0, 10)], ["a", "b", "local"])
+    assert list(summary) == ["a"]
+    assert summary["a"]["images_per_s"] == {"min": 10.0, "median": 10.0, "max": 10.0}
+
+
 def test_each_repeat_rotates_the_order():
     names = ["a", "b", "c"]
     assert [rotated(names, r) for r in range(4)] == [
