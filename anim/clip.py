@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ from anim.contact_sheet import make_contact_sheet
 from anim.plan import FrameRecord, compile_plan, plan_to_jsonl
 from anim.render import ChainOptions, Frame, render_frames
 from anim.spec import AnimationJob
-from anim.state import RenderState, load_state, save_state, saved_frames
+from anim.state import RenderState, load_state, saved_frames, state_arrays, write_state_arrays
 from anim.video import EncodeOptions, encode_frames, read_rgb
 from anim.walk import render_walk_frames
 from batch.outputs import encode_image
@@ -271,12 +273,73 @@ def refresh_outputs(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRec
 
 def write_frames(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
                  frames: Iterator[Frame], progress: Progress | None) -> None:  # fmt: skip
-    """Write each frame (atomically), then the state that follows it."""
-    for index, image, state in frames:
-        write_atomic(paths.frame(index), frame_png(image, plan[index], job))
-        save_state(paths.state, state)
-        if progress is not None:
-            progress(1)
+    """Write each frame (atomically), then the state that follows it, while the next frame
+    renders (`FrameWriter`); every frame rendered is written, even when a later one fails."""
+    with FrameWriter(paths, job, plan, progress) as writer:
+        for index, image, state in frames:
+            writer.put(index, image, state)
+
+
+class FrameWriter:
+    """PNG encoding and the frame + state writes on one background thread, in frame order.
+
+    PNG compression and fsync release the GIL, so on a CPU they overlap the next frame's
+    model step, and on a GPU they stay off the chain's critical path. The state is
+    snapshotted when the frame is handed over and written only after its frame, so a kill
+    at any instant leaves a state that matches the frames on disk: a resume re-renders at
+    most the `depth` frames that were in flight, byte-identical. `progress` is called on the
+    caller's thread, for frames already on disk.
+    """
+
+    def __init__(self, paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
+                 progress: Progress | None, depth: int = 2) -> None:  # fmt: skip
+        self.paths, self.job, self.plan, self.progress = paths, job, plan, progress
+        self._queue: queue.Queue[tuple[int, np.ndarray, dict] | None] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._written = self._reported = 0
+        self._thread = threading.Thread(target=self._run, name="sdfleet-frame-writer",
+                                        daemon=True)  # fmt: skip
+
+    def __enter__(self) -> FrameWriter:
+        self._thread.start()
+        return self
+
+    def put(self, index: int, image: np.ndarray, state: RenderState) -> None:
+        self._raise_if_failed()
+        self._queue.put((index, image, state_arrays(state)))  # a snapshot
+        self._report()
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        """Wait for every frame handed over; a write error is raised unless another is."""
+        self._queue.put(None)
+        self._thread.join()
+        self._report()
+        if kind is None:
+            self._raise_if_failed()
+        elif self._error is not None:
+            logger.error("writing frames failed too: %s", self._error)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain: the caller raises at its next put or on exit
+            index, image, arrays = item
+            try:
+                write_atomic(self.paths.frame(index), frame_png(image, self.plan[index], self.job))
+                write_state_arrays(self.paths.state, arrays)
+                self._written += 1
+            except BaseException as exc:  # handed to the caller's thread
+                self._error = exc
+
+    def _report(self) -> None:
+        written = self._written
+        if self.progress is not None and written > self._reported:
+            self.progress(written - self._reported)
+        self._reported = written
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def close_status(paths: ClipPaths, base: dict[str, Any], started: float, **fields: Any) -> None:

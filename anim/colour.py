@@ -1,7 +1,7 @@
 """Colour coherence: histogram matching in LAB / HSV / RGB, and the colour reference it matches to.
 
 Images are float torch tensors (3, H, W), RGB in [0, 1] (see `anim.motion`). The work is done in
-float64 numpy, channel-last, and the result comes back on the input's device and dtype.
+float32 numpy, one row per channel, and the result comes back on the input's device and dtype.
 
 - `match_histograms` is Deforum's `maintain_colors`: convert both pictures to the colour space,
   match each channel's cumulative histogram to the reference's (`skimage.exposure.
@@ -57,60 +57,72 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float() / 255.0
 
 
-def _to_channel_last(image: torch.Tensor) -> np.ndarray:
-    """(3, ...) tensor -> (..., 3) float64 numpy."""
-    return np.moveaxis(image.detach().cpu().double().numpy(), 0, -1)
+def _channel_rows(image: torch.Tensor) -> np.ndarray:
+    """(3, ...) tensor -> (3, N) float32 numpy, one contiguous row per channel."""
+    return image.detach().cpu().float().reshape(3, -1).numpy()
 
 
 # ---------------------------------------------------------------------------- colour spaces
+# Channel first, (3, ...) arrays, computed in the input's float dtype: images are float32 (a
+# row per channel keeps numpy on contiguous, vectorised loops: 4x faster than channel-last
+# float64), tests may pass float64.
+
+
+def _mix(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """3x3 matrix applied to every pixel of a (3, ...) array."""
+    flat = values.reshape(3, -1)
+    return (matrix.astype(values.dtype) @ flat).reshape(values.shape)
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) sRGB in [0, 1] -> CIE LAB (D65): L in [0, 100], a and b about [-128, 127]."""
+    """(3, ...) sRGB in [0, 1] -> CIE LAB (D65): L in [0, 100], a and b about [-128, 127]."""
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    xyz = linear @ _RGB_TO_XYZ.T / _WHITE_D65
+    xyz = _mix(_RGB_TO_XYZ / _WHITE_D65[:, None], linear)
     f = np.where(xyz > _DELTA**3, np.cbrt(xyz), xyz / (3 * _DELTA**2) + 4.0 / 29.0)
-    lightness = 116.0 * f[..., 1] - 16.0
-    a = 500.0 * (f[..., 0] - f[..., 1])
-    b = 200.0 * (f[..., 1] - f[..., 2])
-    return np.stack([lightness, a, b], axis=-1)
+    lab = np.empty_like(f)
+    lab[0] = 116.0 * f[1] - 16.0
+    lab[1] = 500.0 * (f[0] - f[1])
+    lab[2] = 200.0 * (f[1] - f[2])
+    return lab
 
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    """(..., 3) CIE LAB (D65) -> sRGB, clipped to [0, 1] (matched colours may leave the gamut)."""
-    fy = (lab[..., 0] + 16.0) / 116.0
-    f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
-    xyz = np.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0)) * _WHITE_D65
-    linear = np.clip(xyz @ _XYZ_TO_RGB.T, 0.0, 1.0)
+    """(3, ...) CIE LAB (D65) -> sRGB, clipped to [0, 1] (matched colours may leave the gamut)."""
+    f = np.empty_like(lab)
+    f[1] = (lab[0] + 16.0) / 116.0
+    f[0] = f[1] + lab[1] / 500.0
+    f[2] = f[1] - lab[2] / 200.0
+    xyz = np.where(f > _DELTA, f**3, 3 * _DELTA**2 * (f - 4.0 / 29.0))
+    linear = np.clip(_mix(_XYZ_TO_RGB * _WHITE_D65, xyz), 0.0, 1.0)
     rgb = np.where(linear <= 0.0031308, linear * 12.92, 1.055 * linear ** (1 / 2.4) - 0.055)
     return np.clip(rgb, 0.0, 1.0)
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) RGB in [0, 1] -> HSV with hue, saturation and value all in [0, 1]."""
-    high = rgb.max(axis=-1)
-    chroma = high - rgb.min(axis=-1)
+    """(3, ...) RGB in [0, 1] -> HSV with hue, saturation and value all in [0, 1]."""
+    high = rgb.max(axis=0)
+    chroma = high - rgb.min(axis=0)
     safe = np.where(chroma > 0, chroma, 1.0)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    r, g, b = rgb[0], rgb[1], rgb[2]
     hue = np.select(
         [chroma == 0, high == r, high == g],
         [0.0, ((g - b) / safe) % 6.0, (b - r) / safe + 2.0],
         default=(r - g) / safe + 4.0,
     )
     saturation = np.where(high > 0, chroma / np.where(high > 0, high, 1.0), 0.0)
-    return np.stack([hue / 6.0, saturation, high], axis=-1)
+    return np.stack([hue / 6.0, saturation, high]).astype(rgb.dtype, copy=False)
 
 
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    """(..., 3) HSV in [0, 1] (hue wraps) -> RGB in [0, 1]."""
-    h6 = (hsv[..., 0] % 1.0) * 6.0
-    s, v = hsv[..., 1], hsv[..., 2]
+    """(3, ...) HSV in [0, 1] (hue wraps) -> RGB in [0, 1]."""
+    h6 = (hsv[0] % 1.0) * 6.0
+    s, v = hsv[1], hsv[2]
     sector = np.floor(h6).astype(int) % 6
     frac = h6 - np.floor(h6)
     p, q, t = v * (1 - s), v * (1 - s * frac), v * (1 - s * (1 - frac))
     choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
     channels = [np.choose(sector, [c[i] for c in choices]) for i in range(3)]
-    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+    return np.clip(np.stack(channels), 0.0, 1.0).astype(hsv.dtype, copy=False)
 
 
 _CONVERSIONS = {
@@ -121,28 +133,67 @@ _CONVERSIONS = {
 
 
 # ---------------------------------------------------------------------------- matching
+# Histograms over fixed bins, not sorted pixel values: a reference is then a (3, BINS) array of
+# counts (the window reference is the sum of its frames' counts), and matching is O(pixels),
+# about 2x faster than sorting at 256 px. Within a bin, pixels are taken as evenly spread, so
+# the source CDF and the reference's inverse CDF are piecewise linear; with 2048 bins a bin is
+# 0.05 L or 0.125 a/b units (one 8-bit sRGB step is about 0.4 L), and an image matched to itself
+# comes back unchanged (to float rounding). Values outside a channel's range count in its end
+# bins.
+
+BINS = 2048
+CHANNEL_RANGES = {
+    "LAB": ((0.0, 100.0), (-128.0, 128.0), (-128.0, 128.0)),
+    "HSV": ((0.0, 1.0), (0.0, 1.0), (0.0, 1.0)),
+    "RGB": ((0.0, 1.0), (0.0, 1.0), (0.0, 1.0)),
+}
 
 
-Cdf = tuple[np.ndarray, np.ndarray]  # one channel's sorted distinct values, cumulative fractions
+def _bin_positions(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's bin (0..BINS-1) and its place inside that bin (0..1)."""
+    scaled = np.clip((values - low) * (BINS / (high - low)), 0.0, BINS)
+    index = np.minimum(scaled.astype(np.int32), BINS - 1)
+    return index, scaled - index
 
 
-def empirical_cdf(values: np.ndarray) -> Cdf:
-    """The distinct values of an array and the fraction of it at or below each."""
-    distinct, counts = np.unique(values.ravel(), return_counts=True)
-    return distinct, np.cumsum(counts) / values.size
+def channel_histogram(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(BINS,) float64 pixel counts of one channel over [low, high]."""
+    index, _ = _bin_positions(values, low, high)
+    return np.bincount(index, minlength=BINS).astype(np.float64)
 
 
-def match_to_cdf(source: np.ndarray, cdf: Cdf) -> np.ndarray:
-    """Map source values so their empirical CDF follows cdf (skimage's `_match_cumulative_cdf`)."""
-    _, inverse, counts = np.unique(source.ravel(), return_inverse=True, return_counts=True)
-    quantiles = np.cumsum(counts) / source.size
-    matched = np.interp(quantiles, cdf[1], cdf[0])
-    return matched[inverse].reshape(source.shape)
+def match_channel(values: np.ndarray, low: float, high: float, reference: np.ndarray) -> np.ndarray:
+    """Map values (N,) so that their histogram follows `reference` (BINS counts), keeping order."""
+    index, inside = _bin_positions(values, low, high)
+    counts = np.bincount(index, minlength=BINS)
+    source_cdf = np.concatenate([[0.0], np.cumsum(counts) / values.size])  # at the BINS+1 edges
+    reference_cdf = np.concatenate([[0.0], np.cumsum(reference) / reference.sum()])
+    edges = np.linspace(low, high, BINS + 1)
+    # each source bin's edges through the reference's inverse CDF; where the reference has no
+    # pixels the inverse is flat, so the left edge takes its last edge and the right its first
+    at_left = np.interp(source_cdf[:-1], reference_cdf, edges)
+    at_right = np.interp(-source_cdf[1:], -reference_cdf[::-1], edges[::-1])
+    low_value, span = at_left[index], (at_right - at_left)[index]
+    return (low_value + inside * span).astype(values.dtype, copy=False)
 
 
-def match_cumulative_cdf(source: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Map source values so their empirical CDF follows the reference's."""
-    return match_to_cdf(source, empirical_cdf(reference))
+def histograms(image: torch.Tensor, mode: str) -> np.ndarray:
+    """(3, BINS) per-channel counts of an image (3, ...) in the colour space of mode."""
+    forward, _ = _CONVERSIONS[mode]
+    values = forward(_channel_rows(image))  # (3, N)
+    return np.stack([channel_histogram(values[c], *CHANNEL_RANGES[mode][c]) for c in range(3)])
+
+
+def match_to_histograms(image: torch.Tensor, reference: np.ndarray, mode: str) -> torch.Tensor:
+    """Match image (3, H, W) or (B, 3, H, W) channel by channel to (3, BINS) reference counts."""
+    if image.dim() == 4:
+        return torch.stack([match_to_histograms(one, reference, mode) for one in image])
+    forward, backward = _CONVERSIONS[mode]
+    source = forward(_channel_rows(image))  # (3, N)
+    matched = np.stack([match_channel(source[c], *CHANNEL_RANGES[mode][c], reference[c])
+                        for c in range(3)])  # fmt: skip
+    result = torch.from_numpy(backward(matched)).reshape(image.shape)
+    return result.to(device=image.device, dtype=image.dtype)
 
 
 def normalise_colour_mode(mode: str | None) -> str | None:
@@ -157,24 +208,6 @@ def normalise_colour_mode(mode: str | None) -> str | None:
     return mode.upper()
 
 
-def channel_cdfs(reference: torch.Tensor, mode: str) -> list[Cdf]:
-    """The reference's (3, ...) per-channel CDFs in the colour space of mode (LAB/HSV/RGB)."""
-    forward, _ = _CONVERSIONS[mode]
-    target = forward(_to_channel_last(reference)).reshape(-1, 3)  # (N, 3)
-    return [empirical_cdf(target[:, c]) for c in range(3)]
-
-
-def match_to_cdfs(image: torch.Tensor, cdfs: list[Cdf], mode: str) -> torch.Tensor:
-    """Match image (3, H, W) or (B, 3, H, W) channel by channel to CDFs from `channel_cdfs`."""
-    if image.dim() == 4:
-        return torch.stack([match_to_cdfs(one, cdfs, mode) for one in image])
-    forward, backward = _CONVERSIONS[mode]
-    source = forward(_to_channel_last(image))  # (H, W, 3)
-    matched = np.stack([match_to_cdf(source[..., c], cdfs[c]) for c in range(3)], axis=-1)
-    result = torch.from_numpy(np.moveaxis(backward(matched), -1, 0).copy())  # (3, H, W)
-    return result.to(device=image.device, dtype=image.dtype)
-
-
 def match_histograms(
     image: torch.Tensor, reference: torch.Tensor, mode: str | None = "LAB"
 ) -> torch.Tensor:
@@ -187,7 +220,7 @@ def match_histograms(
     colour_mode = normalise_colour_mode(mode)
     if colour_mode is None:
         return image
-    return match_to_cdfs(image, channel_cdfs(reference, colour_mode), colour_mode)
+    return match_to_histograms(image, histograms(reference, colour_mode), colour_mode)
 
 
 # ---------------------------------------------------------------------------- the reference
@@ -198,7 +231,8 @@ class ColourReference:
 
     mode "first": the first frame given to `update` (Deforum). mode "window": the pooled pixel
     distribution of the last `window` frames (a histogram blend: matching to it is matching to the
-    mixture of those frames' histograms). Frames are stored as float32 (3, H, W) copies on CPU.
+    mixture of those frames' histograms). Frames are stored as float32 (3, H, W) copies on CPU;
+    each frame's histograms are computed once per colour mode and summed for the reference.
     """
 
     def __init__(self, mode: str = "first", window: int = 8) -> None:
@@ -212,14 +246,15 @@ class ColourReference:
         self.mode = mode
         self.window = window if mode == "window" else 1
         self._frames: deque[np.ndarray] = deque(maxlen=self.window)
-        self._cdfs: dict[str, list[Cdf]] = {}  # per colour mode; cleared when frames change
+        # per kept frame, its (3, BINS) histograms by colour mode, filled when first matched to
+        self._histograms: deque[dict[str, np.ndarray]] = deque(maxlen=self.window)
 
     def update(self, frame: torch.Tensor) -> None:
         """Record a finished frame (3, H, W); "first" keeps only the first one ever given."""
         if self.mode == "first" and self._frames:
             return
         self._frames.append(frame.detach().cpu().float().numpy().copy())
-        self._cdfs.clear()
+        self._histograms.append({})
 
     @property
     def reference(self) -> torch.Tensor | None:
@@ -231,12 +266,16 @@ class ColourReference:
     def match(self, image: torch.Tensor, mode: str | None = "LAB") -> torch.Tensor:
         """Colour-match image to the reference; unchanged while there is no reference yet."""
         colour_mode = normalise_colour_mode(mode)
-        reference = self.reference
-        if colour_mode is None or reference is None:
+        if colour_mode is None or not self._frames:
             return image
-        if colour_mode not in self._cdfs:  # the reference is matched to twice per frame
-            self._cdfs[colour_mode] = channel_cdfs(reference, colour_mode)
-        return match_to_cdfs(image, self._cdfs[colour_mode], colour_mode)
+        return match_to_histograms(image, self.histograms(colour_mode), colour_mode)
+
+    def histograms(self, mode: str) -> np.ndarray:
+        """(3, BINS) pixel counts of the kept frames together, in colour space mode."""
+        for frame, known in zip(self._frames, self._histograms, strict=True):
+            if mode not in known:
+                known[mode] = histograms(torch.from_numpy(frame), mode)
+        return np.sum([known[mode] for known in self._histograms], axis=0)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Everything needed to resume: mode, window and the kept frames (k, 3, H, W) float32."""
@@ -267,4 +306,4 @@ class ColourReference:
     def _extend(self, frames: Iterable[np.ndarray]) -> None:
         for frame in frames:
             self._frames.append(np.asarray(frame, dtype=np.float32).copy())
-        self._cdfs.clear()
+            self._histograms.append({})

@@ -22,7 +22,8 @@ What it holds, and why that is enough:
 
 API:
     RenderState (frozen dataclass), save_state(path, state), load_state(path, fingerprint),
-    saved_frames(path)
+    saved_frames(path), state_arrays(state) + write_state_arrays(path, arrays) (save_state in
+    two halves: a snapshot now, the write later)
     encode_colour(reference) -> dict of arrays, decode_colour(arrays) -> ColourReference
 """
 
@@ -103,8 +104,14 @@ def state_arrays(state: RenderState) -> dict[str, np.ndarray]:
 
 def save_state(path: Path, state: RenderState) -> None:
     """Write `state` to `path` atomically (temp file, fsync, rename)."""
+    write_state_arrays(path, state_arrays(state))
+
+
+def write_state_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write `state_arrays` output to `path` atomically (temp file, fsync, rename). The arrays
+    are a snapshot (the colour reference is copied), so they may be written later."""
     buffer = io.BytesIO()
-    np.savez(buffer, **state_arrays(state))
+    np.savez(buffer, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:

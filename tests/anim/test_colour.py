@@ -8,10 +8,11 @@ import torch
 
 from anim.colour import (
     ColourReference,
+    channel_histogram,
     from_uint8,
     hsv_to_rgb,
     lab_to_rgb,
-    match_cumulative_cdf,
+    match_channel,
     match_histograms,
     rgb_to_hsv,
     rgb_to_lab,
@@ -36,20 +37,21 @@ def smooth_image(seed: int, tint: tuple[float, float, float], height: int = 48) 
 
 def channel_quantiles(image: torch.Tensor, convert) -> np.ndarray:
     """(3, len(QUANTILES)) quantiles of each channel of image in a colour space."""
-    values = convert(np.moveaxis(image.double().numpy(), 0, -1)).reshape(-1, 3)
-    return np.quantile(values, QUANTILES, axis=0).T
+    values = convert(image.double().numpy()).reshape(3, -1)
+    return np.quantile(values, QUANTILES, axis=1)
 
 
 def test_lab_known_values() -> None:
     colours = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     expected = np.array([[100, 0, 0], [0, 0, 0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]])
-    assert np.allclose(rgb_to_lab(colours), expected, atol=0.05)
+    assert np.allclose(rgb_to_lab(colours.T).T, expected, atol=0.05)
+    assert np.allclose(rgb_to_lab(colours.T.astype(np.float32)).T, expected, atol=0.05)
 
 
 def test_hsv_known_values() -> None:
     colours = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0.5, 0.5, 0.5], [1.0, 1.0, 0]])
     expected = np.array([[0, 1, 1], [1 / 3, 1, 1], [2 / 3, 1, 1], [0, 0, 0.5], [1 / 6, 1, 1]])
-    assert np.allclose(rgb_to_hsv(colours), expected)
+    assert np.allclose(rgb_to_hsv(colours.T).T, expected)
 
 
 @pytest.mark.parametrize(
@@ -67,17 +69,32 @@ def test_colour_space_round_trips(forward, backward) -> None:
         [0, 1, 1],
         [1, 0, 1],
     ]
-    assert np.allclose(backward(forward(rgb)), rgb, atol=1e-9)
+    channels_first = np.moveaxis(rgb, -1, 0)  # (3, H, W), as images are
+    assert np.allclose(backward(forward(channels_first)), channels_first, atol=1e-9)
+    single = channels_first.astype(np.float32)  # what renders use: float32 stays float32
+    assert backward(forward(single)).dtype == np.float32
+    assert np.allclose(backward(forward(single)), single, atol=2e-5)
 
 
-def test_match_cumulative_cdf_takes_the_reference_quantiles() -> None:
+def test_matched_channel_takes_the_reference_quantiles_and_keeps_the_order() -> None:
     rng = np.random.default_rng(1)
-    source, reference = rng.normal(0, 1, 5000), rng.exponential(2.0, 3000)
-    matched = match_cumulative_cdf(source, reference)
+    source = rng.normal(0, 1, 5000).clip(-4, 4).astype(np.float32)
+    reference = rng.exponential(1.0, 3000).clip(0, 8)
+    matched = match_channel(source, -8.0, 8.0, channel_histogram(reference, -8.0, 8.0))
+    assert matched.dtype == np.float32
     assert np.allclose(
         np.quantile(matched, QUANTILES), np.quantile(reference, QUANTILES), atol=0.02
     )
-    assert np.array_equal(np.argsort(matched, kind="stable"), np.argsort(source, kind="stable"))
+    order = np.argsort(source, kind="stable")
+    assert np.all(np.diff(matched[order]) >= 0)  # monotone: no pixel overtakes another
+
+
+def test_a_channel_matched_to_itself_is_unchanged_even_with_empty_bins() -> None:
+    rng = np.random.default_rng(2)  # two clusters with a wide gap, and a spike of equal values
+    values = np.concatenate([rng.uniform(0.1, 0.2, 500), rng.uniform(0.7, 0.9, 500),
+                             np.full(300, 0.5)])  # fmt: skip
+    matched = match_channel(values, 0.0, 1.0, channel_histogram(values, 0.0, 1.0))
+    assert np.allclose(matched, values, atol=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -133,6 +133,27 @@ def test_clip_that_failed_resumes_where_it_stopped(tmp_path: Path) -> None:
         assert broken.frame(frame).read_bytes() == clean.frame(frame).read_bytes()
 
 
+def test_a_frame_that_cannot_be_written_stops_the_clip_with_the_state_behind_it(
+    tmp_path: Path,
+) -> None:
+    # frames are written on a background thread: its error reaches the caller, and the state
+    # on disk never counts a frame that is not there
+    job = small_job(max_frames=8, zoom=1.03)
+    paths = ClipPaths.for_job(tmp_path / "clip", job, "clip")
+    paths.frame(3).mkdir(parents=True)  # frame 3 cannot be written over a folder
+    written: list[int] = []
+    with pytest.raises(OSError):
+        render_clip(job, paths, FakeModel(), progress=written.append)
+    assert read_status(paths)["status"] == "error"
+    assert read_status(paths)["frames_written"] == 3 and sum(written) == 3
+    paths.frame(3).rmdir()
+    render_clip(job, paths, FakeModel())
+    clean = ClipPaths.for_job(tmp_path / "clean", job, "clip")
+    render_clip(job, clean, FakeModel())
+    for frame in range(8):
+        assert paths.frame(frame).read_bytes() == clean.frame(frame).read_bytes()
+
+
 # ---------------------------------------------------------------------------- SIGKILL, real model
 
 KILL_JOB = {
