@@ -69,9 +69,18 @@ def _channel_rows(image: torch.Tensor) -> np.ndarray:
 
 
 def _mix(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """3x3 matrix applied to every pixel of a (3, ...) array."""
-    flat = values.reshape(3, -1)
-    return (matrix.astype(values.dtype) @ flat).reshape(values.shape)
+    """3x3 matrix applied to every pixel of a (3, ...) array.
+
+    Written out row by row, not `matrix @ values`: no BLAS call, so numpy's BLAS thread pool
+    stays out of the frame loop and the cores are left to the model's own threads.
+    """
+    weights = matrix.astype(values.dtype)
+    mixed = np.empty_like(values)
+    for row in range(3):
+        np.multiply(values[0], weights[row, 0], out=mixed[row])
+        mixed[row] += weights[row, 1] * values[1]
+        mixed[row] += weights[row, 2] * values[2]
+    return mixed
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:

@@ -103,18 +103,18 @@ def _perlin_octave(
     y = torch.arange(height, dtype=torch.float32) * cells_y / height  # (H,) lattice units
     x = torch.arange(width, dtype=torch.float32) * cells_x / width  # (W,)
     iy, ix = y.floor().long(), x.floor().long()
-    fy, fx = (y - iy)[:, None], (x - ix)[None, :]  # (H, 1), (1, W)
-
-    def corner(dy: int, dx: int) -> torch.Tensor:
-        rows, cols = iy + dy, ix + dx
-        gx = grad_x.index_select(0, rows).index_select(1, cols)  # (H, W)
-        gy = grad_y.index_select(0, rows).index_select(1, cols)  # (H, W)
-        return gx * (fx - dx) + gy * (fy - dy)  # dot(gradient, offset from the corner)
-
-    weight_x, weight_y = _fade(fx), _fade(fy)
-    top = torch.lerp(corner(0, 0), corner(0, 1), weight_x)
-    bottom = torch.lerp(corner(1, 0), corner(1, 1), weight_x)
-    return math.sqrt(2) * torch.lerp(top, bottom, weight_y)
+    fy = y - iy  # (H,) place inside the cell
+    columns = torch.arange(cells_x + 1, dtype=torch.float32)
+    rows = []
+    for dy in (0, 1):
+        # dot(gradient at lattice (r, c), offset (x - c, fy - dy)) = slope * x + intercept, with
+        # slope and intercept worked out on the small (H, cx+1) lattice rows: two gathers a row
+        slope = grad_x.index_select(0, iy + dy)
+        intercept = grad_y.index_select(0, iy + dy) * (fy - dy)[:, None] - slope * columns
+        left = slope.index_select(1, ix) * x + intercept.index_select(1, ix)  # (H, W)
+        right = slope.index_select(1, ix + 1) * x + intercept.index_select(1, ix + 1)
+        rows.append(torch.lerp(left, right, _fade(x - ix)))
+    return math.sqrt(2) * torch.lerp(rows[0], rows[1], _fade(fy)[:, None])
 
 
 def perlin_noise(
@@ -182,10 +182,19 @@ def add_noise(
     `cv2.addWeighted(sample, 1 - noise_amt, noise, noise_amt, 0)`); perlin_args are perlin_w,
     perlin_h, perlin_octaves, perlin_persistence. amount 0 returns the image untouched.
     """
-    if not 0.0 <= amount <= 1.0:
-        raise ValueError(f"noise amount={amount!r} must be in [0, 1] (Deforum's default is 0.065)")
+    check_noise_amount(amount)
     if amount == 0:
         return image
-    noise = make_noise(tuple(image.shape), seed, noise_type, **perlin_args)
+    return blend_noise(image, amount, make_noise(tuple(image.shape), seed, noise_type,
+                                                 **perlin_args))  # fmt: skip
+
+
+def check_noise_amount(amount: float) -> None:
+    if not 0.0 <= amount <= 1.0:
+        raise ValueError(f"noise amount={amount!r} must be in [0, 1] (Deforum's default is 0.065)")
+
+
+def blend_noise(image: torch.Tensor, amount: float, noise: torch.Tensor) -> torch.Tensor:
+    """`add_noise` with its noise picture made beforehand (`make_noise` of the image's shape)."""
     noise = noise.to(device=image.device, dtype=image.dtype)
     return (1.0 - amount) * image + amount * noise

@@ -26,8 +26,10 @@ API:
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from anim.colour import ColourReference, from_uint8, to_uint8
-from anim.filters import add_noise, adjust_contrast, unsharp_mask
+from anim.filters import adjust_contrast, blend_noise, check_noise_amount, make_noise, unsharp_mask
 from anim.motion import PerspectiveFlip, motion_matrix, warp_with_matrix
 from anim.plan import FrameRecord
 from anim.state import RenderState
@@ -136,13 +138,54 @@ def prepare_init(
     matrix: np.ndarray,
     colour: ColourReference,
     options: ChainOptions,
+    noise: NoiseAhead | None = None,
 ) -> torch.Tensor:
     """Steps 1-5 of a diffused frame: warp, colour-match, contrast, anti-blur, noise."""
     image = _warp(previous, matrix, options.border)  # (3, H, W)
     image = colour.match(image, options.color_coherence)
     image = adjust_contrast(image, record.contrast)
     image = unsharp_mask(image, record.amount, record.kernel, record.sigma, record.threshold)
-    return add_noise(image, record.noise, record.seed, options.noise_type, **options.perlin)
+    check_noise_amount(record.noise)
+    if record.noise == 0:
+        return image
+    picture = (noise or NoiseAhead(options)).picture(record)
+    return blend_noise(image, record.noise, picture)
+
+
+class NoiseAhead:
+    """Noise pictures made on a helper thread while the model runs.
+
+    A frame's noise picture depends only on its seed, the noise settings and the size, never
+    on the previous frame, so the next diffused frame's is made during this frame's model
+    step: off the chain's critical path, on a core the step leaves free (or, on a GPU, while
+    the CPU would wait). The pictures are the same `make_noise` ones, made on either thread.
+    """
+
+    def __init__(self, options: ChainOptions) -> None:
+        self.options = options
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[int, Future[torch.Tensor]] = {}
+
+    def prefetch(self, record: FrameRecord) -> None:
+        if record.noise <= 0 or record.frame in self._pending:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="sdfleet-noise")
+        self._pending[record.frame] = self._pool.submit(self._make, record)
+
+    def picture(self, record: FrameRecord) -> torch.Tensor:
+        """(3, H, W) noise picture of a frame: the one made ahead, or made now."""
+        made = self._pending.pop(record.frame, None)
+        return made.result() if made is not None else self._make(record)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool, self._pending = None, {}
+
+    def _make(self, record: FrameRecord) -> torch.Tensor:
+        shape = (3, self.options.height, self.options.width)
+        return make_noise(shape, record.seed, self.options.noise_type, **self.options.perlin)
 
 
 def diffuse(
@@ -195,18 +238,23 @@ def render_frames(
         state = replace(state, colour=options.new_colour_reference())
     chain = _Chain(plan, options, step_fn, init_image)
     # 2. one frame index at a time, each frame written exactly once
-    while state.next_frame < len(plan):
-        record = plan[state.next_frame]
-        if record.diffused and state.next_key == record.frame:
-            state = chain.promote(state)  # rendered ahead of its tweens: already written
-            continue
-        if not record.diffused and state.next_key != record.tween_next:
-            ahead = chain.look_ahead(record, state)  # the diffused frame this tween leads to
-            state = ahead[2]
-            yield ahead
-        frame = chain.key_frame(record, state) if record.diffused else chain.tween(record, state)
-        state = frame[2]
-        yield frame
+    try:
+        while state.next_frame < len(plan):
+            record = plan[state.next_frame]
+            if record.diffused and state.next_key == record.frame:
+                state = chain.promote(state)  # rendered ahead of its tweens: already written
+                continue
+            if not record.diffused and state.next_key != record.tween_next:
+                ahead = chain.look_ahead(record, state)  # the diffused frame this tween leads to
+                state = ahead[2]
+                yield ahead
+            frame = (
+                chain.key_frame(record, state) if record.diffused else chain.tween(record, state)
+            )
+            state = frame[2]
+            yield frame
+    finally:
+        chain.noise.close()
 
 
 class _Chain:
@@ -215,6 +263,8 @@ class _Chain:
     def __init__(self, plan: Sequence[FrameRecord], options: ChainOptions, step_fn: StepFn,
                  init_image: torch.Tensor | None) -> None:  # fmt: skip
         self.plan, self.options, self.step_fn, self.init_image = plan, options, step_fn, init_image
+        self.noise = NoiseAhead(options)
+        self.diffused = [record.frame for record in plan if record.diffused]
 
     def render_key(self, record: FrameRecord, state: RenderState) -> np.ndarray:
         """A diffused frame from the previous one (or from nothing / the init image)."""
@@ -226,7 +276,10 @@ class _Chain:
             size = (self.options.width, self.options.height)
             matrix = accumulated_matrix(self.plan, state.prev_key, record.frame, *size)
             init = prepare_init(from_uint8(state.prev_image), record, matrix, state.colour,
-                                self.options)  # fmt: skip
+                                self.options, self.noise)  # fmt: skip
+        later = bisect.bisect_right(self.diffused, record.frame)
+        if later < len(self.diffused):  # made while the model runs on this frame
+            self.noise.prefetch(self.plan[self.diffused[later]])
         return diffuse(record, init, self.step_fn, state.colour, self.options)
 
     def key_frame(self, record: FrameRecord, state: RenderState) -> Frame:

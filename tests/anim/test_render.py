@@ -12,7 +12,13 @@ from anim.filters import add_noise, adjust_contrast, unsharp_mask
 from anim.frames import PipelineFrames, img2img_steps, lerp_embeds
 from anim.motion import warp_with_matrix
 from anim.plan import compile_plan
-from anim.render import ChainOptions, accumulated_matrix, frame_matrix, render_frames
+from anim.render import (
+    ChainOptions,
+    NoiseAhead,
+    accumulated_matrix,
+    frame_matrix,
+    render_frames,
+)
 from tests.anim.fakes import fake_step, small_job
 
 STILL = {"zoom": 1.0, "angle": 0, "translation_x": 0, "translation_y": 0}
@@ -87,6 +93,24 @@ def test_diffused_frame_order_warp_colour_contrast_sharpen_noise() -> None:
     # then img2img and the second colour match
     output = reference.match(fake_step(record, expected), "LAB")
     assert np.array_equal(frames[1], to_uint8(output))
+
+
+def test_noise_made_ahead_during_the_model_step_is_the_noise_made_in_place(monkeypatch) -> None:
+    job = small_job(max_frames=9, diffusion_cadence=3, zoom=1.05, noise_schedule=0.3,
+                    noise_type="perlin", perlin_w=2, perlin_h=2)  # fmt: skip
+    made_ahead: list[int] = []
+    prefetch = NoiseAhead.prefetch
+
+    def spying(self, record):
+        made_ahead.append(record.frame)
+        prefetch(self, record)
+
+    monkeypatch.setattr(NoiseAhead, "prefetch", spying)
+    ahead = [(frame, image.tobytes()) for frame, image, _ in run(job)]
+    assert made_ahead == [3, 6, 8]  # during frames 0, 3, 6: the next diffused frame's noise
+    monkeypatch.setattr(NoiseAhead, "prefetch", lambda self, record: None)
+    in_place = [(frame, image.tobytes()) for frame, image, _ in run(job)]
+    assert ahead == in_place
 
 
 def test_output_is_colour_matched_to_the_first_frame() -> None:
