@@ -19,7 +19,7 @@ Cadence tweens are not diffused: they carry the seed of the latest diffused fram
 (the frame whose content they start from); the renderer does not draw noise for them.
 
 API:
-    derive_seed(job_seed, *parts) -> int
+    derive_seed(job_seed, *parts) -> int       (batch.seeds', shared with batch rows)
     seed_sequence(behavior, seed, count, seed_iter_N=1) -> list[int]     (one per advance)
     scheduled_seed(value, seed, frame) -> int
     seeds_at(behavior, seed, frames, seed_iter_N=1, schedule=None) -> list[int]
@@ -28,21 +28,15 @@ API:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 from batch.errors import ConfigError, ScheduleError
+from batch.seeds import derive_seed
 
 SEED_BEHAVIORS = ("iter", "fixed", "random", "ladder", "alternate", "schedule")
 SEED_MODULUS = 2**32
 SEED_MAX = SEED_MODULUS - 1
 RANDOM_SEED = -1  # in seed_schedule: "derive a random seed for this frame"
-
-
-def derive_seed(job_seed: int, *parts: str | int) -> int:
-    """A stable 32-bit seed from the job seed and labels (sha256; never Python's hash())."""
-    text = ":".join(str(part) for part in (job_seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
 
 
 def seed_sequence(behavior: str, seed: int, count: int, seed_iter_N: int = 1) -> list[int]:

@@ -1,4 +1,5 @@
-"""Stable seeds: a row without a seed gets one derived from (job seed, row id, variant)."""
+"""Stable seeds: a row without a seed gets one derived from (job seed, row id, variant); an
+animation's `random` frames get one from (job seed, "random", frame) the same way."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import hashlib
 SEED_MAX = 2**32 - 1
 
 
-def derive_seed(job_seed: int, row_id: str, variant: int = 0) -> int:
-    """A 32-bit seed from a stable hash (blake2b), never Python's salted `hash()`."""
-    key = f"{job_seed}\x1f{row_id}\x1f{variant}".encode()
+def derive_seed(job_seed: int, *parts: str | int) -> int:
+    """A 32-bit seed from a stable hash (blake2b) of the job seed and labels, never Python's
+    salted `hash()`. Batch rows: `derive_seed(job_seed, row_id, variant)`."""
+    key = "\x1f".join(str(part) for part in (job_seed, *parts)).encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") & SEED_MAX
