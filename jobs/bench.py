@@ -68,7 +68,7 @@ class BenchSettings:
     keep_outputs: bool = False
     frames: int = 24
     strength: float = 0.5
-    rows_per_block: int | None = None  # sdfleet's ray executor (None: the job default, 16)
+    rows_per_block: int | None = None  # sdfleet's ray executor (None: the job default, 128)
     cpu_threads: int | None = None  # torch threads of every contender on CPU (None: all cores)
 
     @property

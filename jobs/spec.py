@@ -64,7 +64,7 @@ class RayOptions(Strict):
     replicas: int | None = Field(None, ge=1, description="explicit actor count")
     replicas_per_gpu: float = Field(1, gt=0, le=8)
     num_cpus_per_replica: float = Field(1, gt=0)
-    rows_per_block: int = Field(16, ge=1)
+    rows_per_block: int = Field(128, ge=1)
     allow_fewer_replicas: bool = False
     min_replicas_timeout_s: float = Field(600, gt=0, description="time for replicas to load")
     stall_timeout_s: float = Field(600, gt=0)
