@@ -19,7 +19,7 @@ from anim.clip import ClipPaths, fingerprint, read_status, render_clip
 from anim.colour import ColourReference, from_uint8
 from anim.plan import compile_plan
 from anim.render import ChainOptions, render_frames
-from anim.state import RenderState, load_state, save_state
+from anim.state import RenderState, load_state, save_state, saved_frames
 from anim.walk import render_walk_frames
 from batch.errors import ConfigError
 from tests.anim.fakes import FakeModel, fake_step, small_job
@@ -180,6 +180,12 @@ def wait_for_frames(out: Path, count: int, process: subprocess.Popen, timeout_s:
     raise AssertionError(f"no {count} frames in {timeout_s} s: {process.communicate()[0]!r}")
 
 
+def file_identity(path: Path) -> tuple[int, int]:
+    """Inode and mtime: a frame written again (temp file + rename) gets a new inode."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
 @pytest.mark.slow
 def test_sigkill_mid_render_then_rerun_gives_identical_frames(tmp_path: Path, tiny_dir) -> None:
     job_file = tmp_path / "kill.yaml"
@@ -193,12 +199,20 @@ def test_sigkill_mid_render_then_rerun_gives_identical_frames(tmp_path: Path, ti
     process.wait()
     assert read_status(ClipPaths(killed))["status"] == "running"
     assert len(list((killed / "frames").glob("frame_*.png"))) < 40
+    # frames are written 0, 2, 1, 4, 3, ... (a key before its tween), each followed by the state;
+    # with 5 on disk the state counts at least 3. The kill may land between a frame and its
+    # state, so the count is read from the state the kill left, not from the frames.
+    committed = saved_frames(ClipPaths(killed).state)
+    assert committed >= 3
+    before = {index: file_identity(ClipPaths(killed).frame(index)) for index in range(committed)}
     # 2. run the same command again, and an uninterrupted render elsewhere
     for out in (killed, clean):
         done = subprocess.run(run_argv(job_file, out), cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
-    assert read_status(ClipPaths(killed))["resumed_from"] >= 4
+    assert read_status(ClipPaths(killed))["resumed_from"] == committed
+    # frames the state counted were not rendered or written again
+    assert {index: file_identity(ClipPaths(killed).frame(index)) for index in before} == before
     # 3. every frame byte for byte
     for frame in range(40):
         name = f"frames/frame_{frame:06d}.png"
