@@ -43,6 +43,7 @@ from anim.plan import compile_plan
 from anim.spec import AnimationJob, load_animation_job, resolve_clips
 from batch.errors import ConfigError
 from batch.models import ModelSpec
+from batch.pool import NodeResources, check_shared_storage
 
 logger = logging.getLogger(__name__)
 
@@ -189,9 +190,11 @@ def run_clips_local(tasks: Sequence[ClipTask], header: Mapping[str, str] | None 
 
 
 def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = None, *,
-                  address: str | None = None, replicas: int | None = None,
-                  num_cpus: float = 1.0) -> list[dict[str, Any]]:  # fmt: skip
-    """Unfinished clips on a Ray actor pool (joined, or a local cluster started here)."""
+                  address: str | None = None, replicas: int | None = None, num_cpus: float = 1.0,
+                  out: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """Unfinished clips on a Ray actor pool (joined, or a local cluster started here). `out`
+    is OUT as the user wrote it (default: the first clip's folder), checked against the
+    cluster's machines by `check_clip_storage`."""
     import ray
 
     # 1. what is left to do; nothing starts for a finished run
@@ -199,7 +202,8 @@ def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = 
     if not todo:
         return collect_statuses(tasks)
     # 2. the cluster and the pool
-    plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus)
+    out = out or str(todo[0].root)
+    plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus, out)
     # 3. one block per clip, one clip per actor call
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
@@ -217,16 +221,30 @@ def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = 
     return collect_statuses(tasks)
 
 
+CLIP_STORAGE_FIX = (
+    "Clips write their frames, state and status as files on the node that renders them, and "
+    "the driver reads the statuses back: put OUT on a network mount at the same place on every "
+    "node and pass it as --out file:///mnt/..., or run on one machine."
+)
+
+
+def check_clip_storage(nodes: list[NodeResources], out: str) -> None:
+    """On a cluster spanning machines, OUT must be a shared mount written as file:///..."""
+    check_shared_storage(nodes, {"out": out}, fix=CLIP_STORAGE_FIX)
+
+
 def plan_clip_pool(clips: int, address: str | None, replicas: int | None,
-                   num_cpus: float) -> tuple[Any, int | None]:  # fmt: skip
-    """Join the cluster; size the pool like the batch engine (`batch.pool.plan_pool`: one
-    replica per GPU, else one per machine), never more actors than clips. Returns (PoolPlan,
-    torch threads per CPU replica, None meaning every core of its machine)."""
+                   num_cpus: float, out: str) -> tuple[Any, int | None]:  # fmt: skip
+    """Join the cluster; check OUT is seen by every node (`check_clip_storage`); size the pool
+    like the batch engine (`batch.pool.plan_pool`: one replica per GPU, else one per machine),
+    never more actors than clips. Returns (PoolPlan, torch threads per CPU replica, None
+    meaning every core of its machine)."""
     from batch.pool import plan_pool
     from batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
 
     connect(address)
     nodes = alive_nodes()
+    check_clip_storage(nodes, out)
     plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True)
     plan = replace(plan, replicas=min(plan.replicas, clips))
     return plan, cpu_threads_per_replica(plan, replicas)

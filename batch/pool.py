@@ -89,8 +89,16 @@ def _over_ask_message(nodes, wanted, gpus_each, cpus_each, capacity, reserved_cp
     )
 
 
-def check_shared_storage(nodes: list[NodeResources], paths: dict[str, str]) -> None:
-    """On a cluster spanning machines, every node must see the manifest, outputs and checkpoint."""
+SHARED_STORAGE_FIX = (
+    "Use shared storage every node reads and writes: an s3://, gs:// or abfs:// URI, or - for a "
+    "network mount at the same place on every node - the path written as file:///mnt/..."
+)
+
+
+def check_shared_storage(nodes: list[NodeResources], paths: dict[str, str],
+                         fix: str = SHARED_STORAGE_FIX) -> None:  # fmt: skip
+    """On a cluster spanning machines, every node must see the manifest, outputs and checkpoint
+    (a path written as a URI, file:///... included, is taken as shared)."""
     hosts = {n.address for n in nodes}
     if len(hosts) <= 1:
         return
@@ -99,7 +107,5 @@ def check_shared_storage(nodes: list[NodeResources], paths: dict[str, str]) -> N
         shown = ", ".join(f"{k}={v!r}" for k, v in local.items())
         raise ConfigError(
             f"the Ray cluster spans {len(hosts)} machines ({', '.join(sorted(hosts))}), but "
-            f"{shown} is a local path that the other machines cannot see. Use shared storage "
-            "every node reads and writes: an s3://, gs:// or abfs:// URI, or - for a network "
-            "mount at the same place on every node - the path written as file:///mnt/..."
+            f"{shown} is a local path that the other machines cannot see. {fix}"
         )

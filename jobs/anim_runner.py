@@ -50,17 +50,33 @@ def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, execut
         manifest = manifest if manifest.is_absolute() else Path(job_path).parent / manifest
         base = job.model_copy(update={"clips_manifest": None})
         return run_clip_manifest(base, job_path, manifest, out, executor, address, show_progress)
-    root = Path(out) if out else Path("out") / Path(job_path).stem
+    out = out or str(Path("out") / Path(job_path).stem)
+    root = clip_root(out)
     tasks = clip_tasks(job, Path(job_path), root)
     executor = executor or ("ray" if job.clips else "local")
-    return run_tasks(tasks, root, executor, address, header(job_path), show_progress)
+    return run_tasks(tasks, out, executor, address, header(job_path), show_progress)
+
+
+def clip_root(out: str) -> Path:
+    """OUT as a folder: a local path, or file:///... for a mount that every node of a cluster
+    sees at the same place (`anim.ray_clips.check_clip_storage`). Object-store URIs are
+    refused: a clip writes its frames and resume state as files while it renders."""
+    if out.startswith("file://"):
+        return Path(out.removeprefix("file://"))
+    if "://" in out:
+        raise ConfigError(
+            f"--out {out!r}: animation outputs are folders (a clip writes its frames and resume "
+            "state as files while it renders); use a local folder, or file:///mnt/... for a "
+            "network mount every node shares, and copy finished clips to object storage after"
+        )
+    return Path(out)
 
 
 def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = None) -> int:
     """Every check `run` makes before a model loads (clips, files, model, ffmpeg, earlier
     renders in OUT); returns the number of frames over all clips."""
     job_path = Path(job_path)
-    root = Path(out) if out else Path("out") / job_path.stem
+    root = clip_root(out or str(Path("out") / job_path.stem))
     if job.clips_manifest:
         manifest = Path(job.clips_manifest)
         manifest = manifest if manifest.is_absolute() else job_path.parent / manifest
@@ -78,23 +94,25 @@ def run_clip_manifest(job: AnimationJob, job_path: Path, manifest: Path, out: st
                       show_progress: bool = True) -> int:  # fmt: skip
     """Render each row of a Parquet clip manifest (`anim.ray_clips.read_clip_manifest`) over
     the base `job` into OUT/<id>/; returns the exit status."""
-    root = Path(out) if out else Path("out") / Path(manifest).stem
+    out = out or str(Path("out") / Path(manifest).stem)
+    root = clip_root(out)
     base = with_absolute_paths(job, Path(job_path).parent)
     tasks = [ClipTask(clip_id, clip_job, root / clip_id)
              for clip_id, clip_job in read_clip_manifest(Path(manifest), base)]  # fmt: skip
-    return run_tasks(tasks, root, executor or "ray", address, header(job_path), show_progress)
+    return run_tasks(tasks, out, executor or "ray", address, header(job_path), show_progress)
 
 
-def run_tasks(tasks: list[ClipTask], root: Path, executor: str, address: str | None,
+def run_tasks(tasks: list[ClipTask], out: str, executor: str, address: str | None,
               header: dict[str, str], show_progress: bool) -> int:  # fmt: skip
-    """Check, render, summarise; the exit status."""
+    """Check, render, summarise into OUT (as given: file:/// marks a shared mount); the exit
+    status."""
     started = time.time()
     # 1. everything that needs no model
     check_tasks(tasks)
     # 2. render
-    rows = render_tasks(tasks, executor, address, header, show_progress)
+    rows = render_tasks(tasks, out, executor, address, header, show_progress)
     # 3. summary and report
-    write_summary(root, rows, executor, time.time() - started)
+    write_summary(clip_root(out), rows, executor, time.time() - started)
     report(rows)
     return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
 
@@ -146,10 +164,10 @@ def header(job_path: Path) -> dict[str, str]:
     }
 
 
-def render_tasks(tasks: list[ClipTask], executor: str, address: str | None,
+def render_tasks(tasks: list[ClipTask], out: str, executor: str, address: str | None,
                  header: dict[str, str], show_progress: bool) -> list[dict[str, Any]]:  # fmt: skip
     if executor == "ray":
-        return run_clips_ray(tasks, header, address=address)
+        return run_clips_ray(tasks, header, address=address, out=out)
     if executor != "local":
         raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
     from jobs.cli import progress_bar

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,11 +16,18 @@ from PIL import Image
 
 from anim.clip import ClipPaths, check_resumable, read_status, render_clip
 from anim.plan import compile_plan, plan_to_jsonl
-from anim.ray_clips import ClipTask, RenderClips, read_clip_manifest, run_clips_ray
+from anim.ray_clips import (
+    ClipTask,
+    RenderClips,
+    check_clip_storage,
+    read_clip_manifest,
+    run_clips_ray,
+)
 from anim.spec import load_animation_job
 from anim.video import probe_video
 from batch.errors import ConfigError
 from batch.outputs import read_png_metadata
+from batch.pool import NodeResources
 from tests.anim.fakes import FakeModel, small_job
 
 
@@ -150,6 +158,28 @@ def test_render_clips_actor_without_ray(tmp_path: Path, tiny_dir) -> None:
                      "root": [str(t.root) for t in tasks]})  # fmt: skip
     rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values())]
     check_statuses(rows, tasks)
+
+
+TWO_MACHINES = [NodeResources("a", "10.0.0.1", 4, 0), NodeResources("b", "10.0.0.2", 4, 0)]
+
+
+def test_clip_outputs_on_a_cluster_of_machines_must_be_a_shared_mount(tmp_path, monkeypatch):
+    # each clip writes on the node that renders it, and the driver reads the statuses back
+    with pytest.raises(ConfigError, match=r"spans 2 machines.*out='out/clips'.*file:///mnt/"):
+        check_clip_storage(TWO_MACHINES, "out/clips")
+    check_clip_storage(TWO_MACHINES, "file:///mnt/clips")
+    check_clip_storage(TWO_MACHINES[:1], "out/clips")  # one machine: any folder
+    # run_clips_ray checks it once it knows the cluster, before any actor starts
+    import batch.ray_runner
+
+    monkeypatch.setattr(batch.ray_runner, "connect", lambda address: None)
+    monkeypatch.setattr(batch.ray_runner, "alive_nodes", lambda: TWO_MACHINES)
+    tasks = clip_tasks(tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(f"out='{tmp_path}'")):
+        run_clips_ray(tasks, out=str(tmp_path))
+    with pytest.raises(ConfigError, match=re.escape(f"out='{tasks[0].root}'")):
+        run_clips_ray(tasks)  # OUT defaults to where the first clip goes
+    assert not any(task.paths.status.exists() for task in tasks)
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,19 @@ def test_clips_manifest_field_runs_through_sdfleet_run(tiny_dir, tmp_path: Path)
     assert probe_video(out / "up" / "up.mp4")["frames"] == 2
 
 
+def test_out_as_a_file_uri_is_that_folder_and_object_stores_are_refused(
+    tiny_dir, tmp_path: Path, capsys
+) -> None:
+    job = write_job(tmp_path, max_frames=2)
+    shared = f"file://{tmp_path / 'mount' / 'clips'}"  # a mount every node sees
+    assert main(["run", str(job), "--out", shared, "--no-progress"]) == EXIT_OK
+    assert probe_video(tmp_path / "mount" / "clips" / "clip.mp4")["frames"] == 2
+    assert main(["run", str(job), "--out", "s3://bucket/clips", "--no-progress"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "--out 's3://bucket/clips'" in err and "file:///mnt/" in err
+    assert not Path("s3:").exists()
+
+
 def test_demo_clip_renders_and_encodes_in_under_a_minute(tiny_dir, tmp_path: Path) -> None:
     started = time.perf_counter()
     assert run_demo_clip(tmp_path / "clip") == EXIT_OK
