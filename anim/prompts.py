@@ -5,8 +5,10 @@
 (as in Deforum); when two keys land on one frame the later entry wins. Before the first key the
 first prompt is held (Deforum needs a ``0`` key; we do not).
 
-The job-wide positive/negative texts (Deforum's ``animation_prompts_positive`` /
-``animation_prompts_negative``) are appended to every key's text, joined with ", ".
+The job-wide texts go where Deforum puts them, joined with ", ": ``animation_prompts_positive``
+before every key's positive text, ``animation_prompts_negative`` after every key's negative
+text. A ``--neg`` marker in the job-wide positive text starts job-wide negative text; markers
+in negative text are dropped (Deforum's "received by mistake").
 
 Transitions:
 - ``cut`` (Deforum 2D): each key's prompt holds until the next key.
@@ -58,10 +60,10 @@ class FramePrompt:
 
 
 def split_negative(text: str) -> tuple[str, str]:
-    """``"a cat --neg blurry"`` -> ``("a cat", "blurry")`` (Deforum's ``--neg`` marker)."""
-    parts = _NEG.split(text, maxsplit=1)
-    negative = parts[1].strip() if len(parts) > 1 else ""
-    return parts[0].strip(), negative
+    """``"a cat --neg blurry"`` -> ``("a cat", "blurry")`` (Deforum's ``--neg`` marker). All
+    text after the first marker is negative; further markers are dropped, as Deforum does."""
+    first, *rest = _NEG.split(text)
+    return first.strip(), " ".join(part.strip() for part in rest if part.strip())
 
 
 def join_texts(*texts: str) -> str:
@@ -78,6 +80,8 @@ def resolve_prompt_keys(
     field: str = "prompts",
 ) -> list[PromptKey]:
     """Prompt keys inside the clip, sorted by frame; raise `ConfigError` if none is."""
+    positive, negative_in_positive = split_negative(positive)
+    negative = join_texts(negative_in_positive, split_negative("--neg " + negative)[1])
     by_frame: dict[int, PromptKey] = {}
     for raw_key, text in prompts.items():
         key_field = f"{field}[{raw_key!r}]"
@@ -88,7 +92,7 @@ def resolve_prompt_keys(
             logger.debug("%s -> frame %d is outside the clip; ignored", key_field, frame)
             continue
         pos, neg = split_negative(text)
-        by_frame[frame] = PromptKey(frame, join_texts(pos, positive), join_texts(neg, negative))
+        by_frame[frame] = PromptKey(frame, join_texts(positive, pos), join_texts(neg, negative))
     if not by_frame:
         raise ConfigError(
             f"{field}: no prompt key falls inside frames 0..{max_frames - 1} (keys: "

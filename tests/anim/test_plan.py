@@ -154,10 +154,10 @@ def test_cut_and_blend_prompts_in_the_plan() -> None:
         job(max_frames=4, prompts={0: "a --neg n", 2: "b"}, animation_prompts_positive="hd")
     )
     assert [(r.prompt, r.negative_prompt) for r in cut] == [
-        ("a, hd", "n"),
-        ("a, hd", "n"),
-        ("b, hd", ""),
-        ("b, hd", ""),
+        ("hd, a", "n"),
+        ("hd, a", "n"),
+        ("hd, b", ""),
+        ("hd, b", ""),
     ]
     assert all(r.blend_prompt is None and r.blend_weight == 0 for r in cut)
     blend = compile_plan(job(max_frames=4, prompts={0: "a", 2: "b"}, prompt_transition="blend"))

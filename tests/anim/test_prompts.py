@@ -20,7 +20,7 @@ from batch.errors import ConfigError, ScheduleError
         ("a cat --neg blurry, dark", ("a cat", "blurry, dark")),
         ("a cat", ("a cat", "")),
         ("--neg ugly", ("", "ugly")),
-        ("a cat --neg a --neg b", ("a cat", "a --neg b")),
+        ("a cat --neg a --neg b", ("a cat", "a b")),  # Deforum drops further markers
         ("a cat --negative-space art", ("a cat --negative-space art", "")),
     ],
 )
@@ -44,10 +44,18 @@ def test_blend_records_the_partner_and_a_linear_weight() -> None:
     assert frames[5] == FramePrompt("b", "y")
 
 
-def test_global_texts_are_appended() -> None:
+def test_global_texts_go_where_deforum_puts_them() -> None:
+    # positive before the key's text (CLIP's 77 tokens cut the end), negative after
     frames = plan_prompts({0: "a cat --neg blurry", 2: "a dog"}, 3, positive="4k", negative="text")
-    assert (frames[0].prompt, frames[0].negative_prompt) == ("a cat, 4k", "blurry, text")
-    assert (frames[2].prompt, frames[2].negative_prompt) == ("a dog, 4k", "text")
+    assert (frames[0].prompt, frames[0].negative_prompt) == ("4k, a cat", "blurry, text")
+    assert (frames[2].prompt, frames[2].negative_prompt) == ("4k, a dog", "text")
+
+
+def test_neg_markers_never_reach_the_text_encoder() -> None:
+    frames = plan_prompts({0: "a cat --neg blurry"}, 1, positive="cinematic --neg ugly",
+                          negative="--neg watermark")  # fmt: skip
+    assert (frames[0].prompt, frames[0].negative_prompt) == (
+        "cinematic, a cat", "blurry, ugly, watermark")  # fmt: skip
 
 
 def test_expression_keys_and_keys_past_the_end() -> None:
