@@ -63,7 +63,7 @@ class ScheduleRule:
     high: float | None = None
     open_range: bool = False  # the bounds themselves are excluded
     integer: bool = False  # truncated like Deforum's astype(int)
-    odd: bool = False
+    odd: bool = False  # an even whole number n becomes n + 1 (Deforum's blur would crash)
     fix: str = ""
 
     def expected(self) -> str:
@@ -71,12 +71,9 @@ class ScheduleRule:
         parts = [f"{lo} {self.low:g}"] if self.low is not None else []
         parts += [f"{hi} {self.high:g}"] if self.high is not None else []
         kind = "a whole number" if self.integer else "a value"
-        kind = "an odd whole number" if self.odd else kind
         return f"{kind} {' and '.join(parts)}".strip()
 
     def accepts(self, value: float) -> bool:
-        if self.odd and value % 2 != 1:
-            return False
         if self.open_range:
             return (self.low is None or value > self.low) and (
                 self.high is None or value < self.high
@@ -103,7 +100,8 @@ SCHEDULE_RULES: dict[str, ScheduleRule] = {
     "cfg_scale_schedule": ScheduleRule(0, fix="a guidance scale such as 7"),
     "steps_schedule": ScheduleRule(1, 1000, integer=True, fix="steps are denoising steps, e.g. 25"),
     "amount_schedule": ScheduleRule(0, fix="anti-blur amount, 0 = off, e.g. 0.1"),
-    "kernel_schedule": ScheduleRule(1, integer=True, odd=True, fix="blur kernel size, e.g. 5"),
+    "kernel_schedule": ScheduleRule(1, integer=True, odd=True, fix="blur kernel size, e.g. 5; "
+                                    "an even size n is used as n + 1"),
     "sigma_schedule": ScheduleRule(0, open_range=True, fix="blur sigma in pixels, e.g. 1.0"),
     "threshold_schedule": ScheduleRule(0, fix="anti-blur threshold, 0 = everywhere"),
 }
@@ -175,6 +173,8 @@ def evaluate_field(job: AnimationJob, field: str) -> list[float]:
         return values
     rule = SCHEDULE_RULES[field]
     checked: list[Any] = [int(v) for v in values] if rule.integer else values
+    if rule.odd:  # interpolated kernels (5 -> 9) pass through even sizes: 6 -> 7
+        checked = [v | 1 for v in checked]
     for frame, value in enumerate(checked):
         if not rule.accepts(value):
             raise ScheduleError(

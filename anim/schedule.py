@@ -29,6 +29,9 @@ API:
     Schedule.evaluate_text(max_frames, seed=0) -> list[str]
     evaluate_schedule(text, max_frames, seed=0, field=..., interpolation=...) -> list[float]
     compile_key(text, field) -> FrameKey   (also used for prompt keys)
+    plain_number(text) -> float | None     ("1e-3", "(2)": a number; anything else: None)
+
+Values must be finite, and a schedule is at most `MAX_SCHEDULE_CHARS` long.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import string
 from dataclasses import dataclass
 
 from anim.expr import KEY_VARIABLES, VARIABLES, Expression, compile_expression, syntax_error
@@ -46,6 +50,7 @@ logger = logging.getLogger(__name__)
 INTERPOLATIONS = ("linear", "step", "cubic")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _KEY_EXPECTED = 'a frame number such as 0 or 30, or an expression in max_f such as "max_f-2"'
+MAX_SCHEDULE_CHARS = 100_000  # a key a frame for thousands of frames; parsing stays fast
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,11 @@ def compile_key(text: str, field: str, source: str | None = None, offset: int = 
     stripped = text.strip()
     column = offset + len(text) - len(text.lstrip())
     if _unquote(stripped) != stripped:  # '"max_f-2"' given where no scanner removed the quotes
-        return compile_key(stripped[1:-1], field, source, column + 1)
+        inner = stripped[1:-1]
+        column += 1 + len(inner) - len(inner.lstrip())
+        stripped = inner.strip()
+        if _unquote(stripped) != stripped:
+            raise syntax_error(field, source, column, "a frame key quoted twice", _KEY_EXPECTED)
     if not stripped:
         raise syntax_error(field, source, column, "missing frame key", _KEY_EXPECTED)
     if re.fullmatch(r"[0-9]+", stripped):
@@ -83,7 +92,7 @@ def compile_key(text: str, field: str, source: str | None = None, offset: int = 
             f"frame key {stripped!r} is not a whole number >= 0",
             _KEY_EXPECTED,
         )
-    expr = compile_expression(text, field, KEY_VARIABLES, source, offset)
+    expr = compile_expression(stripped, field, KEY_VARIABLES, source, column)
     return FrameKey(stripped, None, expr)
 
 
@@ -153,7 +162,14 @@ class Schedule:
             values[0] = values[keys[0][0]]
         if values[-1] is None:
             values[-1] = values[keys[-1][0]]
-        return fill_gaps(values, interpolation)
+        filled = fill_gaps(values, interpolation)
+        for frame, value in enumerate(filled):
+            if not math.isfinite(value):  # e.g. between 1e308 and -1e308 (cubic overshoot)
+                raise ScheduleError(
+                    f"{self.field}: {self.source!r} gives {value} at frame {frame} "
+                    f"({interpolation} interpolation); expected finite values: use smaller ones"
+                )
+        return filled
 
     def evaluate_text(self, max_frames: int, seed: int = 0) -> list[str]:
         """One string per frame: each key's text held until the next key (never interpolated)."""
@@ -170,6 +186,11 @@ def parse_schedule(text: str, field: str = "schedule", numeric: bool = True) -> 
     """Parse a schedule string; raise `ScheduleError` with a caret on any syntax problem."""
     if not isinstance(text, str):
         raise ScheduleError(f'{field}: expected a schedule string such as "0:(1.0)", got {text!r}')
+    if len(text) > MAX_SCHEDULE_CHARS:
+        raise ScheduleError(
+            f"{field}: the schedule is {len(text):,} characters long (starting {text[:40]!r}); "
+            f"expected at most {MAX_SCHEDULE_CHARS:,}: use fewer keys, or an expression"
+        )
     entries = _Scanner(text, field).entries()
     keyframes = [_compile_entry(text, field, entry, numeric) for entry in entries]
     return Schedule(field, text, tuple(keyframes))
@@ -316,28 +337,24 @@ def _compile_entry(text: str, field: str, entry: _Entry, numeric: bool) -> Keyfr
         )
     if not numeric:
         return Keyframe(key, value, column)
-    number = _plain_number(value)
+    number = plain_number(value)
+    if number is not None and not math.isfinite(number):
+        raise syntax_error(field, text, column, f"{value} is too large for a number",
+                           "a finite number (at most about 1.8e308)")  # fmt: skip
     if number is not None:
         return Keyframe(key, value, column, number=number)
     expr = compile_expression(entry.value_text, field, VARIABLES, text, entry.value_column)
     return Keyframe(key, value, column, expr=expr)
 
 
-def _plain_number(value: str) -> float | None:
+def plain_number(value: str) -> float | None:
     """The number if `value` is a plain literal (outer parentheses allowed), else None."""
-    while value.startswith("(") and value.endswith(")") and _outer_pair(value):
-        value = value[1:-1].strip()
-    return float(value) if _NUMBER.fullmatch(value) else None
-
-
-def _outer_pair(value: str) -> bool:
-    """True when the '(' at 0 matches the ')' at the end (not '(a)*(b)')."""
-    depth = 0
-    for index, ch in enumerate(value):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0:
-            return index == len(value) - 1
-    return False
+    inner = value.strip("()" + string.whitespace)
+    if not _NUMBER.fullmatch(inner):
+        return None
+    # '((1))' but not '(1' or '(1))': a number has no parentheses of its own to balance
+    opened, closed = value[: value.index(inner)], value[value.index(inner) + len(inner) :]
+    return float(inner) if opened.count("(") == closed.count(")") else None
 
 
 def _unquote(text: str) -> str:
@@ -365,7 +382,7 @@ def fill_gaps(values: list[float | None], interpolation: str = "linear") -> list
                 filled[x] = _hermite(
                     xs[k], xs[k + 1], ys[k], ys[k + 1], slopes[k], slopes[k + 1], x
                 )
-            else:
+            else:  # as numpy.interp (and so pandas, Deforum) computes it
                 filled[x] = ys[k] + (ys[k + 1] - ys[k]) * (x - x0) / (x1 - x0)
     return filled  # type: ignore[return-value]
 

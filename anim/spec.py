@@ -42,7 +42,7 @@ from pydantic import (
 )
 
 from anim.plan import SCHEDULE_RULES, check_job
-from anim.schedule import parse_schedule
+from anim.schedule import parse_schedule, plain_number
 from anim.seeds import SEED_MAX
 from anim.video import X264_PRESETS
 from batch.errors import ConfigError, ScheduleError, suggest_name
@@ -62,9 +62,12 @@ DEFAULT_PROMPTS = {  # Deforum's example prompts
 
 
 def _schedule_text(value: Any) -> Any:
-    """A bare number means 'this value for the whole clip'."""
+    """A bare number means 'this value for the whole clip', also written as text (YAML reads
+    ``1e-3`` as a string, and ``"1.01"`` is one)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"0:({value})"
+    if isinstance(value, str) and plain_number(value) is not None:
+        return f"0:({value.strip()})"
     return value
 
 
@@ -208,6 +211,16 @@ class AnimationJob(BaseModel):
     clips_manifest: str | None = Field(
         None, description="Parquet clip manifest (id + override columns), relative to the job"
     )
+
+    @model_validator(mode="after")
+    def _one_clip_list(self) -> AnimationJob:
+        if self.clips is not None and self.clips_manifest is not None:
+            raise ValueError(
+                f"clips ({len(self.clips)} entries) and clips_manifest "
+                f"({self.clips_manifest!r}) are both set; keep one of them (to render both "
+                "sets, add the clips: entries as rows of the manifest)"
+            )
+        return self
 
     @field_validator("width", "height")
     @classmethod

@@ -50,11 +50,16 @@ def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, execut
         manifest = manifest if manifest.is_absolute() else Path(job_path).parent / manifest
         base = job.model_copy(update={"clips_manifest": None})
         return run_clip_manifest(base, job_path, manifest, out, executor, address, show_progress)
-    out = out or str(Path("out") / Path(job_path).stem)
+    out = out or default_out(job_path)
     root = clip_root(out)
     tasks = clip_tasks(job, Path(job_path), root)
     executor = executor or ("ray" if job.clips else "local")
     return run_tasks(tasks, out, executor, address, header(job_path), show_progress)
+
+
+def default_out(job_path: Path) -> str:
+    """OUT when --out is not given: out/<job file name without .yaml>."""
+    return str(Path("out") / Path(job_path).stem)
 
 
 def clip_root(out: str) -> Path:
@@ -76,7 +81,7 @@ def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = 
     """Every check `run` makes before a model loads (clips, files, model, ffmpeg, earlier
     renders in OUT); returns the number of frames over all clips."""
     job_path = Path(job_path)
-    root = clip_root(out or str(Path("out") / job_path.stem))
+    root = clip_root(out or default_out(job_path))
     if job.clips_manifest:
         manifest = Path(job.clips_manifest)
         manifest = manifest if manifest.is_absolute() else job_path.parent / manifest
@@ -94,7 +99,7 @@ def run_clip_manifest(job: AnimationJob, job_path: Path, manifest: Path, out: st
                       show_progress: bool = True) -> int:  # fmt: skip
     """Render each row of a Parquet clip manifest (`anim.ray_clips.read_clip_manifest`) over
     the base `job` into OUT/<id>/; returns the exit status."""
-    out = out or str(Path("out") / Path(manifest).stem)
+    out = out or default_out(job_path)
     root = clip_root(out)
     base = with_absolute_paths(job, Path(job_path).parent)
     tasks = [ClipTask(clip_id, clip_job, root / clip_id)

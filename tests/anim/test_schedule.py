@@ -192,3 +192,25 @@ def test_long_clips_evaluate_quickly() -> None:
     values = evaluate_schedule("0:(1.0025+0.002*sin(1.25*3.14*t/30)), 5000:(1), 9000:(t%7)", 10_000)
     assert time.perf_counter() - start < 1.0
     assert values[9001] == 9001 % 7
+
+
+def test_numbers_must_be_finite() -> None:
+    with pytest.raises(ScheduleError, match=r"angle: 1e400 is too large for a number at column 4"):
+        parse_schedule("0:(1e400)", "angle")
+    with pytest.raises(ScheduleError, match=r"gives -inf at frame 1 \(linear interpolation\)"):
+        evaluate_schedule("0:(1e308), 5:(-1e308)", 6, field="translation_x")
+
+
+def test_a_key_quoted_again_and_again_is_an_error_not_a_crash() -> None:
+    with pytest.raises(ScheduleError, match="a frame key quoted twice"):
+        parse_schedule("'" + '"' * 1200 + "0" + '"' * 1200 + "':(1)", "zoom")
+    assert evaluate_schedule("'\"max_f\"':(3), 0:(1)", 3) == [1.0, 2.0, 3.0]  # once is fine
+
+
+def test_deep_parentheses_and_huge_schedules_stay_cheap() -> None:
+    start = time.perf_counter()
+    deep = "0:(" + "(" * 40_000 + "2" + ")" * 40_000 + ")"  # was quadratic: minutes
+    assert evaluate_schedule(deep, 2) == [2.0, 2.0]
+    with pytest.raises(ScheduleError, match="120,005 characters long.*at most 100,000"):
+        parse_schedule("0:(" + "(" * 60_000 + "2" + ")" * 60_000 + ")", "zoom")
+    assert time.perf_counter() - start < 5.0

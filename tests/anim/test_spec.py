@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pydantic
 import pytest
+import yaml
 
+from anim.plan import compile_plan
 from anim.spec import AnimationJob, load_animation_job, resolve_clips
 from batch.errors import ConfigError
 
@@ -101,7 +103,7 @@ def test_schedule_syntax_errors_fail_at_load_with_a_caret() -> None:
     ("fields", "needle"),
     [
         ({"strength_schedule": "0:(0.5), 7:(1.5)"}, "strength_schedule: gives 1.07143 at frame 4"),
-        ({"kernel_schedule": "0:(4)"}, "kernel_schedule: gives 4 at frame 0; expected an odd"),
+        ({"kernel_schedule": "0:(-2)"}, "kernel_schedule: gives -1 at frame 0; expected a whole"),
         ({"steps_schedule": "0:(0.5)"}, "steps_schedule: gives 0 at frame 0"),
         ({"zoom": "0:(1), 4:(0)"}, "zoom: gives 0 at frame 4; expected a value > 0"),
         ({"perspective_flip_fv": 180}, "perspective_flip_fv: gives 180"),
@@ -113,6 +115,26 @@ def test_schedule_syntax_errors_fail_at_load_with_a_caret() -> None:
 )
 def test_values_are_checked_over_the_whole_clip(fields: dict, needle: str) -> None:
     assert needle in problems({**SMALL, **fields})
+
+
+def test_kernel_sizes_are_made_odd_where_deforum_crashes() -> None:
+    plan = compile_plan(load(max_frames=9, kernel_schedule="0:(5), 8:(9)"))
+    assert [record.kernel for record in plan] == [5, 5, 7, 7, 7, 7, 9, 9, 9]
+    assert {record.kernel for record in compile_plan(load(kernel_schedule=4))} == {5}
+
+
+def test_numbers_written_as_text_are_held_for_the_whole_clip() -> None:
+    # YAML reads 1e-3 as a string; "1.01" is one
+    job = load(noise_schedule="1e-3", zoom=" 1.01 ", contrast_schedule="(1.5)")
+    assert (job.noise_schedule, job.zoom, job.contrast_schedule) == ("0:(1e-3)", "0:(1.01)",
+                                                                     "0:((1.5))")  # fmt: skip
+    assert yaml.safe_load("noise_schedule: 1e-3")["noise_schedule"] == "1e-3"
+    assert {record.noise for record in compile_plan(job)} == {0.001}
+
+
+def test_clips_and_a_clips_manifest_are_not_both_set() -> None:
+    message = problems({**SMALL, "clips": [{"id": "a"}], "clips_manifest": "shots.parquet"})
+    assert "clips (1 entries) and clips_manifest ('shots.parquet') are both set" in message
 
 
 def test_range_errors_say_the_fix() -> None:
