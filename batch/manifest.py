@@ -403,11 +403,21 @@ def _check_init_image(row: dict, defaults: RowDefaults, base_dir: Path | None, b
     image = row.get("init_image")
     if image is not None:
         strength = _value(row, defaults, "strength")
+        steps = _value(row, defaults, "num_inference_steps")
         if not _is_number(strength) or not 0 < strength <= 1:
             bad(
                 "strength",
                 strength,
                 "img2img strength is the share denoised: use 0 < strength <= 1",
+            )
+        elif _is_int(steps) and steps >= 1 and int(steps * strength) < 1:
+            # diffusers runs int(steps * strength) steps; none would be an error mid-batch
+            bad(
+                "strength",
+                strength,
+                f"with num_inference_steps {steps} img2img would run int({steps} x {strength}) "
+                f"= 0 steps: use strength >= {1 / steps:.3g} or num_inference_steps >= "
+                f"{math.ceil(1 / strength)}",
             )
     if image is None or isinstance(image, bytes):
         if image == b"":

@@ -6,6 +6,7 @@ The Ray executor (batch/ray_runner.py) shares everything here except the loop it
 from __future__ import annotations
 
 import logging
+import re
 import time
 from array import array
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ def read_results(out: OutputDir, columns: list[str] | None = None) -> pa.Table |
     return _concat(groups) if groups else None
 
 
+_LOCAL_PART = re.compile(r"local-(\d+)\.parquet")
 _MERGE_PARTS = 256  # small parts merged at a time: few compute calls, bounded memory
 
 
@@ -128,11 +130,14 @@ def run_local(config: RunConfig, files: list[str], stats: RunStats, progress: Pr
 
 
 def _next_part_number(out: OutputDir) -> int:
+    """One past the highest local part number: a committed part is never written over, even
+    when an earlier one was deleted."""
     filesystem, root = out.filesystem()
     from pyarrow import fs as pafs
 
     info = filesystem.get_file_info(pafs.FileSelector(f"{root}/results", allow_not_found=True))
-    return len([i for i in info if i.path.endswith(".parquet")])
+    numbers = [int(m.group(1)) for i in info if (m := _LOCAL_PART.fullmatch(i.base_name))]
+    return max(numbers, default=-1) + 1
 
 
 def _commit_part(out: OutputDir, table: pa.Table, part: int) -> None:

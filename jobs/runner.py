@@ -148,6 +148,10 @@ def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
 
 
 def exit_status(summary: dict) -> int:
-    if summary["error"] or summary["unique_outputs"] < summary["expected_outputs"]:
+    """3 when rows failed (--allow-row-errors accepts that); 1 when outputs are missing (the
+    run stopped short: run it again), which no flag turns into success."""
+    if summary["unique_outputs"] < summary["expected_outputs"]:  # ok and error rows alike
+        return EXIT_CRASH
+    if summary["error"]:
         return EXIT_ROWS_FAILED
     return EXIT_OK

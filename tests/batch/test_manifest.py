@@ -47,6 +47,12 @@ BAD_CASES = [
     ({"id": "r-s", "num_inference_steps": 0}, "'r-s'", "num_inference_steps", "from 1"),
     ({"id": "r-st0", "init_image": b"x", "strength": 0.0}, "'r-st0'", "strength", "0 < strength"),
     ({"id": "r-st2", "init_image": b"x", "strength": 1.5}, "'r-st2'", "strength", "0 < strength"),
+    (
+        {"id": "r-st3", "init_image": b"x", "strength": 0.2, "num_inference_steps": 4},
+        "'r-st3'",
+        "strength",
+        "int(4 x 0.2) = 0 steps: use strength >= 0.25 or num_inference_steps >= 5",
+    ),
     ({"id": "r-p", "prompt": None}, "'r-p'", "prompt", "give a prompt"),
     ({"id": "r-p2", "prompt": "   "}, "'r-p2'", "prompt", "give a prompt"),
     ({"id": "r-img", "init_image": "missing.png"}, "'r-img'", "init_image", "no readable file"),

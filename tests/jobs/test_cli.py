@@ -12,7 +12,7 @@ import yaml
 from batch.manifest import table_from_rows
 from jobs.cli import main
 from jobs.examples import shape_image_png
-from jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
+from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
 
 ROWS = [
     {"id": "a", "prompt": "a cat", "label": "cat"},
@@ -188,3 +188,27 @@ def test_relative_out_is_made_absolute(tiny_dir, tmp_path, monkeypatch):
     job = write_job(tmp_path, ROWS[:1])
     assert main(["run", str(job), "--out", "rel/out", "--no-progress"]) == EXIT_OK
     assert (tmp_path / "rel" / "out" / "images" / "a.png").is_file()
+
+
+def test_a_deleted_part_is_made_again_without_writing_over_another(tmp_path):
+    rows = [{"id": f"r{i:02d}", "prompt": "p"} for i in range(40)]
+    job, out = write_job(tmp_path, rows, model="builtin:null", batch_size=4), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    parts = sorted((out / "results").glob("local-*.parquet"))
+    assert len(parts) == 3  # 16 + 16 + 8 rows
+    kept = {p.name: p.read_bytes() for p in parts[1:]}
+    parts[0].unlink()  # lost: its 16 rows are made again, in a new part
+    assert run(job, out) == EXIT_OK
+    assert {p.name: p.read_bytes() for p in parts[1:]} == kept
+    assert (out / "results" / "local-000003.parquet").is_file()
+    assert sorted(pq.read_table(out / "results").column("id").to_pylist()) == [
+        r["id"] for r in rows
+    ]
+
+
+def test_missing_outputs_are_not_row_errors():
+    summary = {"expected_outputs": 4, "unique_outputs": 4, "error": 1}
+    assert exit_status(summary) == EXIT_ROWS_FAILED  # --allow-row-errors may accept it
+    assert exit_status(summary | {"unique_outputs": 3, "error": 0}) == EXIT_CRASH  # run again
+    assert exit_status(summary | {"unique_outputs": 3}) == EXIT_CRASH
+    assert exit_status(summary | {"error": 0}) == EXIT_OK
