@@ -99,26 +99,74 @@ class Problem:
         return f"{where}: {shown} - {self.fix}"
 
 
-def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
-    """A Parquet file, a folder of them, or a glob; relative paths are from `base_dir`."""
-    if _URI.match(spec):
-        return _find_remote_files(spec)
+def _local_manifest_path(spec: str, base_dir: Path | None) -> Path:
+    """The spec as an absolute path (Ray workers may run in another directory)."""
     path = Path(os.path.expanduser(spec))
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    path = path.resolve()  # absolute: Ray workers may run in another directory
+    return path.resolve()
+
+
+def _is_glob(spec: str) -> bool:
+    return any(ch in spec for ch in "*?[")
+
+
+def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
+    """A Parquet file, a folder of them, or a glob; relative paths are from `base_dir`. A
+    name that exists is taken as it is, even with glob characters in it (``run[1].parquet``)."""
+    if _URI.match(spec):
+        return _find_remote_files(spec)
+    path = _local_manifest_path(spec, base_dir)
     if path.is_dir():
         files = sorted(str(p) for p in path.rglob("*.parquet"))
-    elif any(ch in str(path) for ch in "*?["):
-        files = sorted(glob.glob(str(path), recursive=True))
+    elif path.is_file():
+        files = [str(path)]
+    elif _is_glob(spec):  # only the spec's own characters are a pattern, not base_dir's
+        prefix = "" if Path(spec).is_absolute() or base_dir is None else f"{base_dir}/"
+        pattern = glob.escape(prefix) + os.path.expanduser(spec)
+        files = sorted(str(Path(f).resolve()) for f in glob.glob(pattern, recursive=True))
     else:
-        files = [str(path)] if path.is_file() else []
+        files = []
     if not files:
         raise ManifestError(
             f"manifest: {spec!r} matches no Parquet file (looked at {path}); give a .parquet "
             "file, a folder holding .parquet files, or a glob such as 'data/*.parquet'."
         )
     return files
+
+
+def manifest_folder(spec: str, base_dir: Path | None = None) -> str | None:
+    """The folder that relative init_image paths are read from: the manifest's folder (the
+    folder itself when the manifest is one; a file's folder; a glob's folder before its first
+    pattern character). None for remote manifests (s3://, ...): give init_image as URIs."""
+    if _URI.match(spec):
+        if not spec.startswith("file://"):
+            return None
+        spec, base_dir = spec.removeprefix("file://"), None
+    path = _local_manifest_path(spec, base_dir)
+    if path.is_dir():
+        return str(path)
+    if path.is_file() or not _is_glob(spec):
+        return str(path.parent)
+    fixed = []
+    for part in Path(os.path.expanduser(spec)).parts:
+        if _is_glob(part):
+            break
+        fixed.append(part)
+    return str(_local_manifest_path(str(Path(*fixed)) if fixed else ".", base_dir))
+
+
+def check_out_outside_manifest(spec: str, base_dir: Path | None, out: str) -> None:
+    """A folder manifest reads every .parquet below it, so OUT (its results) cannot be there."""
+    if _URI.match(spec) or "://" in out:
+        return
+    folder = _local_manifest_path(spec, base_dir)
+    if folder.is_dir() and Path(out).resolve().is_relative_to(folder):
+        raise ManifestError(
+            f"--out {out!r} is inside the manifest folder {str(folder)!r}: a rerun would read "
+            "OUT's results/*.parquet as manifest rows. Put OUT outside that folder, or point "
+            "manifest at the Parquet files themselves (a file or a glob)."
+        )
 
 
 def _find_remote_files(uri: str) -> list[str]:

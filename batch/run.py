@@ -11,7 +11,6 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -227,11 +226,3 @@ class ResultCounts:
     def per_replica(self) -> dict[str, float]:
         """Images/s of each worker over its own generation time (sum of per-image shares)."""
         return {w: round(n / busy_s, 3) for w, (n, busy_s) in self.busy.items() if busy_s > 0}
-
-
-def manifest_dir_of(files: list[str]) -> str | None:
-    """The folder relative init_image paths are read from: the first manifest file's (local
-    or file://). Remote manifests (s3://, ...) must give init_image as full URIs."""
-    if not files or ("://" in files[0] and not files[0].startswith("file://")):
-        return None
-    return str(Path(files[0].removeprefix("file://")).resolve().parent)

@@ -14,10 +14,15 @@ import yaml
 
 from batch.actor import RunConfig
 from batch.errors import ConfigError, ModelError
-from batch.manifest import find_manifest_files, validate_manifest
+from batch.manifest import (
+    check_out_outside_manifest,
+    find_manifest_files,
+    manifest_folder,
+    validate_manifest,
+)
 from batch.models import ModelSpec, relative_to, resolve_model_source
 from batch.outputs import OutputDir
-from batch.run import Progress, RunStats, manifest_dir_of, run_local, summarize
+from batch.run import Progress, RunStats, run_local, summarize
 from jobs.spec import BatchJob
 
 logger = logging.getLogger(__name__)
@@ -34,6 +39,7 @@ class PreparedJob:
     config: RunConfig
     files: list[str]
     expected_outputs: int
+    job_path: Path
 
 
 def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> PreparedJob:
@@ -43,13 +49,15 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
         resolve_model_source(spec)
     except ModelError as exc:
         raise ModelError(f"{job_path}: {exc}") from None
+    out = out_uri or str(Path("out") / (job.name or job_path.stem))
+    out = out if "://" in out else str(Path(out).resolve())  # actors may run elsewhere
+    check_out(OutputDir(out))
+    check_out_outside_manifest(job.manifest, job_path.parent, out)  # before reading it
     files = find_manifest_files(job.manifest, base_dir=job_path.parent)
-    base_dir = manifest_dir_of(files)
+    base_dir = manifest_folder(job.manifest, job_path.parent)
     defaults = job.row_defaults()
     expected = validate_manifest(files, defaults, job.max_reported_errors,
                                  Path(base_dir) if base_dir else None)  # fmt: skip
-    out = out_uri or str(Path("out") / (job.name or job_path.stem))
-    out = out if "://" in out else str(Path(out).resolve())  # actors may run elsewhere
     config = RunConfig(
         model=spec, defaults=defaults, out_uri=out, job_seed=job.seed,
         batch_size=job.batch_size, pad_batches=job.pad_batches, cpu_threads=job.cpu_threads,
@@ -57,7 +65,23 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
         embed_image_bytes=job.output.embed_image_bytes, manifest_dir=base_dir,
         test_hooks=test_hooks(),
     )  # fmt: skip
-    return PreparedJob(job, config, files, expected)
+    return PreparedJob(job, config, files, expected, job_path)
+
+
+def check_out(out: OutputDir) -> None:
+    """OUT's filesystem is one pyarrow knows and OUT is not a file (before any model loads)."""
+    from pyarrow import fs
+
+    try:
+        filesystem, root = out.filesystem()
+        info = filesystem.get_file_info(root)
+    except (ValueError, OSError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ConfigError(
+            f"--out {out.uri!r}: {exc}; give a local folder or a URI of a filesystem pyarrow "
+            "reads and writes (s3://bucket/path, gs://..., abfs://..., file:///mnt/...)"
+        ) from None
+    if info.type == fs.FileType.File:
+        raise ConfigError(f"--out {out.uri!r} is a file; give a folder (new, or an earlier run's)")
 
 
 def test_hooks() -> dict[str, Any]:
@@ -134,7 +158,7 @@ def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
     """Execute and return the summary (also written to OUT/summary.json)."""
     out = OutputDir(prepared.config.out_uri)
     check_same_job(out, prepared.job, executor)
-    write_job_record(out, prepared.job, Path(prepared.files[0]), executor)
+    write_job_record(out, prepared.job, prepared.job_path, executor)
     stats = RunStats(executor=executor)
     if executor == "local":
         run_local(prepared.config, prepared.files, stats, progress)

@@ -10,9 +10,11 @@ import pytest
 from batch.errors import ManifestError
 from batch.manifest import (
     RowDefaults,
+    check_out_outside_manifest,
     check_row,
     expand_row,
     find_manifest_files,
+    manifest_folder,
     table_from_rows,
     validate_manifest,
 )
@@ -148,6 +150,34 @@ def test_manifest_file_folder_and_glob(tmp_path):
     assert find_manifest_files("a.parquet", base_dir=tmp_path) == [str(tmp_path / "a.parquet")]
     with pytest.raises(ManifestError, match="matches no Parquet file"):
         find_manifest_files(str(tmp_path / "nope.parquet"))
+
+
+def test_glob_characters_in_a_real_name_or_in_the_job_folder(tmp_path):
+    base = tmp_path / "jobs[v2]"  # the job file's folder
+    (base / "run[1]").mkdir(parents=True)
+    write(base / "run[1]", [GOOD])
+    found = [str(base / "run[1]" / "m.parquet")]
+    assert find_manifest_files("run[1]/m.parquet", base_dir=base) == found  # exists: not a glob
+    assert find_manifest_files("run*/m.parquet", base_dir=base) == found  # only the spec globs
+
+
+def test_relative_paths_are_read_from_the_manifest_folder_given(tmp_path):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    write(tmp_path / "data" / "a", [GOOD])
+    data = str(tmp_path / "data")
+    assert manifest_folder("data", tmp_path) == data  # a folder: itself, for every file below
+    assert manifest_folder("data/a/m.parquet", tmp_path) == data + "/a"
+    assert manifest_folder("data/*/m.parquet", tmp_path) == data
+    assert manifest_folder(f"file://{data}/a/m.parquet") == data + "/a"
+    assert manifest_folder("s3://bucket/m.parquet") is None
+
+
+def test_out_inside_a_folder_manifest_is_refused(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(ManifestError, match="inside the manifest folder.*Put OUT outside"):
+        check_out_outside_manifest("data", tmp_path, str(tmp_path / "data" / "out"))
+    check_out_outside_manifest("data", tmp_path, str(tmp_path / "out"))
+    check_out_outside_manifest("data/*.parquet", tmp_path, str(tmp_path / "data" / "out"))
 
 
 def test_unreadable_parquet_names_the_file(tmp_path):

@@ -212,3 +212,32 @@ def test_missing_outputs_are_not_row_errors():
     assert exit_status(summary | {"unique_outputs": 3, "error": 0}) == EXIT_CRASH  # run again
     assert exit_status(summary | {"unique_outputs": 3}) == EXIT_CRASH
     assert exit_status(summary | {"error": 0}) == EXIT_OK
+
+
+def test_a_bad_out_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    import batch.replica
+
+    monkeypatch.setattr(batch.replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
+    job = write_job(tmp_path, ROWS[:1])
+    assert run(job, "bogus://x") == EXIT_CONFIG
+    assert "--out 'bogus://x': " in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert run(job, tmp_path / "a-file") == EXIT_CONFIG
+    assert "a-file' is a file; give a folder" in capsys.readouterr().err
+
+
+def test_job_record_names_the_job_file(tmp_path):
+    job, out = write_job(tmp_path, ROWS[:1], model="builtin:null"), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    assert yaml.safe_load((out / "job.yaml").read_text())["source"] == str(job)
+
+
+def test_out_inside_the_manifest_folder_is_refused_before_reading_it(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    job = write_job(tmp_path / "data", ROWS[:1], model="builtin:null")
+    job.rename(tmp_path / "job.yaml")
+    (tmp_path / "job.yaml").write_text((tmp_path / "job.yaml").read_text().replace(
+        "manifest: m.parquet", "manifest: data"))  # fmt: skip
+    assert run(tmp_path / "job.yaml", tmp_path / "data" / "out") == EXIT_CONFIG
+    assert "is inside the manifest folder" in capsys.readouterr().err
+    assert run(tmp_path / "job.yaml", tmp_path / "out") == EXIT_OK
