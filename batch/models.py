@@ -7,6 +7,7 @@ ids, `from_single_file` for `.safetensors`/`.ckpt` checkpoints.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -53,6 +54,11 @@ def relative_to(name: str | None, base_dir: Path) -> str | None:
 
 def resolve_model_source(spec: ModelSpec) -> ModelSource:
     """Classify `spec.model` and refuse what must not load; raises ModelError with the fix."""
+    if spec.model_config and not Path(os.path.expanduser(spec.model_config)).is_dir():
+        raise ModelError(
+            f"model_config: {spec.model_config!r} is not a folder; give a local diffusers "
+            "folder of the checkpoint's architecture (the one holding model_index.json)."
+        )
     name = spec.model
     if name.startswith("builtin:"):
         if name not in BUILTINS:
@@ -73,10 +79,13 @@ def resolve_model_source(spec: ModelSpec) -> ModelSource:
                 "pipeline folder; point at the folder that holds model_index.json, or at a "
                 "single .safetensors checkpoint."
             )
+        check_model_index(path / "model_index.json")
         return ModelSource("folder", str(path))
     if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
         if not path.is_file():
             raise ModelError(f"model: checkpoint file {name!r} does not exist; check the path.")
+        if path.suffix.lower() == ".safetensors":
+            check_safetensors_header(path)
         return ModelSource("single_file", str(path))
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
         return ModelSource("hub", name)
@@ -84,6 +93,42 @@ def resolve_model_source(spec: ModelSpec) -> ModelSource:
         f"model: {name!r} is neither a builtin, an existing folder, a checkpoint file nor a hub "
         "id like 'org/name'; check the path."
     )
+
+
+def check_model_index(path: Path) -> None:
+    """model_index.json is a JSON object naming the pipeline class (what from_pretrained reads
+    first); anything else fails before a model loads, naming the file."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model: {str(path)!r} cannot be read as JSON ({exc}); re-save the pipeline with "
+            "save_pretrained, or fix the file."
+        ) from None
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise ModelError(
+            f'model: {str(path)!r} names no pipeline class (no "_class_name"); re-save the '
+            "pipeline with save_pretrained, or point at the folder of a complete pipeline."
+        )
+
+
+def check_safetensors_header(path: Path) -> None:
+    """A .safetensors file starts with an 8-byte little-endian length and that much JSON;
+    a truncated or mislabelled file fails here, before a model loads."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= min(size - 8, 100_000_000):
+                raise ValueError(f"header length {length} in a file of {size} bytes")
+            header = json.loads(handle.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model: {str(path)!r} is not a readable .safetensors file ({exc}); check that "
+            "the download is complete and the file really is safetensors."
+        ) from None
 
 
 def choose_device_dtype(spec: ModelSpec) -> tuple[Any, Any]:
@@ -171,12 +216,27 @@ def _from_pretrained(location: str, spec: ModelSpec, dtype: Any, local_only: boo
     try:
         return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
-        if "safetensors" in str(exc) and not spec.allow_pickle:
+        pickled_only = not any(Path(location).rglob("*.safetensors"))  # a hub id: none here
+        if "safetensors" in str(exc) and not spec.allow_pickle and pickled_only:
             raise ModelError(
                 f"model: {location!r} has no .safetensors weights (only pickled .bin/.ckpt). "
                 "Convert them, or set `allow_pickle: true` if you trust the files."
             ) from exc
-        raise
+        if not local_only or not Path(location).is_dir():
+            raise  # a hub id: `_from_hub` says what to do
+        raise _folder_error(location, exc) from exc
+    except Exception as exc:  # a broken folder fails in many ways inside diffusers
+        if not Path(location).is_dir():
+            raise
+        raise _folder_error(location, exc) from exc
+
+
+def _folder_error(location: str, exc: Exception) -> ModelError:
+    return ModelError(
+        f"model: the diffusers folder {location!r} could not be loaded ({type(exc).__name__}: "
+        f"{_first_line(exc)[:300]}); check that every component folder named in "
+        "model_index.json is complete, or re-save the pipeline with save_pretrained."
+    )
 
 
 def _from_hub(repo_id: str, spec: ModelSpec, dtype: Any):

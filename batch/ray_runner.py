@@ -8,6 +8,7 @@ read_parquet -> repartition(rows per block) -> [checkpoint filter: drop committe
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -152,7 +153,7 @@ def configure_data_context(checkpoint_path: str, options: Any) -> None:
         id_column="id", checkpoint_path=checkpoint_path, delete_checkpoint_on_success=False
     )
     ctx.execution_no_progress_timeout_s = options.stall_timeout_s
-    ctx.wait_for_min_actors_s = int(options.min_replicas_timeout_s)
+    ctx.wait_for_min_actors_s = math.ceil(options.min_replicas_timeout_s)  # Ray: whole s, 0=off
     ctx.max_errored_blocks = 0  # never drop a block silently: rows fail inside the actor
     ctx.enable_progress_bars = False  # the CLI shows one bar with images/s and ETA
     ctx.print_on_execution_start = False
@@ -188,7 +189,7 @@ def execute(dataset, out: OutputDir, options: Any) -> None:
                 f"(ray.stall_timeout_s) and was stopped; committed rows are kept, run the same "
                 f"command again to resume. Ray said: {text.splitlines()[0][:300]}"
             ) from exc
-        if "wait_for_min_actors" in text or "min actors" in text.lower():
+        if "timed out while starting actors" in text.lower():  # Ray 2.60's GetTimeoutError
             raise PipelineError(
                 f"the replica pool did not start within {options.min_replicas_timeout_s:g} s "
                 f"(ray.min_replicas_timeout_s): the cluster cannot host it. {text[:300]}"

@@ -50,7 +50,7 @@ def add_bench_parser(sub) -> None:
                           ("--repeats", 3), ("--frames", 24)):  # fmt: skip
         bench.add_argument(flag, type=int, default=default)
     bench.add_argument("--guidance-scale", type=float, default=7.5)
-    bench.add_argument("--rows-per-block", type=int, help="sdfleet's ray executor (job: 16)")
+    bench.add_argument("--rows-per-block", type=int, help="sdfleet's ray executor (job: 128)")
     bench.add_argument("--cpu-threads", type=int, help="torch threads, all contenders (all cores)")
     bench.add_argument("--strength", type=float, default=0.5, help="--animation: img2img share")
     bench.add_argument("--device")

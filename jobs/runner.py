@@ -109,8 +109,10 @@ PIXEL_FIELDS = ("model", "model_config", "scheduler", "device", "dtype", "seed",
 
 
 def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
-    """Resuming into OUT is only safe with the settings (and executor) that started it."""
-    if not out.exists("job.yaml"):
+    """Resuming into OUT is only safe with the settings (and executor) that started it. A run
+    that committed no row yet (it failed first) binds nothing: its job.yaml is replaced."""
+    checkpoint = job.ray.checkpoint_path or out.child_uri("_checkpoint")
+    if not out.exists("job.yaml") or not has_parquet(out.child_uri("results"), checkpoint):
         return
     before = yaml.safe_load(out.read_bytes("job.yaml")) or {}
     now = job.model_dump(mode="json", by_alias=True)
@@ -127,6 +129,35 @@ def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
             f"record of finished rows; resume it with --executor {before['executor']}, or use "
             "a new --out."
         )
+
+
+def check_local_device(device: str | None) -> None:
+    """`device: cuda[:N]` needs that GPU in this process; say so before a model loads."""
+    if not device or not device.startswith("cuda"):
+        return
+    import torch
+
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if index >= count:
+        raise ConfigError(
+            f"device: {device!r}, but this machine has {count} usable CUDA GPU(s) (torch "
+            f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); set device: cpu "
+            "or auto, or run where the GPU and a CUDA build of torch are."
+        )
+
+
+def has_parquet(*folders: str) -> bool:
+    """Whether any of the folders (paths or URIs) holds a .parquet file, at any depth."""
+    from pyarrow import fs
+
+    for folder in folders:
+        filesystem, root = OutputDir(folder).filesystem()
+        found = filesystem.get_file_info(fs.FileSelector(root, recursive=True,
+                                                         allow_not_found=True))  # fmt: skip
+        if any(info.path.endswith(".parquet") for info in found):
+            return True
+    return False
 
 
 def write_job_record(out: OutputDir, job: BatchJob | Any, source: Path, executor: str) -> None:
@@ -157,6 +188,8 @@ def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
                   address: str | None = None) -> dict:  # fmt: skip
     """Execute and return the summary (also written to OUT/summary.json)."""
     out = OutputDir(prepared.config.out_uri)
+    if executor == "local":  # Ray checks its nodes' GPUs when it sizes the pool
+        check_local_device(prepared.config.model.device)
     check_same_job(out, prepared.job, executor)
     write_job_record(out, prepared.job, prepared.job_path, executor)
     stats = RunStats(executor=executor)

@@ -66,8 +66,9 @@ class RayOptions(Strict):
     num_cpus_per_replica: float = Field(1, gt=0)
     rows_per_block: int = Field(128, ge=1)
     allow_fewer_replicas: bool = False
-    min_replicas_timeout_s: float = Field(600, gt=0, description="time for replicas to load")
-    stall_timeout_s: float = Field(600, gt=0)
+    min_replicas_timeout_s: float = Field(600, gt=0, allow_inf_nan=False,
+                                          description="time for replicas to load")  # fmt: skip
+    stall_timeout_s: float = Field(600, gt=0, allow_inf_nan=False)
     checkpoint_path: str | None = None
 
 
@@ -111,9 +112,14 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
     """YAML -> dict, with a ConfigError naming the file for unreadable or malformed YAML."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read job file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save the job file as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -226,6 +226,34 @@ def test_resolve_model_source_errors_name_the_value(tmp_path, model, expected):
     assert repr(model) in str(err.value)
 
 
+def test_broken_model_files_fail_before_loading_naming_the_file(tmp_path):
+    folder = tmp_path / "pipe"
+    folder.mkdir()
+    (folder / "model_index.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"model_index.json' names no pipeline class"):
+        resolve_model_source(ModelSpec(model=str(folder)))
+    (folder / "model_index.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"model_index.json' cannot be read as JSON"):
+        resolve_model_source(ModelSpec(model=str(folder)))
+    garbage = tmp_path / "model.safetensors"
+    garbage.write_bytes(b"<html>403 Forbidden</html>")  # a failed download, say
+    with pytest.raises(ModelError, match=r"model.safetensors' is not a readable .safetensors"):
+        resolve_model_source(ModelSpec(model=str(garbage)))
+    with pytest.raises(ModelError, match=r"model_config: 'no/such/dir' is not a folder"):
+        resolve_model_source(ModelSpec(model="builtin:tiny", model_config="no/such/dir"))
+
+
+def test_folder_that_breaks_inside_diffusers_gives_a_model_error(tiny_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    for weights in (broken / "unet").glob("*.safetensors"):
+        weights.write_bytes(b"truncated")
+    with pytest.raises(ModelError, match=r"the diffusers folder .*broken' could not be loaded"):
+        load_pipelines(ModelSpec(model=str(broken)))
+
+
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin", ".pkl"])
 def test_resolve_refuses_pickle_suffixes_before_touching_disk(suffix):
     with pytest.raises(ModelError, match="allow_pickle"):

@@ -241,3 +241,62 @@ def test_out_inside_the_manifest_folder_is_refused_before_reading_it(tmp_path, c
     assert run(tmp_path / "job.yaml", tmp_path / "data" / "out") == EXIT_CONFIG
     assert "is inside the manifest folder" in capsys.readouterr().err
     assert run(tmp_path / "job.yaml", tmp_path / "out") == EXIT_OK
+
+
+def test_job_file_that_is_not_utf8_names_the_byte(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_bytes(b"manifest: m.parquet\nseed: 1 # caf\xe9\n")
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    assert "job.yaml: not UTF-8 text (byte 0xe9 at offset 33); save the job file as UTF-8" in (
+        capsys.readouterr().err
+    )
+
+
+def test_ray_timeouts_must_be_finite(tmp_path, capsys):
+    job = write_job(tmp_path, ROWS[:1], ray={"min_replicas_timeout_s": float("inf")})
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    assert "ray.min_replicas_timeout_s" in capsys.readouterr().err
+
+
+def test_replicas_that_do_not_start_become_a_message():
+    from ray.exceptions import GetTimeoutError
+
+    from batch.errors import PipelineError
+    from batch.outputs import OutputDir
+    from batch.ray_runner import execute
+    from jobs.spec import RayOptions
+
+    class NeverStarts:
+        def write_parquet(self, *args, **kwargs):
+            raise GetTimeoutError(
+                "Timed out while starting actors. This may mean that the cluster does not "
+                "have enough resources for the requested actor pool."
+            )
+
+    options = RayOptions(min_replicas_timeout_s=0.5)
+    with pytest.raises(PipelineError, match=r"did not start within 0.5 s \(ray.min_replicas"):
+        execute(NeverStarts(), OutputDir("/tmp/unused"), options)
+
+
+def test_cuda_device_without_a_gpu_is_refused_before_loading(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    job = write_job(tmp_path, ROWS[:1], device="cuda:1")
+    assert run(job, tmp_path / "out") == EXIT_CONFIG
+    assert "device: 'cuda:1', but this machine has 0 usable CUDA GPU(s)" in capsys.readouterr().err
+
+
+def test_a_first_run_that_committed_nothing_binds_no_settings(tmp_path, capsys):
+    job, out = write_job(tmp_path, ROWS[:1], model="nowhere/pipe"), tmp_path / "out"
+    (tmp_path / "nowhere" / "pipe").mkdir(parents=True)
+    (tmp_path / "nowhere" / "pipe" / "model_index.json").write_text(
+        '{"_class_name": "StableDiffusionPipeline"}'
+    )
+    assert run(job, out) != EXIT_OK  # the model cannot load: nothing committed
+    assert (out / "job.yaml").is_file()
+    fixed = write_job(tmp_path, ROWS[:1], model="builtin:null", seed=7)
+    assert run(fixed, out) == EXIT_OK  # not "holds results of a different job"
+    changed = write_job(tmp_path, ROWS[:1], model="builtin:null", seed=8)
+    assert run(changed, out) == EXIT_CONFIG  # now rows are committed: settings are bound
+    assert "holds results of a different job" in capsys.readouterr().err
