@@ -383,14 +383,15 @@ def _check_id(row_id: Any, bad) -> None:
 def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
     prompt = _value(row, defaults, "prompt")
     if defaults.prompt_template:
+        values = _template_values(row, defaults)
         for name in _template_fields(defaults.prompt_template):
-            if name not in row:
+            if name not in values:
                 bad(name, None, f"prompt_template uses {{{name}}} but the manifest has no such "
                     "column; add it or change the template")  # fmt: skip
                 break
-            if row[name] is None or (name == "prompt" and not str(row[name]).strip()):
-                bad(name, row[name], f"prompt_template uses {{{name}}}, which is empty in "
-                    "this row; fill it")  # fmt: skip
+            if values[name] is None or (name == "prompt" and not str(values[name]).strip()):
+                bad(name, row.get(name), f"prompt_template uses {{{name}}}, which is empty in "
+                    "this row; fill it (or give the job a default)")  # fmt: skip
     elif not isinstance(prompt, str) or not prompt.strip():
         bad(
             "prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job"
@@ -398,6 +399,14 @@ def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
     negative = row.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         bad("negative_prompt", negative, "negative_prompt must be a string")
+
+
+def _template_values(row: dict, defaults: RowDefaults) -> dict:
+    """The row's columns, with the job's default for a known column the row leaves empty (a
+    template's {prompt} is the job's `defaults.prompt` where the row has none)."""
+    filled = {name: getattr(defaults, name) for name in KNOWN_COLUMNS
+              if row.get(name) is None and getattr(defaults, name, None) is not None}  # fmt: skip
+    return {**row, **filled}
 
 
 def _template_fields(template: str) -> list[str]:
@@ -507,7 +516,7 @@ def expand_row(row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path |
     carried = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS}
     prompt = _value(row, defaults, "prompt")
     if defaults.prompt_template:
-        prompt = defaults.prompt_template.format_map(row)
+        prompt = defaults.prompt_template.format_map(_template_values(row, defaults))
     image = row.get("init_image")
     if isinstance(image, str) and not _URI.match(image):
         image = str(resolve_local_path(image, base_dir))

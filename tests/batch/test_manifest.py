@@ -105,6 +105,17 @@ def test_prompt_template_needs_its_columns(tmp_path):
     assert "column 'style'" in text and "prompt_template" in text
 
 
+def test_prompt_template_takes_the_job_default_where_a_row_has_none(tmp_path):
+    defaults = RowDefaults(prompt="a cat", prompt_template="{prompt}, {style}")
+    rows = [{"id": "a", "style": "watercolour"}, {"id": "b", "prompt": "a dog", "style": "ink"}]
+    assert validate_manifest(write(tmp_path, rows), defaults) == 2
+    assert [expand_row(row, defaults, 0)[0].prompt for row in rows] == [
+        "a cat, watercolour", "a dog, ink"]  # fmt: skip
+    bare = RowDefaults(prompt_template="{prompt}")  # no default prompt: the row must give one
+    text = messages(tmp_path, [{"id": "c", "style": "ink"}], bare)
+    assert "column 'prompt'" in text and "prompt_template uses {prompt}" in text
+
+
 def test_defaults_fill_missing_values_and_count_outputs(tmp_path):
     rows = [{"id": "a", "prompt": None}, {"id": "b", "prompt": "own", "num_images": 3}]
     defaults = RowDefaults(prompt="default prompt", width=64, height=64)
