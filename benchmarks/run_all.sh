@@ -29,7 +29,7 @@ SDFLEET=${SDFLEET:-sdfleet}
 
 # 3. overhead at scale with builtin:null (1M rows writes 1M small PNG files: ~4 GB, 10+ min)
 "$SDFLEET" bench --overhead --rows 10000,100000,1000000 --contenders local --out "$OUT/overhead-local"
-"$SDFLEET" bench --overhead --rows 10000,100000 --contenders ray --out "$OUT/overhead-ray"
+"$SDFLEET" bench --overhead --rows 10000,100000,1000000 --contenders ray --out "$OUT/overhead-ray"
 "$SDFLEET" bench --overhead --rows 10000,100000 --contenders ray --rows-per-block 16 \
   --out "$OUT/overhead-ray-16"
 "$SDFLEET" bench --overhead --rows 10000,100000 --contenders ray --rows-per-block 256 \
