@@ -147,14 +147,22 @@ class Expression:
             value = float(self._node({"t": t, "max_f": max_f, "s": s}))
         except (ArithmeticError, ValueError) as err:
             raise ScheduleError(
-                f"{self.field}: {self.source!r} cannot be evaluated at t={t:g}: {err}"
+                f"{self.field}: {self.source!r} cannot be evaluated {self._at(t, max_f, s)}: {err}"
             ) from None
         if not math.isfinite(value):
             raise ScheduleError(
-                f"{self.field}: {self.source!r} gives {value} at t={t:g}; "
+                f"{self.field}: {self.source!r} gives {value} {self._at(t, max_f, s)}; "
                 "expected a finite number (check divisions and powers)"
             )
         return value
+
+    def _at(self, t: float, max_f: float, s: float) -> str:
+        """Where it failed, in the names it uses (a frame key has no t)."""
+        if "t" in self.names:
+            return f"at t={t:g}"
+        shown = [f"{name}={value:g}" for name, value in (("max_f", max_f), ("s", s))
+                 if name in self.names]  # fmt: skip
+        return f"with {', '.join(shown)}" if shown else "at all"
 
 
 def compile_expression(

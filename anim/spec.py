@@ -222,6 +222,17 @@ class AnimationJob(BaseModel):
             )
         return self
 
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _fixed_seed(cls, value: Any) -> Any:
+        if value == -1:
+            raise ValueError(
+                "-1 (Deforum's 'pick a random seed') is not used: sdfleet renders repeatably; "
+                f"give any seed from 0 to {SEED_MAX} (seed_behavior: random still varies it "
+                "per frame, derived from this seed)"
+            )
+        return value
+
     @field_validator("width", "height")
     @classmethod
     def _multiple_of_8(cls, value: int) -> int:

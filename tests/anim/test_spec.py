@@ -82,13 +82,13 @@ def test_unknown_fields_suggest_the_nearest_name() -> None:
 
 def test_every_problem_is_listed_with_file_field_value_and_fix() -> None:
     message = problems(
-        {**SMALL, "W": 65, "seed_behavior": "iterate", "zoom": "0:(foo)", "seed": -1}
+        {**SMALL, "W": 65, "seed_behavior": "iterate", "zoom": "0:(foo)", "seed": -5}
     )
     assert message.startswith("jobs/clip.yaml: 4 problem(s) in the animation job:")
     assert "jobs/clip.yaml: W: 65 is not a multiple of 8" in message and "use 64 or 72" in message
     assert "seed_behavior: Input should be 'iter'" in message and "(got 'iterate')" in message
     assert "zoom: unknown name 'foo'" in message and "column 4" in message
-    assert "seed: Input should be greater than or equal to 0 (got -1)" in message
+    assert "seed: Input should be greater than or equal to 0 (got -5)" in message
 
 
 def test_schedule_syntax_errors_fail_at_load_with_a_caret() -> None:
@@ -135,6 +135,17 @@ def test_numbers_written_as_text_are_held_for_the_whole_clip() -> None:
 def test_clips_and_a_clips_manifest_are_not_both_set() -> None:
     message = problems({**SMALL, "clips": [{"id": "a"}], "clips_manifest": "shots.parquet"})
     assert "clips (1 entries) and clips_manifest ('shots.parquet') are both set" in message
+
+
+def test_deforum_random_seed_gets_the_fix() -> None:
+    assert "seed: -1 (Deforum's 'pick a random seed') is not used" in problems(
+        {**SMALL, "seed": -1}
+    )
+
+
+def test_a_frame_key_that_fails_names_max_f_not_t() -> None:
+    message = problems({**SMALL, "zoom": '"1/(max_f-7)":(1), 0:(0)'})
+    assert "zoom: '1/(max_f-7)' cannot be evaluated with max_f=7: float division by zero" in message
 
 
 def test_range_errors_say_the_fix() -> None:
