@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -105,10 +106,14 @@ def fingerprint(job: AnimationJob, plan: Sequence[FrameRecord]) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name and rename: a reader (or a resume) never sees half a file."""
+    """Write to a temporary name, fsync and rename: a reader (or a resume) never sees half a
+    file, and a frame is on disk before the state that counts it (fsynced too) is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     tmp.replace(path)
 
 
