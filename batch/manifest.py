@@ -229,26 +229,43 @@ def validate_manifest(
         scan = _scan_rows(files, defaults, max_problems, base_dir, _Uniqueness(repeated))
     if scan.problems:
         raise _problems_error(scan.problems, scan.total_bad)
+    if scan.outputs == 0:
+        raise ManifestError(
+            f"manifest: {len(files)} file(s) ({files[0]}{', ...' if len(files) > 1 else ''}) "
+            "hold no rows; nothing to generate. Check that the right files are named."
+        )
     return scan.outputs
 
 
 def check_columns(files: list[str]) -> None:
-    """Carried columns must not clash with the columns sdfleet writes into the results."""
+    """Carried columns must not clash with the columns sdfleet writes into the results, and a
+    column must have one type across the manifest's files (the results are one table)."""
     from batch.outputs import result_types
 
     reserved = set(result_types()) - set(KNOWN_COLUMNS)
+    first_seen: dict[str, tuple[pa.DataType, str]] = {}
     for path in files:
         try:
-            names = open_parquet(path).schema_arrow.names
+            schema = open_parquet(path).schema_arrow
         except (OSError, pa.ArrowInvalid) as exc:
             raise ManifestError(f"manifest: cannot read {path!r} as Parquet: {exc}") from exc
-        clash = sorted(reserved & set(names))
+        clash = sorted(reserved & set(schema.names))
         if clash:
             raise ManifestError(
                 f"{path}: column(s) {', '.join(repr(c) for c in clash)} would be carried into "
                 "the results, where sdfleet writes its own column of that name; rename them "
                 f"(e.g. 'src_{clash[0]}')."
             )
+        for column in schema:
+            if pa.types.is_null(column.type) or column.name in KNOWN_COLUMNS:
+                continue  # all-null: takes the other files' type; known: checked per value
+            seen = first_seen.setdefault(column.name, (column.type, path))
+            if seen[0] != column.type:
+                raise ManifestError(
+                    f"{path}: column {column.name!r} is {column.type}, but {seen[1]} has it as "
+                    f"{seen[0]}; the results are one table, so cast the column to one type in "
+                    "every file."
+                )
 
 
 def _problems_error(problems: list[Problem], total_bad: int) -> ManifestError:
@@ -380,18 +397,27 @@ def _check_id(row_id: Any, bad) -> None:
         bad("id", row_id, "ids name files: use at most 200 characters")
 
 
+def _check_template(row: dict, template: str, defaults: RowDefaults, bad) -> None:
+    values = _template_values(row, defaults)
+    fields = _template_fields(template)
+    for name in fields:
+        if name not in values:
+            bad(name, None, f"prompt_template uses {{{name}}} but the manifest has no such "
+                "column; add it or change the template")  # fmt: skip
+            return
+        if values[name] is None or (name == "prompt" and not str(values[name]).strip()):
+            bad(name, row.get(name), f"prompt_template uses {{{name}}}, which is empty in "
+                "this row; fill it (or give the job a default)")  # fmt: skip
+            return
+    if not template.format_map(values).strip():
+        bad(fields[0], row.get(fields[0]), f"prompt_template {template!r} makes a blank prompt "
+            "from this row; fill its columns")  # fmt: skip
+
+
 def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
     prompt = _value(row, defaults, "prompt")
     if defaults.prompt_template:
-        values = _template_values(row, defaults)
-        for name in _template_fields(defaults.prompt_template):
-            if name not in values:
-                bad(name, None, f"prompt_template uses {{{name}}} but the manifest has no such "
-                    "column; add it or change the template")  # fmt: skip
-                break
-            if values[name] is None or (name == "prompt" and not str(values[name]).strip()):
-                bad(name, row.get(name), f"prompt_template uses {{{name}}}, which is empty in "
-                    "this row; fill it (or give the job a default)")  # fmt: skip
+        _check_template(row, defaults.prompt_template, defaults, bad)
     elif not isinstance(prompt, str) or not prompt.strip():
         bad(
             "prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job"

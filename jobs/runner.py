@@ -118,6 +118,10 @@ def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
     now = job.model_dump(mode="json", by_alias=True)
     changed = [f"{k}: {before.get('job', {}).get(k)!r} -> {now.get(k)!r}"
                for k in PIXEL_FIELDS if before.get("job", {}).get(k) != now.get(k)]  # fmt: skip
+    # the record of finished rows: another one would make every row again, next to the old
+    was = (before.get("job", {}).get("ray") or {}).get("checkpoint_path")
+    if was != now["ray"]["checkpoint_path"]:
+        changed.append(f"ray.checkpoint_path: {was!r} -> {now['ray']['checkpoint_path']!r}")
     if changed:
         raise ConfigError(
             f"{out.uri} holds results of a different job (changed {'; '.join(changed)}); a "

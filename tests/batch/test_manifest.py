@@ -233,3 +233,8 @@ def test_bad_prompt_templates_are_refused(template, fragment):
 
     assert fragment in check_prompt_template(template)
     assert check_prompt_template("{prompt}, {style} style, {{braces}}") is None
+
+
+def test_template_that_makes_a_blank_prompt_is_refused(tmp_path):
+    text = messages(tmp_path, [{"id": "a", "style": "  "}], RowDefaults(prompt_template="{style}"))
+    assert "row 'a'" in text and "makes a blank prompt from this row" in text

@@ -300,3 +300,27 @@ def test_a_first_run_that_committed_nothing_binds_no_settings(tmp_path, capsys):
     changed = write_job(tmp_path, ROWS[:1], model="builtin:null", seed=8)
     assert run(changed, out) == EXIT_CONFIG  # now rows are committed: settings are bound
     assert "holds results of a different job" in capsys.readouterr().err
+
+
+def test_rerun_with_another_checkpoint_path_is_refused(tmp_path, capsys):
+    job, out = write_job(tmp_path, ROWS[:1], model="builtin:null"), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    moved = write_job(tmp_path, ROWS[:1], model="builtin:null",
+                      ray={"checkpoint_path": str(tmp_path / "elsewhere")})  # fmt: skip
+    assert run(moved, out) == EXIT_CONFIG
+    assert "ray.checkpoint_path: None -> " in capsys.readouterr().err
+
+
+def test_manifest_problems_across_files(tmp_path, capsys):
+    (tmp_path / "parts").mkdir()
+    pq.write_table(table_from_rows([{"id": "a", "prompt": "p", "sku": 12}]),
+                   tmp_path / "parts" / "1.parquet")  # fmt: skip
+    pq.write_table(table_from_rows([{"id": "b", "prompt": "p", "sku": "A-12"}]),
+                   tmp_path / "parts" / "2.parquet")  # fmt: skip
+    job = write_job(tmp_path, ROWS[:1], manifest="parts")
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    assert "2.parquet: column 'sku' is string, but" in capsys.readouterr().err
+    pq.write_table(table_from_rows([{"id": "x", "prompt": "p"}]).slice(0, 0),
+                   tmp_path / "empty.parquet")  # fmt: skip
+    assert main(["validate", str(write_job(tmp_path, ROWS[:1], manifest="empty.parquet"))]) == 2
+    assert "hold no rows; nothing to generate" in capsys.readouterr().err
