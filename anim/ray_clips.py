@@ -203,7 +203,8 @@ def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = 
         return collect_statuses(tasks)
     # 2. the cluster and the pool
     out = out or str(todo[0].root)
-    plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus, out)
+    device = model_spec(todo[0].job).device
+    plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus, out, device)
     # 3. one block per clip, one clip per actor call
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
@@ -233,8 +234,8 @@ def check_clip_storage(nodes: list[NodeResources], out: str) -> None:
     check_shared_storage(nodes, {"out": out}, fix=CLIP_STORAGE_FIX)
 
 
-def plan_clip_pool(clips: int, address: str | None, replicas: int | None,
-                   num_cpus: float, out: str) -> tuple[Any, int | None]:  # fmt: skip
+def plan_clip_pool(clips: int, address: str | None, replicas: int | None, num_cpus: float,
+                   out: str, device: str | None = None) -> tuple[Any, int | None]:  # fmt: skip
     """Join the cluster; check OUT is seen by every node (`check_clip_storage`); size the pool
     like the batch engine (`batch.pool.plan_pool`: one replica per GPU, else one per machine),
     never more actors than clips. Returns (PoolPlan, torch threads per CPU replica, None
@@ -245,7 +246,8 @@ def plan_clip_pool(clips: int, address: str | None, replicas: int | None,
     connect(address)
     nodes = alive_nodes()
     check_clip_storage(nodes, out)
-    plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True)
+    plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True,
+                     use_gpus=device in (None, "auto") or device.startswith("cuda"))  # fmt: skip
     plan = replace(plan, replicas=min(plan.replicas, clips))
     return plan, cpu_threads_per_replica(plan, replicas)
 

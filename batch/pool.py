@@ -37,13 +37,16 @@ def plan_pool(
     num_cpus_per_replica: float = 1,
     allow_fewer: bool = False,
     reserved_cpus: int = 1,
+    use_gpus: bool = True,
 ) -> PoolPlan:
     """Choose (N, gpus, cpus) per replica; over-asking fails now, naming what exists.
 
-    Default N: one replica per GPU (times `replicas_per_gpu`); on a CPU-only cluster one per
-    machine, since one torch process already uses every core of its machine.
+    Default N: one replica per GPU (times `replicas_per_gpu`); on a CPU-only cluster, or for a
+    job whose device is the CPU (`use_gpus` false: it holds no GPU), one per machine, since
+    one torch process already uses every core of its machine.
     """
-    gpus_each = 1 / replicas_per_gpu if sum(n.gpus for n in nodes) > 0 else 0.0
+    has_gpus = use_gpus and sum(n.gpus for n in nodes) > 0
+    gpus_each = 1 / replicas_per_gpu if has_gpus else 0.0
     capacity = pool_capacity(nodes, gpus_each, num_cpus_per_replica, reserved_cpus)
     if replicas is not None:
         wanted = replicas

@@ -40,7 +40,9 @@ def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Prog
     resuming = has_checkpoint(checkpoint)
     plan = plan_pool(nodes, options.replicas, options.replicas_per_gpu,
                      options.num_cpus_per_replica, options.allow_fewer_replicas,
-                     reserved_cpus=2 if resuming else 1)  # fmt: skip
+                     reserved_cpus=2 if resuming else 1,
+                     use_gpus=config.model.device in (None, "auto") or
+                     config.model.device.startswith("cuda"))  # fmt: skip
     stats.extra["ray"] = {"replicas": plan.replicas, "num_gpus_per_replica": plan.num_gpus,
                           "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes),
                           "resumed": resuming}  # fmt: skip

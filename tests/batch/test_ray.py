@@ -107,6 +107,12 @@ def test_pool_on_cpus_is_one_replica_per_machine_and_keeps_cpus_for_ray_data():
         plan_pool([NodeResources("a", "h", 2, 0)], reserved_cpus=2)
 
 
+def test_a_cpu_job_on_a_gpu_cluster_holds_no_gpu():
+    plan = plan_pool(NODES, use_gpus=False)  # device: cpu
+    assert (plan.replicas, plan.num_gpus) == (2, 0.0)  # one per machine, like a CPU cluster
+    assert plan_pool(NODES, replicas=3, use_gpus=False).replicas == 3  # not capped by GPUs
+
+
 def test_over_asking_names_resources_and_fix():
     with pytest.raises(ConfigError) as info:
         plan_pool(NODES, replicas=4)
