@@ -43,7 +43,7 @@ from anim.plan import compile_plan
 from anim.spec import AnimationJob, load_animation_job, resolve_clips
 from batch.errors import ConfigError
 from batch.models import ModelSpec
-from batch.pool import NodeResources, check_shared_storage
+from batch.pool import NodeResources, check_shared_storage, holds_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def plan_clip_pool(clips: int, address: str | None, replicas: int | None, num_cp
     nodes = alive_nodes()
     check_clip_storage(nodes, out)
     plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True,
-                     use_gpus=device in (None, "auto") or device.startswith("cuda"))  # fmt: skip
+                     use_gpus=holds_gpu(device))  # fmt: skip
     plan = replace(plan, replicas=min(plan.replicas, clips))
     return plan, cpu_threads_per_replica(plan, replicas)
 

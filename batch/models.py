@@ -215,19 +215,15 @@ def _from_pretrained(location: str, spec: ModelSpec, dtype: Any, local_only: boo
         kwargs["revision"] = spec.revision
     try:
         return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a broken folder fails in many ways inside diffusers
         pickled_only = not any(Path(location).rglob("*.safetensors"))  # a hub id: none here
         if "safetensors" in str(exc) and not spec.allow_pickle and pickled_only:
             raise ModelError(
                 f"model: {location!r} has no .safetensors weights (only pickled .bin/.ckpt). "
                 "Convert them, or set `allow_pickle: true` if you trust the files."
             ) from exc
-        if not local_only or not Path(location).is_dir():
-            raise  # a hub id: `_from_hub` says what to do
-        raise _folder_error(location, exc) from exc
-    except Exception as exc:  # a broken folder fails in many ways inside diffusers
         if not Path(location).is_dir():
-            raise
+            raise  # a hub id: `_from_hub` says what to do
         raise _folder_error(location, exc) from exc
 
 

@@ -74,6 +74,16 @@ class OutputDir:
         return info.type != fs.FileType.NotFound
 
 
+def parquet_files(folder_uri: str) -> tuple[Any, list[str]]:
+    """(pyarrow filesystem, paths of the .parquet files directly in the folder); no folder,
+    no files. Results parts and Ray's checkpoint both lie flat in their folders."""
+    from pyarrow import fs
+
+    filesystem, root = OutputDir(folder_uri).filesystem()
+    found = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    return filesystem, [info.path for info in found if info.path.endswith(".parquet")]
+
+
 def a1111_parameters(params: dict[str, Any]) -> str:
     """The `parameters` text A1111 writes, so existing tools (PNG Info, civitai) read it."""
     lines = [params["prompt"]]

@@ -30,6 +30,11 @@ class PoolPlan:
     num_cpus: float  # per replica, always explicit
 
 
+def holds_gpu(device: str | None) -> bool:
+    """Whether a replica with this `device` setting takes a GPU (auto does where there is one)."""
+    return device in (None, "auto") or device.startswith("cuda")
+
+
 def plan_pool(
     nodes: list[NodeResources],
     replicas: int | None = None,

@@ -17,8 +17,8 @@ from typing import Any
 
 from batch.actor import GenerateBatch, RunConfig
 from batch.errors import ConfigError, PipelineError
-from batch.outputs import OutputDir
-from batch.pool import NodeResources, PoolPlan, check_shared_storage, plan_pool
+from batch.outputs import OutputDir, parquet_files
+from batch.pool import NodeResources, PoolPlan, check_shared_storage, holds_gpu, plan_pool
 from batch.run import Progress, RunStats
 
 logger = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Prog
     plan = plan_pool(nodes, options.replicas, options.replicas_per_gpu,
                      options.num_cpus_per_replica, options.allow_fewer_replicas,
                      reserved_cpus=2 if resuming else 1,
-                     use_gpus=config.model.device in (None, "auto") or
-                     config.model.device.startswith("cuda"))  # fmt: skip
+                     use_gpus=holds_gpu(config.model.device))  # fmt: skip
     stats.extra["ray"] = {"replicas": plan.replicas, "num_gpus_per_replica": plan.num_gpus,
                           "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes),
                           "resumed": resuming}  # fmt: skip
@@ -97,16 +96,8 @@ def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int |
     return max(1, int(plan.num_cpus))
 
 
-def checkpoint_files(checkpoint_uri: str) -> tuple[Any, list[str]]:
-    from pyarrow import fs
-
-    filesystem, root = OutputDir(checkpoint_uri).filesystem()
-    found = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
-    return filesystem, [info.path for info in found if info.path.endswith(".parquet")]
-
-
 def has_checkpoint(checkpoint_uri: str) -> bool:
-    return bool(checkpoint_files(checkpoint_uri)[1])
+    return bool(parquet_files(checkpoint_uri)[1])
 
 
 def count_checkpointed_ids(checkpoint_uri: str) -> int:
@@ -116,7 +107,7 @@ def count_checkpointed_ids(checkpoint_uri: str) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    filesystem, paths = checkpoint_files(checkpoint_uri)
+    filesystem, paths = parquet_files(checkpoint_uri)
     if not paths:
         return 0
     ids = [pq.read_table(p, columns=["id"], filesystem=filesystem)["id"] for p in paths]

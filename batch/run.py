@@ -6,6 +6,7 @@ The Ray executor (batch/ray_runner.py) shares everything here except the loop it
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 import time
 from array import array
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 
 from batch.actor import GenerateBatch, RunConfig
 from batch.manifest import open_parquet
-from batch.outputs import OutputDir, write_json
+from batch.outputs import OutputDir, parquet_files, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +132,8 @@ def run_local(config: RunConfig, files: list[str], stats: RunStats, progress: Pr
 def _next_part_number(out: OutputDir) -> int:
     """One past the highest local part number: a committed part is never written over, even
     when an earlier one was deleted."""
-    filesystem, root = out.filesystem()
-    from pyarrow import fs as pafs
-
-    info = filesystem.get_file_info(pafs.FileSelector(f"{root}/results", allow_not_found=True))
-    numbers = [int(m.group(1)) for i in info if (m := _LOCAL_PART.fullmatch(i.base_name))]
+    names = (posixpath.basename(path) for path in parquet_files(out.child_uri("results"))[1])
+    numbers = [int(m.group(1)) for name in names if (m := _LOCAL_PART.fullmatch(name))]
     return max(numbers, default=-1) + 1
 
 

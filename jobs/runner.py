@@ -21,7 +21,7 @@ from batch.manifest import (
     validate_manifest,
 )
 from batch.models import ModelSpec, relative_to, resolve_model_source
-from batch.outputs import OutputDir
+from batch.outputs import OutputDir, parquet_files
 from batch.run import Progress, RunStats, run_local, summarize
 from jobs.spec import BatchJob
 
@@ -112,7 +112,8 @@ def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
     """Resuming into OUT is only safe with the settings (and executor) that started it. A run
     that committed no row yet (it failed first) binds nothing: its job.yaml is replaced."""
     checkpoint = job.ray.checkpoint_path or out.child_uri("_checkpoint")
-    if not out.exists("job.yaml") or not has_parquet(out.child_uri("results"), checkpoint):
+    committed = any(parquet_files(folder)[1] for folder in (out.child_uri("results"), checkpoint))
+    if not out.exists("job.yaml") or not committed:
         return
     before = yaml.safe_load(out.read_bytes("job.yaml")) or {}
     now = job.model_dump(mode="json", by_alias=True)
@@ -149,19 +150,6 @@ def check_local_device(device: str | None) -> None:
             f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); set device: cpu "
             "or auto, or run where the GPU and a CUDA build of torch are."
         )
-
-
-def has_parquet(*folders: str) -> bool:
-    """Whether any of the folders (paths or URIs) holds a .parquet file, at any depth."""
-    from pyarrow import fs
-
-    for folder in folders:
-        filesystem, root = OutputDir(folder).filesystem()
-        found = filesystem.get_file_info(fs.FileSelector(root, recursive=True,
-                                                         allow_not_found=True))  # fmt: skip
-        if any(info.path.endswith(".parquet") for info in found):
-            return True
-    return False
 
 
 def write_job_record(out: OutputDir, job: BatchJob | Any, source: Path, executor: str) -> None:
