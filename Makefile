@@ -21,14 +21,17 @@ demo: $(STAMP)
 	$(BIN)/sdfleet demo --out out/demo
 
 # Default suite: fast tests plus the ray/slow tests the issues' acceptance relies on.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -m "not gpu" -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+LINTED := batch anim jobs tests benchmarks manifests
+
 lint: $(STAMP)
-	$(BIN)/ruff check batch anim jobs tests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -37,15 +37,21 @@ import torch
 import yaml
 from PIL import Image
 
-from anim.colour import from_uint8
-from anim.contact_sheet import make_contact_sheet
-from anim.plan import FrameRecord, compile_plan, plan_to_jsonl
-from anim.render import ChainOptions, Frame, render_frames
-from anim.spec import AnimationJob
-from anim.state import RenderState, load_state, saved_frames, state_arrays, write_state_arrays
-from anim.video import EncodeOptions, encode_frames, read_rgb
-from anim.walk import render_walk_frames
-from batch.outputs import encode_image
+from sdfleet.anim.colour import from_uint8
+from sdfleet.anim.contact_sheet import make_contact_sheet
+from sdfleet.anim.plan import FrameRecord, compile_plan, plan_to_jsonl
+from sdfleet.anim.render import ChainOptions, Frame, render_frames
+from sdfleet.anim.spec import AnimationJob
+from sdfleet.anim.state import (
+    RenderState,
+    load_state,
+    saved_frames,
+    state_arrays,
+    write_state_arrays,
+)
+from sdfleet.anim.video import EncodeOptions, encode_frames, read_rgb
+from sdfleet.anim.walk import render_walk_frames
+from sdfleet.batch.outputs import encode_image
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +147,9 @@ def check_resumable(paths: ClipPaths, job: AnimationJob) -> None:
     load_state(paths.state, fingerprint(job, compile_plan(job)))
 
 
-def write_clip_record(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
-                      header: Mapping[str, str]) -> None:  # fmt: skip
+def write_clip_record(
+    paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord], header: Mapping[str, str]
+) -> None:
     """job.yaml (loadable as a job; versions etc. as comments) and plan.jsonl."""
     comments = "".join(f"# {key}: {value}\n" for key, value in header.items())
     body = yaml.safe_dump(job.model_dump(mode="json", exclude={"clips"}), sort_keys=False)
@@ -159,18 +166,23 @@ def with_absolute_paths(job: AnimationJob, base_dir: Path) -> AnimationJob:
             return value
         return str((base_dir / value).resolve())
 
-    from batch.models import relative_to
+    from sdfleet.batch.models import relative_to
 
     video = job.video.model_copy(update={"soundtrack": absolute(job.video.soundtrack)})
-    return job.model_copy(update={"init_image": absolute(job.init_image), "video": video,
-                                  "model": relative_to(job.model, base_dir)})  # fmt: skip
+    return job.model_copy(
+        update={
+            "init_image": absolute(job.init_image),
+            "video": video,
+            "model": relative_to(job.model, base_dir),
+        }
+    )
 
 
 def load_init_image(source: str | None, width: int, height: int) -> torch.Tensor | None:
     """The job's init_image as (3, H, W) in [0, 1], resized to the clip with Lanczos."""
     if source is None:
         return None
-    from batch.replica import read_image  # the batch engine's reader
+    from sdfleet.batch.replica import read_image  # the batch engine's reader
 
     image = read_image(source, width, height)
     return from_uint8(np.array(image))  # a writable copy for torch
@@ -179,30 +191,48 @@ def load_init_image(source: str | None, width: int, height: int) -> torch.Tensor
 def frame_png(image: np.ndarray, record: FrameRecord, job: AnimationJob) -> bytes:
     """PNG bytes of one frame with its generation parameters (deterministic: no timestamps)."""
     params = {
-        "prompt": record.prompt, "negative_prompt": record.negative_prompt,
-        "seed": record.seed, "num_inference_steps": record.steps,
-        "guidance_scale": record.cfg_scale, "width": job.width, "height": job.height,
-        "model": job.model, "scheduler": job.scheduler, "frame": record.frame,
-        "mode": record.mode, "strength": record.denoise if record.mode == "img2img" else None,
-    }  # fmt: skip
+        "prompt": record.prompt,
+        "negative_prompt": record.negative_prompt,
+        "seed": record.seed,
+        "num_inference_steps": record.steps,
+        "guidance_scale": record.cfg_scale,
+        "width": job.width,
+        "height": job.height,
+        "model": job.model,
+        "scheduler": job.scheduler,
+        "frame": record.frame,
+        "mode": record.mode,
+        "strength": record.denoise if record.mode == "img2img" else None,
+    }
     return encode_image(Image.fromarray(image), "png", params)
 
 
-def iter_clip_frames(job: AnimationJob, plan: Sequence[FrameRecord], model: FrameModel,
-                     state: RenderState, walk_batch_size: int) -> Iterator[Frame]:  # fmt: skip
+def iter_clip_frames(
+    job: AnimationJob,
+    plan: Sequence[FrameRecord],
+    model: FrameModel,
+    state: RenderState,
+    walk_batch_size: int,
+) -> Iterator[Frame]:
     """The frames still to render: the 2D chain or the walk."""
     options = ChainOptions.from_job(job)
     if job.animation_mode == "interpolation":
-        return render_walk_frames(plan, options, model.walk, model.latent_shape, state,
-                                  walk_batch_size)  # fmt: skip
+        return render_walk_frames(
+            plan, options, model.walk, model.latent_shape, state, walk_batch_size
+        )
     init = load_init_image(job.init_image, job.width, job.height)
     return render_frames(plan, options, model, state, init)
 
 
 def encode_clip_video(paths: ClipPaths, job: AnimationJob) -> Path:
     """Stream frames 0..max_frames-1 to ffmpeg, one at a time; the frame count is verified."""
-    options = EncodeOptions(fps=job.fps, format=job.video.format, crf=job.video.crf,
-                            preset=job.video.preset, soundtrack=job.video.soundtrack)  # fmt: skip
+    options = EncodeOptions(
+        fps=job.fps,
+        format=job.video.format,
+        crf=job.video.crf,
+        preset=job.video.preset,
+        soundtrack=job.video.soundtrack,
+    )
     frames = (read_rgb(paths.frame(index)) for index in range(job.max_frames))
     return encode_frames(frames, paths.video, options, frame_count=job.max_frames)
 
@@ -228,8 +258,13 @@ def render_clip(
     print_ = fingerprint(job, plan)
     if is_finished(paths, print_):
         return refresh_outputs(paths, job, plan, header or {})
-    status = {"id": clip_id, "max_frames": job.max_frames, "fingerprint": print_,
-              "video": paths.video.name, "outputs": output_settings(job)}  # fmt: skip
+    status = {
+        "id": clip_id,
+        "max_frames": job.max_frames,
+        "fingerprint": print_,
+        "video": paths.video.name,
+        "outputs": output_settings(job),
+    }
     try:
         # 2. what is rendered, exactly; then the state to continue from
         write_clip_record(paths, job, plan, header or {})
@@ -242,12 +277,25 @@ def render_clip(
         # 4. video and contact sheet
         write_outputs(paths, job)
     except Exception as exc:
-        close_status(paths, status, started, status="error", error=f"{type(exc).__name__}: {exc}",
-                     frames_written=saved_frames(paths.state))  # fmt: skip
+        close_status(
+            paths,
+            status,
+            started,
+            status="error",
+            error=f"{type(exc).__name__}: {exc}",
+            frames_written=saved_frames(paths.state),
+        )
         raise
     # 5. done
-    close_status(paths, status, started, status="ok", error=None, frames_written=job.max_frames,
-                 contact_sheet=paths.contact_sheet.name)  # fmt: skip
+    close_status(
+        paths,
+        status,
+        started,
+        status="ok",
+        error=None,
+        frames_written=job.max_frames,
+        contact_sheet=paths.contact_sheet.name,
+    )
     return read_status(paths) or status
 
 
@@ -259,12 +307,16 @@ def output_settings(job: AnimationJob) -> str:
 
 def write_outputs(paths: ClipPaths, job: AnimationJob) -> None:
     encode_clip_video(paths, job)
-    make_contact_sheet([paths.frame(i) for i in range(job.max_frames)],
-                       job.contact_sheet_every, paths.contact_sheet)  # fmt: skip
+    make_contact_sheet(
+        [paths.frame(i) for i in range(job.max_frames)],
+        job.contact_sheet_every,
+        paths.contact_sheet,
+    )
 
 
-def refresh_outputs(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
-                    header: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+def refresh_outputs(
+    paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord], header: Mapping[str, str]
+) -> dict[str, Any]:
     """A finished clip whose video settings (fps, format, crf, soundtrack, contact sheet)
     changed is encoded again from its frames; its frames are never rendered again."""
     done = read_status(paths) or {}
@@ -276,8 +328,13 @@ def refresh_outputs(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRec
     return read_status(paths) or done
 
 
-def write_frames(paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
-                 frames: Iterator[Frame], progress: Progress | None) -> None:  # fmt: skip
+def write_frames(
+    paths: ClipPaths,
+    job: AnimationJob,
+    plan: Sequence[FrameRecord],
+    frames: Iterator[Frame],
+    progress: Progress | None,
+) -> None:
     """Write each frame (atomically), then the state that follows it, while the next frame
     renders (`FrameWriter`); every frame rendered is written, even when a later one fails."""
     with FrameWriter(paths, job, plan, progress) as writer:
@@ -296,14 +353,19 @@ class FrameWriter:
     caller's thread, for frames already on disk.
     """
 
-    def __init__(self, paths: ClipPaths, job: AnimationJob, plan: Sequence[FrameRecord],
-                 progress: Progress | None, depth: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self,
+        paths: ClipPaths,
+        job: AnimationJob,
+        plan: Sequence[FrameRecord],
+        progress: Progress | None,
+        depth: int = 2,
+    ) -> None:
         self.paths, self.job, self.plan, self.progress = paths, job, plan, progress
         self._queue: queue.Queue[tuple[int, np.ndarray, dict] | None] = queue.Queue(depth)
         self._error: BaseException | None = None
         self._written = self._reported = 0
-        self._thread = threading.Thread(target=self._run, name="sdfleet-frame-writer",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(target=self._run, name="sdfleet-frame-writer", daemon=True)
 
     def __enter__(self) -> FrameWriter:
         self._thread.start()

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from batch.errors import suggest_name
+from sdfleet.batch.errors import suggest_name
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +199,9 @@ def match_to_histograms(image: torch.Tensor, reference: np.ndarray, mode: str) -
         return torch.stack([match_to_histograms(one, reference, mode) for one in image])
     forward, backward = _CONVERSIONS[mode]
     source = forward(_channel_rows(image))  # (3, N)
-    matched = np.stack([match_channel(source[c], *CHANNEL_RANGES[mode][c], reference[c])
-                        for c in range(3)])  # fmt: skip
+    matched = np.stack(
+        [match_channel(source[c], *CHANNEL_RANGES[mode][c], reference[c]) for c in range(3)]
+    )
     result = torch.from_numpy(backward(matched)).reshape(image.shape)
     return result.to(device=image.device, dtype=image.dtype)
 

@@ -63,8 +63,13 @@ def make_contact_sheet(
         with Image.open(frame_paths[index]) as frame:
             sheet.paste(frame.convert("RGB").resize(thumb, Image.Resampling.BILINEAR), (x, y))
         if label:
-            draw.text((x + 2, y + 1), str(index), fill=(255, 255, 255), stroke_width=1,
-                      stroke_fill=(0, 0, 0))  # fmt: skip
+            draw.text(
+                (x + 2, y + 1),
+                str(index),
+                fill=(255, 255, 255),
+                stroke_width=1,
+                stroke_fill=(0, 0, 0),
+            )
     sheet.save(out_path, format="PNG")
     logger.debug("contact sheet of %d frames written to %s", len(indices), out_path)
     return Path(out_path)

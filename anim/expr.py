@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from batch.errors import ScheduleError, suggest_name
+from sdfleet.batch.errors import ScheduleError, suggest_name
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,11 @@ class Expression:
         """Where it failed, in the names it uses (a frame key has no t)."""
         if "t" in self.names:
             return f"at t={t:g}"
-        shown = [f"{name}={value:g}" for name, value in (("max_f", max_f), ("s", s))
-                 if name in self.names]  # fmt: skip
+        shown = [
+            f"{name}={value:g}"
+            for name, value in (("max_f", max_f), ("s", s))
+            if name in self.names
+        ]
         return f"with {', '.join(shown)}" if shown else "at all"
 
 

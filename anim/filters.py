@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from batch.errors import suggest_name
+from sdfleet.batch.errors import suggest_name
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,9 @@ def add_noise(
     check_noise_amount(amount)
     if amount == 0:
         return image
-    return blend_noise(image, amount, make_noise(tuple(image.shape), seed, noise_type,
-                                                 **perlin_args))  # fmt: skip
+    return blend_noise(
+        image, amount, make_noise(tuple(image.shape), seed, noise_type, **perlin_args)
+    )
 
 
 def check_noise_amount(amount: float) -> None:

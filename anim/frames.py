@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from anim.plan import FrameRecord
-from batch.errors import GenerationError
-from batch.schedulers import make_scheduler
+from sdfleet.anim.plan import FrameRecord
+from sdfleet.batch.errors import GenerationError
+from sdfleet.batch.schedulers import make_scheduler
 
 if TYPE_CHECKING:
-    from anim.spec import AnimationJob
-    from batch.models import Pipelines
+    from sdfleet.anim.spec import AnimationJob
+    from sdfleet.batch.models import Pipelines
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,11 @@ class PipelineFrames:
         if text not in self._texts:
             with torch.inference_mode():
                 embeds = self.txt2img.encode_prompt(
-                    prompt=text, device=self.device, num_images_per_prompt=1,
+                    prompt=text,
+                    device=self.device,
+                    num_images_per_prompt=1,
                     do_classifier_free_guidance=False,
-                )[0]  # fmt: skip
+                )[0]
             self._texts[text] = embeds
         return self._texts[text]
 
@@ -108,10 +110,18 @@ class PipelineFrames:
         for record in records:
             partner = record.blend_prompt
             partner_neg = record.blend_negative_prompt
-            positive.append(lerp_embeds(self.embed_text(record.prompt),
-                                        self._maybe(partner), record.blend_weight))  # fmt: skip
-            negative.append(lerp_embeds(self.embed_text(record.negative_prompt),
-                                        self._maybe(partner_neg), record.blend_weight))  # fmt: skip
+            positive.append(
+                lerp_embeds(
+                    self.embed_text(record.prompt), self._maybe(partner), record.blend_weight
+                )
+            )
+            negative.append(
+                lerp_embeds(
+                    self.embed_text(record.negative_prompt),
+                    self._maybe(partner_neg),
+                    record.blend_weight,
+                )
+            )
         return {"prompt_embeds": torch.cat(positive), "negative_prompt_embeds": torch.cat(negative)}
 
     def _maybe(self, text: str | None) -> torch.Tensor | None:
@@ -126,20 +136,34 @@ class PipelineFrames:
         max_steps = self.img2img.scheduler.config.num_train_timesteps
         steps = img2img_steps(record.steps, record.denoise, max_steps)
         if steps is None:
-            logger.info("frame %d: denoise %g runs no step; the prepared picture is the frame",
-                        record.frame, record.denoise)  # fmt: skip
+            logger.info(
+                "frame %d: denoise %g runs no step; the prepared picture is the frame",
+                record.frame,
+                record.denoise,
+            )
             return init
         if steps != record.steps:
-            logger.info("frame %d: %d steps at denoise %g would run none; running %d (one step)",
-                        record.frame, record.steps, record.denoise, steps)  # fmt: skip
-        return self._run(self.img2img, [record], image=init.unsqueeze(0), strength=record.denoise,
-                         num_inference_steps=steps)[0]  # fmt: skip
+            logger.info(
+                "frame %d: %d steps at denoise %g would run none; running %d (one step)",
+                record.frame,
+                record.steps,
+                record.denoise,
+                steps,
+            )
+        return self._run(
+            self.img2img,
+            [record],
+            image=init.unsqueeze(0),
+            strength=record.denoise,
+            num_inference_steps=steps,
+        )[0]
 
     def walk(self, records: Sequence[FrameRecord], noise: torch.Tensor) -> torch.Tensor:
         """txt2img of records sharing steps and cfg, from initial noise (B, C, h, w)."""
         latents = noise.to(device=self.device, dtype=self.txt2img.unet.dtype)
-        return self._run(self.txt2img, records, latents=latents, width=self.width,
-                         height=self.height)  # fmt: skip
+        return self._run(
+            self.txt2img, records, latents=latents, width=self.width, height=self.height
+        )
 
     def _run(self, pipe: Any, records: Sequence[FrameRecord], **kwargs: Any) -> torch.Tensor:
         """One pipeline call; (B, 3, H, W) float32 in [0, 1] on the CPU."""
@@ -147,11 +171,18 @@ class PipelineFrames:
         kwargs.setdefault("num_inference_steps", first.steps)
         generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in records]
         with torch.inference_mode():
-            images = pipe(**self.prompt_embeds(records), guidance_scale=first.cfg_scale,
-                          generator=generators, output_type="pt", **kwargs).images  # fmt: skip
+            images = pipe(
+                **self.prompt_embeds(records),
+                guidance_scale=first.cfg_scale,
+                generator=generators,
+                output_type="pt",
+                **kwargs,
+            ).images
         images = images.float().cpu()  # (B, 3, H, W)
         if not torch.isfinite(images).all():
             frames = ", ".join(str(r.frame) for r in records)
-            raise GenerationError(f"frame(s) {frames}: the model output has NaN/inf values "
-                                  "(fp16 overflow?); try dtype: float32 or bfloat16")  # fmt: skip
+            raise GenerationError(
+                f"frame(s) {frames}: the model output has NaN/inf values "
+                "(fp16 overflow?); try dtype: float32 or bfloat16"
+            )
         return images

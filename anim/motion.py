@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from batch.errors import suggest_name
+from sdfleet.batch.errors import suggest_name
 
 logger = logging.getLogger(__name__)
 

@@ -44,13 +44,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from anim.prompts import frame_prompts, resolve_prompt_keys
-from anim.schedule import parse_schedule
-from anim.seeds import frame_seeds, scheduled_seed, seeds_at
-from batch.errors import ConfigError, ScheduleError
+from sdfleet.anim.prompts import frame_prompts, resolve_prompt_keys
+from sdfleet.anim.schedule import parse_schedule
+from sdfleet.anim.seeds import frame_seeds, scheduled_seed, seeds_at
+from sdfleet.batch.errors import ConfigError, ScheduleError
 
 if TYPE_CHECKING:  # anim.spec imports this module for SCHEDULE_RULES and check_job
-    from anim.spec import AnimationJob
+    from sdfleet.anim.spec import AnimationJob
 
 logger = logging.getLogger(__name__)
 

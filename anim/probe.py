@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from batch.errors import EncodeError
+from sdfleet.batch.errors import EncodeError
 
 logger = logging.getLogger(__name__)
 
@@ -32,15 +32,39 @@ def build_probe_argv(ffprobe_exe: str, path: str) -> list[str]:
         "stream=codec_type,codec_name,pix_fmt,width,height,avg_frame_rate,r_frame_rate,"
         "nb_read_packets:format=duration"
     )
-    return [ffprobe_exe, "-v", "error", "-count_packets", "-show_entries", entries,
-            "-of", "json", path]  # fmt: skip
+    return [
+        ffprobe_exe,
+        "-v",
+        "error",
+        "-count_packets",
+        "-show_entries",
+        entries,
+        "-of",
+        "json",
+        path,
+    ]
 
 
 def build_count_argv(ffmpeg_exe: str, path: str) -> list[str]:
     """ffmpeg argv that reads the first video stream without decoding; facts come on stderr,
     the frame count as `frame=N` progress lines on stdout."""
-    return [ffmpeg_exe, "-hide_banner", "-nostdin", "-nostats", "-i", path, "-map", "0:v:0",
-            "-c", "copy", "-progress", "pipe:1", "-f", "null", "-"]  # fmt: skip
+    return [
+        ffmpeg_exe,
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-i",
+        path,
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-progress",
+        "pipe:1",
+        "-f",
+        "null",
+        "-",
+    ]
 
 
 def _parse_rate(rate: str) -> float:

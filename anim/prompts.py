@@ -30,8 +30,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from anim.schedule import compile_key
-from batch.errors import ConfigError
+from sdfleet.anim.schedule import compile_key
+from sdfleet.batch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

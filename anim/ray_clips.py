@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from anim.clip import (
+from sdfleet.anim.clip import (
     ClipPaths,
     Progress,
     fingerprint,
@@ -39,16 +39,24 @@ from anim.clip import (
     render_clip,
     with_absolute_paths,
 )
-from anim.plan import compile_plan
-from anim.spec import AnimationJob, load_animation_job, resolve_clips
-from batch.errors import ConfigError
-from batch.models import ModelSpec
-from batch.pool import NodeResources, check_shared_storage, holds_gpu
+from sdfleet.anim.plan import compile_plan
+from sdfleet.anim.spec import AnimationJob, load_animation_job, resolve_clips
+from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.pool import NodeResources, check_shared_storage, holds_gpu
 
 logger = logging.getLogger(__name__)
 
-STATUS_COLUMNS = ("id", "status", "error", "frames_written", "max_frames", "video", "seconds",
-                  "folder")  # fmt: skip
+STATUS_COLUMNS = (
+    "id",
+    "status",
+    "error",
+    "frames_written",
+    "max_frames",
+    "video",
+    "seconds",
+    "folder",
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +86,7 @@ class ClipTask:
 def model_spec(job: AnimationJob) -> ModelSpec:
     """What the replica loads (the scheduler is chosen per clip, see `anim.frames`)."""
     device = None if job.device in (None, "auto") else job.device
-    return ModelSpec(model=job.model, device=device, dtype=job.dtype,
-                     allow_pickle=job.allow_pickle)  # fmt: skip
+    return ModelSpec(model=job.model, device=device, dtype=job.dtype, allow_pickle=job.allow_pickle)
 
 
 # ---------------------------------------------------------------------------- clip manifests
@@ -113,8 +120,13 @@ def _is_nan(value: Any) -> bool:
 class RenderClips:
     """Ray Data callable class: loads one replica, renders one clip per row."""
 
-    def __init__(self, model: ModelSpec | None = None, header: Mapping[str, str] | None = None,
-                 cpu_threads: int | None = None, walk_batch_size: int = 4) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: ModelSpec | None = None,
+        header: Mapping[str, str] | None = None,
+        cpu_threads: int | None = None,
+        walk_batch_size: int = 4,
+    ) -> None:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         self.header = dict(header or {})
         self.cpu_threads = cpu_threads  # CPU replicas: torch threads (None: torch's default)
@@ -124,26 +136,34 @@ class RenderClips:
             self._load(model)
 
     def __call__(self, batch: Any) -> dict[str, list]:
-        from batch.actor import columns_to_rows, rows_to_columns
+        from sdfleet.batch.actor import columns_to_rows, rows_to_columns
 
         rows = [self.render_row(row) for row in columns_to_rows(batch)]
         return rows_to_columns(rows)
 
-    def render_row(self, row: Mapping[str, Any],
-                   progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+    def render_row(
+        self, row: Mapping[str, Any], progress: Progress | None = None
+    ) -> dict[str, Any]:
         """Render one clip; any failure becomes its status row (never an exception)."""
         try:
             task = ClipTask.from_row(row)
             frames = self._frames_for(task.job)
-            render_clip(task.job, task.paths, frames, clip_id=task.id, header=self.header,
-                        progress=progress, walk_batch_size=self.walk_batch_size)  # fmt: skip
+            render_clip(
+                task.job,
+                task.paths,
+                frames,
+                clip_id=task.id,
+                header=self.header,
+                progress=progress,
+                walk_batch_size=self.walk_batch_size,
+            )
         except Exception as exc:  # noqa: BLE001 - one clip's failure must not stop the others
             logger.warning("clip %s failed: %s: %s", row.get("id"), type(exc).__name__, exc)
             return status_row(row, read_status_of(row), f"{type(exc).__name__}: {exc}")
         return status_row(row, read_status_of(row))
 
     def _frames_for(self, job: AnimationJob) -> Any:
-        from anim.frames import PipelineFrames
+        from sdfleet.anim.frames import PipelineFrames
 
         spec = model_spec(job)
         if self.replica is None or self.replica.spec != spec:
@@ -151,7 +171,7 @@ class RenderClips:
         return PipelineFrames.for_job(self.replica.pipes, job)
 
     def _load(self, spec: ModelSpec) -> None:
-        from batch.replica import Replica
+        from sdfleet.batch.replica import Replica
 
         self.replica = None  # free the old model before loading the next
         self.replica = Replica(spec, batch_size=1, cpu_threads=self.cpu_threads)
@@ -164,8 +184,9 @@ def read_status_of(row: Mapping[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def status_row(row: Mapping[str, Any], status: Mapping[str, Any],
-               error: str | None = None) -> dict[str, Any]:  # fmt: skip
+def status_row(
+    row: Mapping[str, Any], status: Mapping[str, Any], error: str | None = None
+) -> dict[str, Any]:
     """The fixed columns of one clip's status (error overrides what the file says)."""
     out = {name: status.get(name) for name in STATUS_COLUMNS}
     out |= {"id": str(row["id"]), "folder": str(row.get("root"))}
@@ -179,8 +200,11 @@ def status_row(row: Mapping[str, Any], status: Mapping[str, Any],
 # ---------------------------------------------------------------------------- executors
 
 
-def run_clips_local(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = None,
-                    progress: Progress | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_clips_local(
+    tasks: Sequence[ClipTask],
+    header: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
     """Every unfinished clip in this process, one after the other, with one actor object."""
     todo = [task for task in tasks if not task.is_finished()]
     actor = RenderClips(model_spec(todo[0].job) if todo else None, header)
@@ -189,9 +213,15 @@ def run_clips_local(tasks: Sequence[ClipTask], header: Mapping[str, str] | None 
     return collect_statuses(tasks)
 
 
-def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = None, *,
-                  address: str | None = None, replicas: int | None = None, num_cpus: float = 1.0,
-                  out: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_clips_ray(
+    tasks: Sequence[ClipTask],
+    header: Mapping[str, str] | None = None,
+    *,
+    address: str | None = None,
+    replicas: int | None = None,
+    num_cpus: float = 1.0,
+    out: str | None = None,
+) -> list[dict[str, Any]]:
     """Unfinished clips on a Ray actor pool (joined, or a local cluster started here). `out`
     is OUT as the user wrote it (default: the first clip's folder), checked against the
     cluster's machines by `check_clip_storage`."""
@@ -209,11 +239,17 @@ def run_clips_ray(tasks: Sequence[ClipTask], header: Mapping[str, str] | None = 
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
     rendered = dataset.map_batches(
-        RenderClips, fn_constructor_kwargs={"model": model_spec(todo[0].job),
-                                            "header": dict(header or {}), "cpu_threads": threads},
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas), batch_size=1,
-        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-    )  # fmt: skip
+        RenderClips,
+        fn_constructor_kwargs={
+            "model": model_spec(todo[0].job),
+            "header": dict(header or {}),
+            "cpu_threads": threads,
+        },
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        batch_size=1,
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+    )
     try:
         rendered.take_all()
     except Exception as exc:  # noqa: BLE001 - the statuses below say which clips are left
@@ -234,20 +270,27 @@ def check_clip_storage(nodes: list[NodeResources], out: str) -> None:
     check_shared_storage(nodes, {"out": out}, fix=CLIP_STORAGE_FIX)
 
 
-def plan_clip_pool(clips: int, address: str | None, replicas: int | None, num_cpus: float,
-                   out: str, device: str | None = None) -> tuple[Any, int | None]:  # fmt: skip
+def plan_clip_pool(
+    clips: int,
+    address: str | None,
+    replicas: int | None,
+    num_cpus: float,
+    out: str,
+    device: str | None = None,
+) -> tuple[Any, int | None]:
     """Join the cluster; check OUT is seen by every node (`check_clip_storage`); size the pool
     like the batch engine (`batch.pool.plan_pool`: one replica per GPU, else one per machine),
     never more actors than clips. Returns (PoolPlan, torch threads per CPU replica, None
     meaning every core of its machine)."""
-    from batch.pool import plan_pool
-    from batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
+    from sdfleet.batch.pool import plan_pool
+    from sdfleet.batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
 
     connect(address)
     nodes = alive_nodes()
     check_clip_storage(nodes, out)
-    plan = plan_pool(nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True,
-                     use_gpus=holds_gpu(device))  # fmt: skip
+    plan = plan_pool(
+        nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True, use_gpus=holds_gpu(device)
+    )
     plan = replace(plan, replicas=min(plan.replicas, clips))
     return plan, cpu_threads_per_replica(plan, replicas)
 

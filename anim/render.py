@@ -36,14 +36,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from anim.colour import ColourReference, from_uint8, to_uint8
-from anim.filters import adjust_contrast, blend_noise, check_noise_amount, make_noise, unsharp_mask
-from anim.motion import PerspectiveFlip, motion_matrix, warp_with_matrix
-from anim.plan import FrameRecord
-from anim.state import RenderState
+from sdfleet.anim.colour import ColourReference, from_uint8, to_uint8
+from sdfleet.anim.filters import (
+    adjust_contrast,
+    blend_noise,
+    check_noise_amount,
+    make_noise,
+    unsharp_mask,
+)
+from sdfleet.anim.motion import PerspectiveFlip, motion_matrix, warp_with_matrix
+from sdfleet.anim.plan import FrameRecord
+from sdfleet.anim.state import RenderState
 
 if TYPE_CHECKING:
-    from anim.spec import AnimationJob
+    from sdfleet.anim.spec import AnimationJob
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +209,9 @@ def diffuse(
     return frame
 
 
-def tween(record: FrameRecord, state: RenderState, plan: Sequence[FrameRecord],
-          options: ChainOptions) -> np.ndarray:  # fmt: skip
+def tween(
+    record: FrameRecord, state: RenderState, plan: Sequence[FrameRecord], options: ChainOptions
+) -> np.ndarray:
     """Blend the diffused frames on either side, each moved to this frame's moment."""
     assert record.tween_prev == state.prev_key and record.tween_next == state.next_key
     assert state.prev_image is not None and state.next_image is not None
@@ -260,8 +267,13 @@ def render_frames(
 class _Chain:
     """The steps of `render_frames`: each returns the new state (with the frame it wrote)."""
 
-    def __init__(self, plan: Sequence[FrameRecord], options: ChainOptions, step_fn: StepFn,
-                 init_image: torch.Tensor | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        plan: Sequence[FrameRecord],
+        options: ChainOptions,
+        step_fn: StepFn,
+        init_image: torch.Tensor | None,
+    ) -> None:
         self.plan, self.options, self.step_fn, self.init_image = plan, options, step_fn, init_image
         self.noise = NoiseAhead(options)
         self.diffused = [record.frame for record in plan if record.diffused]
@@ -275,8 +287,9 @@ class _Chain:
         else:
             size = (self.options.width, self.options.height)
             matrix = accumulated_matrix(self.plan, state.prev_key, record.frame, *size)
-            init = prepare_init(from_uint8(state.prev_image), record, matrix, state.colour,
-                                self.options, self.noise)  # fmt: skip
+            init = prepare_init(
+                from_uint8(state.prev_image), record, matrix, state.colour, self.options, self.noise
+            )
         later = bisect.bisect_right(self.diffused, record.frame)
         if later < len(self.diffused):  # made while the model runs on this frame
             self.noise.prefetch(self.plan[self.diffused[later]])
@@ -294,8 +307,13 @@ class _Chain:
 
     def promote(self, state: RenderState) -> RenderState:
         """The next diffused frame was written ahead; it becomes the previous one."""
-        return self._advance(state, prev_key=state.next_key, prev_image=state.next_image,
-                             next_key=None, next_image=None)  # fmt: skip
+        return self._advance(
+            state,
+            prev_key=state.next_key,
+            prev_image=state.next_image,
+            next_key=None,
+            next_image=None,
+        )
 
     def tween(self, record: FrameRecord, state: RenderState) -> Frame:
         return record.frame, tween(record, state, self.plan, self.options), self._advance(state)

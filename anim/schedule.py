@@ -42,8 +42,8 @@ import re
 import string
 from dataclasses import dataclass
 
-from anim.expr import KEY_VARIABLES, VARIABLES, Expression, compile_expression, syntax_error
-from batch.errors import ScheduleError
+from sdfleet.anim.expr import KEY_VARIABLES, VARIABLES, Expression, compile_expression, syntax_error
+from sdfleet.batch.errors import ScheduleError
 
 logger = logging.getLogger(__name__)
 
@@ -339,8 +339,13 @@ def _compile_entry(text: str, field: str, entry: _Entry, numeric: bool) -> Keyfr
         return Keyframe(key, value, column)
     number = plain_number(value)
     if number is not None and not math.isfinite(number):
-        raise syntax_error(field, text, column, f"{value} is too large for a number",
-                           "a finite number (at most about 1.8e308)")  # fmt: skip
+        raise syntax_error(
+            field,
+            text,
+            column,
+            f"{value} is too large for a number",
+            "a finite number (at most about 1.8e308)",
+        )
     if number is not None:
         return Keyframe(key, value, column, number=number)
     expr = compile_expression(entry.value_text, field, VARIABLES, text, entry.value_column)

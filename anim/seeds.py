@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from batch.errors import ConfigError, ScheduleError
-from batch.seeds import derive_seed
+from sdfleet.batch.errors import ConfigError, ScheduleError
+from sdfleet.batch.seeds import derive_seed
 
 SEED_BEHAVIORS = ("iter", "fixed", "random", "ladder", "alternate", "schedule")
 SEED_MODULUS = 2**32

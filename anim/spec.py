@@ -41,11 +41,11 @@ from pydantic import (
     model_validator,
 )
 
-from anim.plan import SCHEDULE_RULES, check_job
-from anim.schedule import parse_schedule, plain_number
-from anim.seeds import SEED_MAX
-from anim.video import X264_PRESETS
-from batch.errors import ConfigError, ScheduleError, suggest_name
+from sdfleet.anim.plan import SCHEDULE_RULES, check_job
+from sdfleet.anim.schedule import parse_schedule, plain_number
+from sdfleet.anim.seeds import SEED_MAX
+from sdfleet.anim.video import X264_PRESETS
+from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
 
 logger = logging.getLogger(__name__)
 

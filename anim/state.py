@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from anim.colour import ColourReference
-from batch.errors import ConfigError
+from sdfleet.anim.colour import ColourReference
+from sdfleet.batch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

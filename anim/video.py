@@ -34,7 +34,7 @@ import ffmpeg
 import numpy as np
 from PIL import Image
 
-from anim.probe import (  # re-exported: the public names of this module before the split
+from sdfleet.anim.probe import (  # re-exported: the public names of this module before the split
     STDERR_TAIL_CHARS,
     build_count_argv,
     build_probe_argv,
@@ -45,22 +45,42 @@ from anim.probe import (  # re-exported: the public names of this module before 
     probe_video,
     tail,
 )
-from batch.errors import ConfigError, EncodeError, suggest_name
+from sdfleet.batch.errors import ConfigError, EncodeError, suggest_name
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FORMATS", "X264_PRESETS", "EncodeOptions", "VideoEncoder", "build_count_argv",
-    "build_encode_argv", "build_probe_argv", "encode_frame_dir", "encode_frames", "find_ffmpeg",
-    "find_ffprobe", "format_from_path", "list_frame_files", "parse_ffmpeg_probe",
-    "parse_ffprobe_json", "probe_video",
-]  # fmt: skip
+    "FORMATS",
+    "X264_PRESETS",
+    "EncodeOptions",
+    "VideoEncoder",
+    "build_count_argv",
+    "build_encode_argv",
+    "build_probe_argv",
+    "encode_frame_dir",
+    "encode_frames",
+    "find_ffmpeg",
+    "find_ffprobe",
+    "format_from_path",
+    "list_frame_files",
+    "parse_ffmpeg_probe",
+    "parse_ffprobe_json",
+    "probe_video",
+]
 
 FORMATS = ("mp4", "webm", "gif")
 X264_PRESETS = (
-    "ultrafast", "superfast", "veryfast", "faster", "fast",
-    "medium", "slow", "slower", "veryslow", "placebo",
-)  # fmt: skip
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+    "placebo",
+)
 # VP9 has no presets: map x264's names to (deadline, cpu-used), fastest first.
 _VP9_SPEED = {p: ("realtime", "8") for p in X264_PRESETS[:4]}
 _VP9_SPEED |= {"fast": ("good", "4"), "medium": ("good", "2")}
@@ -110,12 +130,24 @@ def format_from_path(path: str | os.PathLike[str]) -> str:
 
 def _video_codec_args(options: EncodeOptions) -> dict[str, Any]:
     if options.format == "mp4":
-        return {"vcodec": "libx264", "pix_fmt": "yuv420p", "crf": options.crf,
-                "preset": options.preset, "movflags": "+faststart"}  # fmt: skip
+        return {
+            "vcodec": "libx264",
+            "pix_fmt": "yuv420p",
+            "crf": options.crf,
+            "preset": options.preset,
+            "movflags": "+faststart",
+        }
     if options.format == "webm":
         deadline, cpu_used = _VP9_SPEED[options.preset]
-        return {"vcodec": "libvpx-vp9", "pix_fmt": "yuv420p", "crf": options.crf, "b:v": 0,
-                "deadline": deadline, "cpu-used": cpu_used, "row-mt": 1}  # fmt: skip
+        return {
+            "vcodec": "libvpx-vp9",
+            "pix_fmt": "yuv420p",
+            "crf": options.crf,
+            "b:v": 0,
+            "deadline": deadline,
+            "cpu-used": cpu_used,
+            "row-mt": 1,
+        }
     return {"loop": 0}  # gif: loop forever
 
 
@@ -159,9 +191,13 @@ def build_encode_argv(
         if frame_count is not None:
             audio_args["t"] = repr(frame_count / options.fps)
     output = ffmpeg.output(
-        *streams, out_path, f=options.format, r=options.fps,
-        **_video_codec_args(options), **audio_args,
-    )  # fmt: skip
+        *streams,
+        out_path,
+        f=options.format,
+        r=options.fps,
+        **_video_codec_args(options),
+        **audio_args,
+    )
     compiled = output.compile(cmd=ffmpeg_exe)
     return [compiled[0], "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *compiled[1:]]
 
@@ -363,9 +399,14 @@ def encode_frames(
         raise EncodeError(f"no frames were given for {str(out_path)!r}")
     height, width = first.shape[:2]
     encoder = VideoEncoder(
-        out_path, width, height, options,
-        ffmpeg_exe=ffmpeg_exe, frame_count=frame_count, verify=verify,
-    )  # fmt: skip
+        out_path,
+        width,
+        height,
+        options,
+        ffmpeg_exe=ffmpeg_exe,
+        frame_count=frame_count,
+        verify=verify,
+    )
     with encoder:
         encoder.write(first)
         for frame in iterator:

@@ -28,10 +28,10 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from anim.colour import from_uint8, to_uint8
-from anim.plan import FrameRecord
-from anim.render import ChainOptions, Frame
-from anim.state import RenderState
+from sdfleet.anim.colour import from_uint8, to_uint8
+from sdfleet.anim.plan import FrameRecord
+from sdfleet.anim.render import ChainOptions, Frame
+from sdfleet.anim.state import RenderState
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batch.manifest import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
-from batch.models import ModelSpec
-from batch.outputs import OutputDir, encode_image, results_table, sha256_hex
+from sdfleet.batch.manifest import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
+from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.outputs import OutputDir, encode_image, results_table, sha256_hex
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class GenerateBatch:
     def __init__(self, config: RunConfig, progress: Any = None):
         """`progress`: an optional Ray actor handle told of load time and finished outputs."""
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from batch.replica import Replica
+        from sdfleet.batch.replica import Replica
 
         self.config = config
         self.progress = progress
@@ -88,8 +88,9 @@ class GenerateBatch:
         if result.error is not None:
             return row | {"status": "error", "error": result.error}
         try:
-            data = encode_image(result.image, self.config.image_format, params,
-                                self.config.image_quality)  # fmt: skip
+            data = encode_image(
+                result.image, self.config.image_format, params, self.config.image_quality
+            )
             relative = f"images/{request.output_name}.{self.config.image_format}"
             self.out.write_bytes(relative, data)
         except Exception as exc:  # noqa: BLE001 - disk full etc. is this row's error

@@ -20,16 +20,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batch.errors import ManifestError
-from batch.outputs import URI as _URI
-from batch.outputs import output_name
-from batch.schedulers import check_scheduler_name
-from batch.seeds import SEED_MAX, derive_seed
+from sdfleet.batch.errors import ManifestError
+from sdfleet.batch.outputs import URI as _URI
+from sdfleet.batch.outputs import output_name
+from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.batch.seeds import SEED_MAX, derive_seed
 
 KNOWN_COLUMNS = (
-    "id", "prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale",
-    "width", "height", "num_images", "init_image", "strength", "scheduler",
-)  # fmt: skip
+    "id",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "num_images",
+    "init_image",
+    "strength",
+    "scheduler",
+)
 MAX_SIDE_PX = 4096
 MIN_SIDE_PX = 16
 MAX_STEPS = 1000
@@ -79,8 +89,15 @@ class GenRequest:
 
     def group_key(self) -> tuple:
         """Rows with equal keys can share one pipeline call (diffusers takes these as scalars)."""
-        return (self.mode, self.width, self.height, self.num_inference_steps, self.scheduler,
-                self.guidance_scale, self.strength)  # fmt: skip
+        return (
+            self.mode,
+            self.width,
+            self.height,
+            self.num_inference_steps,
+            self.scheduler,
+            self.guidance_scale,
+            self.strength,
+        )
 
 
 @dataclass(frozen=True)
@@ -240,7 +257,7 @@ def validate_manifest(
 def check_columns(files: list[str]) -> None:
     """Carried columns must not clash with the columns sdfleet writes into the results, and a
     column must have one type across the manifest's files (the results are one table)."""
-    from batch.outputs import result_types
+    from sdfleet.batch.outputs import result_types
 
     reserved = set(result_types()) - set(KNOWN_COLUMNS)
     first_seen: dict[str, tuple[pa.DataType, str]] = {}
@@ -282,8 +299,13 @@ class _Scan:
     total_bad: int = 0
 
 
-def _scan_rows(files: list[str], defaults: RowDefaults, max_problems: int,
-               base_dir: Path | None, unique: _Uniqueness) -> _Scan:  # fmt: skip
+def _scan_rows(
+    files: list[str],
+    defaults: RowDefaults,
+    max_problems: int,
+    base_dir: Path | None,
+    unique: _Uniqueness,
+) -> _Scan:
     """One pass over every row: its own problems, then (if it has none) uniqueness."""
     scan = _Scan(unique)
     for source, index, row in iter_manifest_rows(files):
@@ -331,8 +353,10 @@ class _Uniqueness:
             return [Problem(source, index, row_id, "id", row_id, fix)]
         for name in names:
             if name in self.seen_names:
-                fix = (f"output name {name!r} collides with row {self.seen_names[name]!r}; "
-                       "rename one of the ids")  # fmt: skip
+                fix = (
+                    f"output name {name!r} collides with row {self.seen_names[name]!r}; "
+                    "rename one of the ids"
+                )
                 return [Problem(source, index, row_id, "id", row_id, fix)]
             if hash(name) in self.repeated[1]:
                 self.seen_names[name] = row_id
@@ -355,9 +379,12 @@ def _num_images(row: dict, defaults: RowDefaults) -> int:
 
 
 def check_row(
-    row: dict, defaults: RowDefaults, source: str = "<manifest>", index: int = 0,
+    row: dict,
+    defaults: RowDefaults,
+    source: str = "<manifest>",
+    index: int = 0,
     base_dir: Path | None = None,
-) -> list[Problem]:  # fmt: skip
+) -> list[Problem]:
     """Every problem of one row, each naming the column, value and fix."""
     row_id = row.get("id")
     out: list[Problem] = []
@@ -402,16 +429,27 @@ def _check_template(row: dict, template: str, defaults: RowDefaults, bad) -> Non
     fields = _template_fields(template)
     for name in fields:
         if name not in values:
-            bad(name, None, f"prompt_template uses {{{name}}} but the manifest has no such "
-                "column; add it or change the template")  # fmt: skip
+            bad(
+                name,
+                None,
+                f"prompt_template uses {{{name}}} but the manifest has no such "
+                "column; add it or change the template",
+            )
             return
         if values[name] is None or (name == "prompt" and not str(values[name]).strip()):
-            bad(name, row.get(name), f"prompt_template uses {{{name}}}, which is empty in "
-                "this row; fill it (or give the job a default)")  # fmt: skip
+            bad(
+                name,
+                row.get(name),
+                f"prompt_template uses {{{name}}}, which is empty in "
+                "this row; fill it (or give the job a default)",
+            )
             return
     if not template.format_map(values).strip():
-        bad(fields[0], row.get(fields[0]), f"prompt_template {template!r} makes a blank prompt "
-            "from this row; fill its columns")  # fmt: skip
+        bad(
+            fields[0],
+            row.get(fields[0]),
+            f"prompt_template {template!r} makes a blank prompt from this row; fill its columns",
+        )
 
 
 def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
@@ -430,8 +468,11 @@ def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
 def _template_values(row: dict, defaults: RowDefaults) -> dict:
     """The row's columns, with the job's default for a known column the row leaves empty (a
     template's {prompt} is the job's `defaults.prompt` where the row has none)."""
-    filled = {name: getattr(defaults, name) for name in KNOWN_COLUMNS
-              if row.get(name) is None and getattr(defaults, name, None) is not None}  # fmt: skip
+    filled = {
+        name: getattr(defaults, name)
+        for name in KNOWN_COLUMNS
+        if row.get(name) is None and getattr(defaults, name, None) is not None
+    }
     return {**row, **filled}
 
 
@@ -447,8 +488,10 @@ def check_prompt_template(template: str) -> str | None:
         return f"{exc} in {template!r}; write fields as {{column}} and a literal brace as {{{{"
     for _, name, spec, conversion in fields:
         if name is not None and (not name.isidentifier() or spec or conversion):
-            return (f"field {{{name}}} in {template!r} is not a plain column name; use "
-                    "{column} only (no attributes, indexes, formats or conversions)")  # fmt: skip
+            return (
+                f"field {{{name}}} in {template!r} is not a plain column name; use "
+                "{column} only (no attributes, indexes, formats or conversions)"
+            )
     if not any(name for _, name, _, _ in fields):
         return f"{template!r} names no column; use e.g. '{{prompt}}, {{style}} style'"
     return None
@@ -535,8 +578,9 @@ def _is_number(value: Any) -> bool:
     return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
-def expand_row(row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path | None = None
-               ) -> list[GenRequest]:  # fmt: skip
+def expand_row(
+    row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path | None = None
+) -> list[GenRequest]:
     """One GenRequest per variant; the row must have passed `check_row`."""
     count = _num_images(row, defaults)
     carried = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS}
@@ -547,20 +591,30 @@ def expand_row(row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path |
     if isinstance(image, str) and not _URI.match(image):
         image = str(resolve_local_path(image, base_dir))
     base = GenRequest(
-        row_id=row["id"], variant=0, output_name="", prompt=prompt,
+        row_id=row["id"],
+        variant=0,
+        output_name="",
+        prompt=prompt,
         negative_prompt=_value(row, defaults, "negative_prompt") or "",
-        seed=0, num_inference_steps=int(_value(row, defaults, "num_inference_steps")),
+        seed=0,
+        num_inference_steps=int(_value(row, defaults, "num_inference_steps")),
         guidance_scale=float(_value(row, defaults, "guidance_scale")),
-        width=int(_value(row, defaults, "width")), height=int(_value(row, defaults, "height")),
-        scheduler=_value(row, defaults, "scheduler"), init_image=image,
+        width=int(_value(row, defaults, "width")),
+        height=int(_value(row, defaults, "height")),
+        scheduler=_value(row, defaults, "scheduler"),
+        init_image=image,
         strength=float(_value(row, defaults, "strength")) if image is not None else None,
         carried=carried,
-    )  # fmt: skip
+    )
     return [
-        replace(base, variant=k, output_name=output_name(row["id"], k, count),
-                seed=_row_seed(row, defaults, job_seed, k))
+        replace(
+            base,
+            variant=k,
+            output_name=output_name(row["id"], k, count),
+            seed=_row_seed(row, defaults, job_seed, k),
+        )
         for k in range(count)
-    ]  # fmt: skip
+    ]
 
 
 def _row_seed(row: dict, defaults: RowDefaults, job_seed: int, variant: int) -> int:

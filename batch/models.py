@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from batch.errors import ModelError
+from sdfleet.batch.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
     device, dtype = choose_device_dtype(spec)
     quiet_loading()
     if source.location == "builtin:null":
-        from batch.null_model import NullPipeline
+        from sdfleet.batch.null_model import NullPipeline
 
         pipe = NullPipeline()
         return Pipelines(pipe, pipe, device, dtype, spec.model)
@@ -195,7 +195,7 @@ def quiet_loading() -> None:
 
 def _load_txt2img(source: ModelSource, spec: ModelSpec, dtype: Any):
     if source.kind == "builtin":
-        from batch.tiny import tiny_model_dir
+        from sdfleet.batch.tiny import tiny_model_dir
 
         return _from_pretrained(str(tiny_model_dir()), spec, dtype, local_only=True)
     if source.kind == "folder":

@@ -46,8 +46,14 @@ class NullPipeline:
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         pass
 
-    def __call__(self, prompt: str | list[str] | None = None, *, output_type: str = "pil",
-                 num_images_per_prompt: int = 1, **kwargs: Any) -> NullOutput:  # fmt: skip
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        *,
+        output_type: str = "pil",
+        num_images_per_prompt: int = 1,
+        **kwargs: Any,
+    ) -> NullOutput:
         """Rows = prompts (or prompt_embeds rows) x num_images_per_prompt; other kwargs ignored."""
         self.calls += 1
         rows = batch_rows(prompt, kwargs.get("prompt_embeds")) * num_images_per_prompt

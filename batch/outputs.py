@@ -156,17 +156,34 @@ def result_types():
     import pyarrow as pa
 
     return {
-        "id": pa.string(), "output_id": pa.string(), "variant": pa.int32(),
-        "prompt": pa.string(), "negative_prompt": pa.string(), "seed": pa.int64(),
-        "num_inference_steps": pa.int32(), "guidance_scale": pa.float64(), "width": pa.int32(),
-        "height": pa.int32(), "scheduler": pa.string(), "strength": pa.float64(),
-        "mode": pa.string(), "init_image": pa.string(), "model": pa.string(),
-        "image_path": pa.string(), "sha256": pa.string(), "seconds": pa.float64(),
-        "status": pa.string(), "error": pa.string(), "node": pa.string(), "worker": pa.string(),
-        "device": pa.string(), "gpu_ids": pa.string(), "cpu_threads": pa.int32(),
+        "id": pa.string(),
+        "output_id": pa.string(),
+        "variant": pa.int32(),
+        "prompt": pa.string(),
+        "negative_prompt": pa.string(),
+        "seed": pa.int64(),
+        "num_inference_steps": pa.int32(),
+        "guidance_scale": pa.float64(),
+        "width": pa.int32(),
+        "height": pa.int32(),
+        "scheduler": pa.string(),
+        "strength": pa.float64(),
+        "mode": pa.string(),
+        "init_image": pa.string(),
+        "model": pa.string(),
+        "image_path": pa.string(),
+        "sha256": pa.string(),
+        "seconds": pa.float64(),
+        "status": pa.string(),
+        "error": pa.string(),
+        "node": pa.string(),
+        "worker": pa.string(),
+        "device": pa.string(),
+        "gpu_ids": pa.string(),
+        "cpu_threads": pa.int32(),
         "ray_node_id": pa.string(),
         "image": pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
-    }  # fmt: skip
+    }
 
 
 def results_table(columns: dict[str, list], carried_types: dict[str, Any] | None = None):

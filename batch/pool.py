@@ -10,7 +10,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from batch.errors import ConfigError
+from sdfleet.batch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +103,9 @@ SHARED_STORAGE_FIX = (
 )
 
 
-def check_shared_storage(nodes: list[NodeResources], paths: dict[str, str],
-                         fix: str = SHARED_STORAGE_FIX) -> None:  # fmt: skip
+def check_shared_storage(
+    nodes: list[NodeResources], paths: dict[str, str], fix: str = SHARED_STORAGE_FIX
+) -> None:
     """On a cluster spanning machines, every node must see the manifest, outputs and checkpoint
     (a path written as a URI, file:///... included, is taken as shared)."""
     hosts = {n.address for n in nodes}

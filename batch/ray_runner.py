@@ -15,17 +15,23 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from batch.actor import GenerateBatch, RunConfig
-from batch.errors import ConfigError, PipelineError
-from batch.outputs import OutputDir, parquet_files
-from batch.pool import NodeResources, PoolPlan, check_shared_storage, holds_gpu, plan_pool
-from batch.run import Progress, RunStats
+from sdfleet.batch.actor import GenerateBatch, RunConfig
+from sdfleet.batch.errors import ConfigError, PipelineError
+from sdfleet.batch.outputs import OutputDir, parquet_files
+from sdfleet.batch.pool import NodeResources, PoolPlan, check_shared_storage, holds_gpu, plan_pool
+from sdfleet.batch.run import Progress, RunStats
 
 logger = logging.getLogger(__name__)
 
 
-def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Progress,
-            options: Any, address: str | None = None) -> None:  # fmt: skip
+def run_ray(
+    config: RunConfig,
+    files: list[str],
+    stats: RunStats,
+    progress: Progress,
+    options: Any,
+    address: str | None = None,
+) -> None:
     """Run the job on a Ray cluster (joined, or started locally) and fill `stats`."""
     import ray
 
@@ -34,17 +40,27 @@ def run_ray(config: RunConfig, files: list[str], stats: RunStats, progress: Prog
     nodes = alive_nodes()
     out = OutputDir(config.out_uri)
     checkpoint = options.checkpoint_path or out.child_uri("_checkpoint")
-    check_shared_storage(nodes, {"manifest": files[0], "out": config.out_uri,
-                                 "checkpoint": checkpoint})  # fmt: skip
+    check_shared_storage(
+        nodes, {"manifest": files[0], "out": config.out_uri, "checkpoint": checkpoint}
+    )
     # 2. size the pool before anything loads (resuming adds Ray's checkpoint-filter actor)
     resuming = has_checkpoint(checkpoint)
-    plan = plan_pool(nodes, options.replicas, options.replicas_per_gpu,
-                     options.num_cpus_per_replica, options.allow_fewer_replicas,
-                     reserved_cpus=2 if resuming else 1,
-                     use_gpus=holds_gpu(config.model.device))  # fmt: skip
-    stats.extra["ray"] = {"replicas": plan.replicas, "num_gpus_per_replica": plan.num_gpus,
-                          "num_cpus_per_replica": plan.num_cpus, "nodes": len(nodes),
-                          "resumed": resuming}  # fmt: skip
+    plan = plan_pool(
+        nodes,
+        options.replicas,
+        options.replicas_per_gpu,
+        options.num_cpus_per_replica,
+        options.allow_fewer_replicas,
+        reserved_cpus=2 if resuming else 1,
+        use_gpus=holds_gpu(config.model.device),
+    )
+    stats.extra["ray"] = {
+        "replicas": plan.replicas,
+        "num_gpus_per_replica": plan.num_gpus,
+        "num_cpus_per_replica": plan.num_cpus,
+        "nodes": len(nodes),
+        "resumed": resuming,
+    }
     if config.cpu_threads is None:
         config = replace(config, cpu_threads=cpu_threads_per_replica(plan, options.replicas))
     # 3. build and run the pipeline, counting progress through a small actor
@@ -80,12 +96,19 @@ def connect(address: str | None) -> None:
     # replica, which uses every core through torch threads, or the pipeline deadlocks.
     num_cpus = None if address else (os.cpu_count() or 1) + 1
     try:
-        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True)  # fmt: skip
+        ray.init(
+            address=address,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     except ConnectionError as exc:
-        raise ConfigError(f"cannot join the Ray cluster at {address!r}: {exc}. Check the "
-                          "address (ray status on the head prints it) or drop --address to "
-                          "start a local instance.") from exc  # fmt: skip
+        raise ConfigError(
+            f"cannot join the Ray cluster at {address!r}: {exc}. Check the "
+            "address (ray status on the head prints it) or drop --address to "
+            "start a local instance."
+        ) from exc
 
 
 def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int | None:
@@ -118,10 +141,15 @@ def alive_nodes() -> list[NodeResources]:
     import ray
 
     return [
-        NodeResources(node_id=n["NodeID"], address=n["NodeManagerAddress"],
-                      cpus=n["Resources"].get("CPU", 0.0), gpus=n["Resources"].get("GPU", 0.0))
-        for n in ray.nodes() if n["Alive"]
-    ]  # fmt: skip
+        NodeResources(
+            node_id=n["NodeID"],
+            address=n["NodeManagerAddress"],
+            cpus=n["Resources"].get("CPU", 0.0),
+            gpus=n["Resources"].get("GPU", 0.0),
+        )
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
 
 
 def on_this_node():
@@ -212,8 +240,12 @@ def _progress_counter_class():
             self.last_output = time.time()
 
         def report(self) -> dict:
-            return {"outputs": self.outputs, "load_seconds": self.load_seconds,
-                    "first_ready": self.first_ready, "last_output": self.last_output}  # fmt: skip
+            return {
+                "outputs": self.outputs,
+                "load_seconds": self.load_seconds,
+                "first_ready": self.first_ready,
+                "last_output": self.last_output,
+            }
 
     return ProgressCounterActor
 

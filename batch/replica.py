@@ -17,9 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from batch.errors import GenerationError
-from batch.manifest import GenRequest
-from batch.models import ModelSpec, Pipelines, load_pipelines
+from sdfleet.batch.errors import GenerationError
+from sdfleet.batch.manifest import GenRequest
+from sdfleet.batch.models import ModelSpec, Pipelines, load_pipelines
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
 class Replica:
     """Loads the model once; `generate` groups compatible requests into fixed-shape batches."""
 
-    def __init__(self, spec: ModelSpec, batch_size: int = 4, pad_batches: bool = True,
-                 cpu_threads: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        spec: ModelSpec,
+        batch_size: int = 4,
+        pad_batches: bool = True,
+        cpu_threads: int | None = None,
+    ):
         import torch
 
         t0 = time.perf_counter()
@@ -161,7 +166,7 @@ class Replica:
 
     def _scheduler(self, name: str | None):
         if name not in self._schedulers:
-            from batch.schedulers import make_scheduler
+            from sdfleet.batch.schedulers import make_scheduler
 
             self._schedulers[name] = make_scheduler(name, self._base_scheduler.config)
         return self._schedulers[name]

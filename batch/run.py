@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch.actor import GenerateBatch, RunConfig
-from batch.manifest import open_parquet
-from batch.outputs import OutputDir, parquet_files, write_json
+from sdfleet.batch.actor import GenerateBatch, RunConfig
+from sdfleet.batch.manifest import open_parquet
+from sdfleet.batch.outputs import OutputDir, parquet_files, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ def iter_result_parts(out: OutputDir, columns: list[str] | None = None) -> Itera
     if filesystem.get_file_info(base).type == pafs.FileType.NotFound:
         return
     selector = pafs.FileSelector(base, recursive=True)
-    files = sorted(i.path for i in filesystem.get_file_info(selector)
-                   if i.path.endswith(".parquet") and i.type == pafs.FileType.File)  # fmt: skip
+    files = sorted(
+        i.path
+        for i in filesystem.get_file_info(selector)
+        if i.path.endswith(".parquet") and i.type == pafs.FileType.File
+    )
     for path in files:
         with filesystem.open_input_file(path) as handle:  # ParquetFile: half read_table's cost
             yield pq.ParquetFile(handle).read(columns=columns)

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from batch.actor import GenerateBatch, RunConfig
-from batch.manifest import RowDefaults
-from batch.models import ModelSpec
+from sdfleet.batch.actor import GenerateBatch, RunConfig
+from sdfleet.batch.manifest import RowDefaults
+from sdfleet.batch.models import ModelSpec
 
 
 class TimedGenerateBatch(GenerateBatch):
@@ -37,14 +37,15 @@ class TimedGenerateBatch(GenerateBatch):
         return table
 
 
-def run_variant(manifest: Path, out: Path, model: str, rows_per_block: int | None,
-                checkpoint: bool) -> dict[str, float]:  # fmt: skip
+def run_variant(
+    manifest: Path, out: Path, model: str, rows_per_block: int | None, checkpoint: bool
+) -> dict[str, float]:
     import ray.data
 
-    from batch.pool import plan_pool
-    from batch.ray_runner import alive_nodes, configure_data_context
-    from jobs.bench_contenders import replicas_startup_s, use_default_data_context
-    from jobs.spec import RayOptions
+    from sdfleet.batch.pool import plan_pool
+    from sdfleet.batch.ray_runner import alive_nodes, configure_data_context
+    from sdfleet.jobs.bench_contenders import replicas_startup_s, use_default_data_context
+    from sdfleet.jobs.spec import RayOptions
 
     plan = plan_pool(alive_nodes())
     config = RunConfig(
@@ -62,18 +63,25 @@ def run_variant(manifest: Path, out: Path, model: str, rows_per_block: int | Non
     if rows_per_block:
         dataset = dataset.repartition(target_num_rows_per_block=rows_per_block)
     dataset = dataset.map_batches(
-        TimedGenerateBatch, fn_constructor_kwargs={"config": config, "log_path": str(log)},
-        batch_size=rows_per_block or 4, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas), num_cpus=plan.num_cpus,
+        TimedGenerateBatch,
+        fn_constructor_kwargs={"config": config, "log_path": str(log)},
+        batch_size=rows_per_block or 4,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        num_cpus=plan.num_cpus,
         num_gpus=plan.num_gpus,
-    )  # fmt: skip
+    )
     dataset.write_parquet(str(out / "results"))
     ended = time.time()
     calls = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
     ready = since + (replicas_startup_s(since) or 0.0)
     busy = sum(end - start for start, end in calls)
-    return {"fill_s": calls[0][0] - ready, "after_fill_s": ended - calls[0][0],
-            "udf_busy_s": busy, "calls": len(calls)}  # fmt: skip
+    return {
+        "fill_s": calls[0][0] - ready,
+        "after_fill_s": ended - calls[0][0],
+        "udf_busy_s": busy,
+        "calls": len(calls),
+    }
 
 
 def main() -> None:
@@ -83,7 +91,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from jobs.bench import format_table, start_ray, write_bench_manifest
+    from sdfleet.jobs.bench import format_table, start_ray, write_bench_manifest
 
     root = Path(tempfile.mkdtemp(prefix="ray-factors-"))
     manifest = write_bench_manifest(root / "manifest.parquet", args.rows)
@@ -99,11 +107,26 @@ def main() -> None:
     for (rows_per_block, checkpoint), runs in results.items():
         median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         per_call_ms = 1000 * (median["after_fill_s"] - median["udf_busy_s"]) / median["calls"]
-        table.append([rows_per_block or "one block", checkpoint, median["fill_s"],
-                      median["after_fill_s"], median["udf_busy_s"], int(median["calls"]),
-                      per_call_ms])  # fmt: skip
-    headers = ["rows per block", "checkpoint", "fill s", "after fill s", "in the actor s",
-               "actor calls", "Ray ms per call"]  # fmt: skip
+        table.append(
+            [
+                rows_per_block or "one block",
+                checkpoint,
+                median["fill_s"],
+                median["after_fill_s"],
+                median["udf_busy_s"],
+                int(median["calls"]),
+                per_call_ms,
+            ]
+        )
+    headers = [
+        "rows per block",
+        "checkpoint",
+        "fill s",
+        "after fill s",
+        "in the actor s",
+        "actor calls",
+        "Ray ms per call",
+    ]
     print(f"{args.model}, {args.rows} rows, medians of {args.repeats}")
     print(format_table(headers, table))
 

@@ -22,28 +22,34 @@ import time
 from pathlib import Path
 from typing import Any
 
-from anim.clip import check_resumable, with_absolute_paths
-from anim.probe import find_ffmpeg
-from anim.ray_clips import (
+from sdfleet.anim.clip import check_resumable, with_absolute_paths
+from sdfleet.anim.probe import find_ffmpeg
+from sdfleet.anim.ray_clips import (
     ClipTask,
     model_spec,
     read_clip_manifest,
     run_clips_local,
     run_clips_ray,
 )
-from anim.spec import AnimationJob, resolve_clips
-from batch.errors import ConfigError
-from batch.models import resolve_model_source
-from batch.schedulers import check_scheduler_name
-from jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
+from sdfleet.anim.spec import AnimationJob, resolve_clips
+from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.models import resolve_model_source
+from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
 
 logger = logging.getLogger(__name__)
 
 DEMO_CLIP = Path(__file__).parent / "examples" / "anim_demo.yaml"
 
 
-def run_animation_job(job: AnimationJob, job_path: Path, out: str | None, executor: str | None,
-                      address: str | None, show_progress: bool = True) -> int:  # fmt: skip
+def run_animation_job(
+    job: AnimationJob,
+    job_path: Path,
+    out: str | None,
+    executor: str | None,
+    address: str | None,
+    show_progress: bool = True,
+) -> int:
     """Render every clip of `job` (see the module doc); returns the exit status."""
     if job.clips_manifest:
         manifest = Path(job.clips_manifest)
@@ -86,29 +92,45 @@ def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = 
         manifest = Path(job.clips_manifest)
         manifest = manifest if manifest.is_absolute() else job_path.parent / manifest
         base = with_absolute_paths(job.model_copy(update={"clips_manifest": None}), job_path.parent)
-        tasks = [ClipTask(clip_id, clip_job, root / clip_id)
-                 for clip_id, clip_job in read_clip_manifest(manifest, base)]  # fmt: skip
+        tasks = [
+            ClipTask(clip_id, clip_job, root / clip_id)
+            for clip_id, clip_job in read_clip_manifest(manifest, base)
+        ]
     else:
         tasks = clip_tasks(job, job_path, root)
     check_tasks(tasks)
     return sum(task.job.max_frames for task in tasks)
 
 
-def run_clip_manifest(job: AnimationJob, job_path: Path, manifest: Path, out: str | None,
-                      executor: str | None = "ray", address: str | None = None,
-                      show_progress: bool = True) -> int:  # fmt: skip
+def run_clip_manifest(
+    job: AnimationJob,
+    job_path: Path,
+    manifest: Path,
+    out: str | None,
+    executor: str | None = "ray",
+    address: str | None = None,
+    show_progress: bool = True,
+) -> int:
     """Render each row of a Parquet clip manifest (`anim.ray_clips.read_clip_manifest`) over
     the base `job` into OUT/<id>/; returns the exit status."""
     out = out or default_out(job_path)
     root = clip_root(out)
     base = with_absolute_paths(job, Path(job_path).parent)
-    tasks = [ClipTask(clip_id, clip_job, root / clip_id)
-             for clip_id, clip_job in read_clip_manifest(Path(manifest), base)]  # fmt: skip
+    tasks = [
+        ClipTask(clip_id, clip_job, root / clip_id)
+        for clip_id, clip_job in read_clip_manifest(Path(manifest), base)
+    ]
     return run_tasks(tasks, out, executor or "ray", address, header(job_path), show_progress)
 
 
-def run_tasks(tasks: list[ClipTask], out: str, executor: str, address: str | None,
-              header: dict[str, str], show_progress: bool) -> int:  # fmt: skip
+def run_tasks(
+    tasks: list[ClipTask],
+    out: str,
+    executor: str,
+    address: str | None,
+    header: dict[str, str],
+    show_progress: bool,
+) -> int:
     """Check, render, summarise into OUT (as given: file:/// marks a shared mount); the exit
     status."""
     started = time.time()
@@ -157,8 +179,10 @@ def clip_problems(job: AnimationJob) -> list[str]:
         problems.append(f"scheduler: {message}")
     for field, value in (("init_image", job.init_image), ("soundtrack", job.video.soundtrack)):
         if value is not None and "://" not in value and not Path(value).is_file():
-            problems.append(f"{field}: {value!r} does not exist; fix the path (relative paths "
-                            "are from the job file's folder)")  # fmt: skip
+            problems.append(
+                f"{field}: {value!r} does not exist; fix the path (relative paths "
+                "are from the job file's folder)"
+            )
     return problems
 
 
@@ -169,13 +193,19 @@ def header(job_path: Path) -> dict[str, str]:
     }
 
 
-def render_tasks(tasks: list[ClipTask], out: str, executor: str, address: str | None,
-                 header: dict[str, str], show_progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+def render_tasks(
+    tasks: list[ClipTask],
+    out: str,
+    executor: str,
+    address: str | None,
+    header: dict[str, str],
+    show_progress: bool,
+) -> list[dict[str, Any]]:
     if executor == "ray":
         return run_clips_ray(tasks, header, address=address, out=out)
     if executor != "local":
         raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
-    from jobs.cli import progress_bar
+    from sdfleet.jobs.cli import progress_bar
 
     total = sum(task.job.max_frames for task in tasks)
     with progress_bar(total, show_progress) as bar:
@@ -184,8 +214,14 @@ def render_tasks(tasks: list[ClipTask], out: str, executor: str, address: str | 
 
 def write_summary(root: Path, rows: list[dict[str, Any]], executor: str, wall_s: float) -> None:
     ok = sum(row["status"] == "ok" for row in rows)
-    summary = {"executor": executor, "clips": len(rows), "ok": ok, "error": len(rows) - ok,
-               "wall_s": round(wall_s, 3), "statuses": rows}  # fmt: skip
+    summary = {
+        "executor": executor,
+        "clips": len(rows),
+        "ok": ok,
+        "error": len(rows) - ok,
+        "wall_s": round(wall_s, 3),
+        "statuses": rows,
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -193,8 +229,10 @@ def write_summary(root: Path, rows: list[dict[str, Any]], executor: str, wall_s:
 def report(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         if row["status"] == "ok":
-            print(f"{row['id']}: ok, {row['frames_written']} frames -> "
-                  f"{Path(row['folder']) / str(row['video'])}")  # fmt: skip
+            print(
+                f"{row['id']}: ok, {row['frames_written']} frames -> "
+                f"{Path(row['folder']) / str(row['video'])}"
+            )
         else:
             print(f"{row['id']}: error: {row['error']}")
     if any(row["status"] != "ok" for row in rows):
@@ -203,7 +241,7 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 def run_demo_clip(out: Path, show_progress: bool = False) -> int:
     """`sdfleet demo`'s clip: jobs/examples/anim_demo.yaml (24 frames, 64x64, builtin:tiny)."""
-    from jobs.spec import load_job
+    from sdfleet.jobs.spec import load_job
 
     job = load_job(DEMO_CLIP)
     return run_animation_job(job, DEMO_CLIP, str(out), "local", None, show_progress)

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from batch.errors import ConfigError
-from batch.models import ModelSpec
-from jobs.bench_contenders import CONTENDER_NAMES, CONTENDERS, BenchError, Sample, Workload
+from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.models import ModelSpec
+from sdfleet.jobs.bench_contenders import CONTENDER_NAMES, CONTENDERS, BenchError, Sample, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ PROMPT_SUBJECTS = (
     "a tabby cat",
     "a sailboat",
 )
-PROMPT_STYLES = ("watercolor", "studio photo", "oil painting", "pixel art")  # fmt: skip
+PROMPT_STYLES = ("watercolor", "studio photo", "oil painting", "pixel art")
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,11 @@ def run_bench_command(args: Any) -> int:
     mode = "overhead" if args.overhead else "animation" if args.animation else "throughput"
     settings = settings_from_args(args, mode)
     if mode == "overhead":
-        from jobs.bench_overhead import run_overhead
+        from sdfleet.jobs.bench_overhead import run_overhead
 
         run_overhead(settings)
     elif mode == "animation":
-        from jobs.bench_anim import run_animation_bench
+        from sdfleet.jobs.bench_anim import run_animation_bench
 
         run_animation_bench(settings)
     else:
@@ -105,24 +105,43 @@ def settings_from_args(args: Any, mode: str) -> BenchSettings:
     )
     unknown = [n for n in contenders if n not in known]
     if unknown:
-        raise ConfigError(f"--contenders: {', '.join(unknown)} unknown here; "
-                          f"choose from {', '.join(known)}")  # fmt: skip
+        raise ConfigError(
+            f"--contenders: {', '.join(unknown)} unknown here; choose from {', '.join(known)}"
+        )
     if mode == "throughput" and len(rows) != 1:
         raise ConfigError(f"--rows: one number for a throughput run, got {args.rows!r}")
-    for name in ("steps", "size", "batch_size", "repeats", "frames", "rows_per_block",
-                 "cpu_threads"):  # fmt: skip
+    for name in (
+        "steps",
+        "size",
+        "batch_size",
+        "repeats",
+        "frames",
+        "rows_per_block",
+        "cpu_threads",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
     if not 0 < args.strength <= 1:
         raise ConfigError(f"--strength: img2img strength is in (0, 1], got {args.strength}")
     return BenchSettings(
-        model=args.model, rows=rows, steps=args.steps, size_px=args.size,
-        batch_size=args.batch_size, repeats=args.repeats, guidance_scale=args.guidance_scale,
-        device=args.device, dtype=args.dtype, out=Path(args.out), contenders=contenders,
-        keep_outputs=args.keep_outputs, frames=args.frames, strength=args.strength,
-        rows_per_block=args.rows_per_block, cpu_threads=args.cpu_threads,
-    )  # fmt: skip
+        model=args.model,
+        rows=rows,
+        steps=args.steps,
+        size_px=args.size,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        guidance_scale=args.guidance_scale,
+        device=args.device,
+        dtype=args.dtype,
+        out=Path(args.out),
+        contenders=contenders,
+        keep_outputs=args.keep_outputs,
+        frames=args.frames,
+        strength=args.strength,
+        rows_per_block=args.rows_per_block,
+        cpu_threads=args.cpu_threads,
+    )
 
 
 def parse_ints(flag: str, text: str) -> tuple[int, ...]:
@@ -140,26 +159,39 @@ def parse_ints(flag: str, text: str) -> tuple[int, ...]:
 
 def run_throughput(settings: BenchSettings) -> dict[str, Any]:
     """Every contender on the same rows, `repeats` rounds in rotated order; table + JSON."""
-    from batch.models import resolve_model_source
+    from sdfleet.batch.models import resolve_model_source
 
     # 1. the rows, and everything that is started once for all repeats
     resolve_model_source(settings.spec)
     settings.out.mkdir(parents=True, exist_ok=True)
     manifest = write_bench_manifest(settings.out / "manifest.parquet", settings.rows[0])
-    work = Workload(settings.spec, manifest, settings.steps, settings.size_px,
-                    settings.guidance_scale, settings.batch_size,
-                    settings.rows_per_block, settings.cpu_threads)  # fmt: skip
+    work = Workload(
+        settings.spec,
+        manifest,
+        settings.steps,
+        settings.size_px,
+        settings.guidance_scale,
+        settings.batch_size,
+        settings.rows_per_block,
+        settings.cpu_threads,
+    )
     ray_start_s = start_ray() if {"c", "ray"} & set(settings.contenders) else None
-    report = {"mode": "throughput", "machine": machine_info(settings.spec),
-              "settings": settings_record(settings), "ray_start_s": ray_start_s}  # fmt: skip
+    report = {
+        "mode": "throughput",
+        "machine": machine_info(settings.spec),
+        "settings": settings_record(settings),
+        "ray_start_s": ray_start_s,
+    }
     # 2. the rounds; the report is rewritten after every sample (a stopped run keeps them)
     samples: list[Sample] = []
     for repeat in range(settings.repeats):
         for name in rotated(settings.contenders, repeat):
             samples.append(run_sample(work, settings, name, repeat))
-            report |= {"contenders": summarize_samples(samples, settings.contenders),
-                       "pairs": pair_ratios(samples),
-                       "samples": [sample_record(s) for s in samples]}  # fmt: skip
+            report |= {
+                "contenders": summarize_samples(samples, settings.contenders),
+                "pairs": pair_ratios(samples),
+                "samples": [sample_record(s) for s in samples],
+            }
             write_report(settings.out / "throughput.json", report, quiet=True)
     # 3. the table
     write_report(settings.out / "throughput.json", report)
@@ -176,8 +208,11 @@ def run_sample(work: Workload, settings: BenchSettings, name: str, repeat: int) 
     sample = CONTENDERS[name](work, folder, repeat)
     sample = replace(sample, load_average=(load_before, os.getloadavg()[0]))
     logger.info("%s repeat %d: %.2f images/s", name, repeat, sample.images_per_s)
-    print(f"  repeat {repeat} {name:>5}: {sample.images_per_s:.3g} images/s, "
-          f"fixed {sample.fixed_s:.3g} s, wall {sample.wall_s:.3g} s", flush=True)  # fmt: skip
+    print(
+        f"  repeat {repeat} {name:>5}: {sample.images_per_s:.3g} images/s, "
+        f"fixed {sample.fixed_s:.3g} s, wall {sample.wall_s:.3g} s",
+        flush=True,
+    )
     if sample.images != settings.rows[0]:
         raise BenchError(f"{name} made {sample.images} images, not {settings.rows[0]}")
     if not settings.keep_outputs:
@@ -201,19 +236,26 @@ def write_bench_manifest(path: Path, rows: int) -> Path:
     with pq.ParquetWriter(path, schema) as writer:
         for start in range(0, rows, 65536):
             index = range(start, min(rows, start + 65536))
-            writer.write_table(pa.table({
-                "id": [f"row-{i:07d}" for i in index],
-                "prompt": [f"{PROMPT_SUBJECTS[i % len(PROMPT_SUBJECTS)]}, "
-                           f"{PROMPT_STYLES[i // len(PROMPT_SUBJECTS) % len(PROMPT_STYLES)]}"
-                           for i in index],
-                "seed": [1000 + i for i in index],
-            }, schema=schema))  # fmt: skip
+            writer.write_table(
+                pa.table(
+                    {
+                        "id": [f"row-{i:07d}" for i in index],
+                        "prompt": [
+                            f"{PROMPT_SUBJECTS[i % len(PROMPT_SUBJECTS)]}, "
+                            f"{PROMPT_STYLES[i // len(PROMPT_SUBJECTS) % len(PROMPT_STYLES)]}"
+                            for i in index
+                        ],
+                        "seed": [1000 + i for i in index],
+                    },
+                    schema=schema,
+                )
+            )
     return path
 
 
 def start_ray() -> float:
     """Start (or join) Ray once, before any timing, the way `sdfleet run` does."""
-    from batch.ray_runner import connect
+    from sdfleet.batch.ray_runner import connect
 
     started = time.perf_counter()
     connect(None)
@@ -225,8 +267,11 @@ def start_ray() -> float:
 
 def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:
     """min / median / max."""
-    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
-            "max": round(max(values), digits)}  # fmt: skip
+    return {
+        "min": round(min(values), digits),
+        "median": round(statistics.median(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 # The comparisons the targets name: sdfleet local vs the loops, sdfleet on Ray vs plain Ray.
@@ -236,8 +281,9 @@ PAIRS = (("local", "a"), ("local", "b"), ("ray", "c"))
 def paired_ratio(samples: list[Sample], name: str, baseline: str) -> dict[str, float] | None:
     """images/s of `name` over `baseline`, repeat by repeat (the two ran side by side)."""
     base = {s.repeat: s.images_per_s for s in samples if s.contender == baseline}
-    ratios = [s.images_per_s / base[s.repeat] for s in samples
-              if s.contender == name and s.repeat in base]  # fmt: skip
+    ratios = [
+        s.images_per_s / base[s.repeat] for s in samples if s.contender == name and s.repeat in base
+    ]
     return spread(ratios) if ratios else None
 
 
@@ -284,16 +330,20 @@ def machine_info(spec: ModelSpec | None = None) -> dict[str, Any]:
     """What the figures were measured on."""
     import torch
 
-    from jobs.runner import versions
+    from sdfleet.jobs.runner import versions
 
-    info = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-                                1),
-            "torch_threads_default": torch.get_num_threads(), "versions": versions(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average_at_start": os.getloadavg()}  # fmt: skip
+    info = {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "torch_threads_default": torch.get_num_threads(),
+        "versions": versions(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": os.getloadavg(),
+    }
     if spec is not None:
-        from batch.models import choose_device_dtype
+        from sdfleet.batch.models import choose_device_dtype
 
         device, dtype = choose_device_dtype(spec)
         info |= {"device": str(device), "dtype": str(dtype).removeprefix("torch.")}
@@ -340,21 +390,36 @@ def fmt_spread(entry: dict[str, float] | None, digits: int = 3) -> str:
     """'median (min-max)'."""
     if entry is None:
         return "-"
-    return (f"{entry['median']:.{digits}g} ({entry['min']:.{digits}g}-"
-            f"{entry['max']:.{digits}g})")  # fmt: skip
+    return f"{entry['median']:.{digits}g} ({entry['min']:.{digits}g}-{entry['max']:.{digits}g})"
 
 
 def throughput_table(report: dict[str, Any]) -> str:
     settings = report["settings"]
-    rows = [[entry["label"], fmt_spread(entry["images_per_s"]), fmt_spread(entry["ratio_to_a"]),
-             fmt_spread(entry["fixed_s"]), fmt_spread(entry["startup_s"]),
-             fmt_spread(entry["end_to_end_images_per_s"]),
-             fmt_spread(entry["cpu_ms_per_image"])]
-            for entry in report["contenders"].values()]  # fmt: skip
-    title = (f"{settings['model']}, {settings['rows'][0]} rows, {settings['size_px']} px, "
-             f"{settings['steps']} steps, batch {settings['batch_size']}, "
-             f"{settings['repeats']} repeats; median (min-max)")  # fmt: skip
-    headers = ["contender", "images/s", "ratio to (a)", "fixed s", "model ready s",
-               "images/s end to end", "CPU ms/image"]  # fmt: skip
+    rows = [
+        [
+            entry["label"],
+            fmt_spread(entry["images_per_s"]),
+            fmt_spread(entry["ratio_to_a"]),
+            fmt_spread(entry["fixed_s"]),
+            fmt_spread(entry["startup_s"]),
+            fmt_spread(entry["end_to_end_images_per_s"]),
+            fmt_spread(entry["cpu_ms_per_image"]),
+        ]
+        for entry in report["contenders"].values()
+    ]
+    title = (
+        f"{settings['model']}, {settings['rows'][0]} rows, {settings['size_px']} px, "
+        f"{settings['steps']} steps, batch {settings['batch_size']}, "
+        f"{settings['repeats']} repeats; median (min-max)"
+    )
+    headers = [
+        "contender",
+        "images/s",
+        "ratio to (a)",
+        "fixed s",
+        "model ready s",
+        "images/s end to end",
+        "CPU ms/image",
+    ]
     pairs = [f"{key}: {fmt_spread(value)}" for key, value in report["pairs"].items()]
     return "\n".join([title, format_table(headers, rows), *pairs])

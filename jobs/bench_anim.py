@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.bench import (
+from sdfleet.jobs.bench import (
     BenchSettings,
     fmt_spread,
     format_table,
@@ -43,19 +43,34 @@ ENCODE_SIZES_PX = (None, 512)  # None: the clip's own size
 
 def bench_animation_job(settings: BenchSettings) -> Any:
     """A 2D clip exercising the whole chain; `strength` is img2img's share denoised."""
-    from anim.spec import load_animation_job
+    from sdfleet.anim.spec import load_animation_job
 
-    return load_animation_job({
-        "kind": "animation", "model": settings.model, "device": settings.device,
-        "dtype": settings.dtype, "W": settings.size_px, "H": settings.size_px,
-        "max_frames": settings.frames, "fps": 12, "seed": BENCH_SEED, "seed_behavior": "iter",
-        "diffusion_cadence": 1, "zoom": "0:(1.02)", "angle": "0:(1)", "translation_x": "0:(1)",
-        "strength_schedule": f"0:({1 - settings.strength:g})", "noise_schedule": "0:(0.04)",
-        "steps_schedule": f"0:({settings.steps})",
-        "cfg_scale_schedule": f"0:({settings.guidance_scale:g})",
-        "color_coherence": "LAB", "prompts": {"0": BENCH_PROMPT},
-        "video": {"format": "mp4", "crf": 20, "preset": "veryfast"},
-    }, source="sdfleet bench --animation")  # fmt: skip
+    return load_animation_job(
+        {
+            "kind": "animation",
+            "model": settings.model,
+            "device": settings.device,
+            "dtype": settings.dtype,
+            "W": settings.size_px,
+            "H": settings.size_px,
+            "max_frames": settings.frames,
+            "fps": 12,
+            "seed": BENCH_SEED,
+            "seed_behavior": "iter",
+            "diffusion_cadence": 1,
+            "zoom": "0:(1.02)",
+            "angle": "0:(1)",
+            "translation_x": "0:(1)",
+            "strength_schedule": f"0:({1 - settings.strength:g})",
+            "noise_schedule": "0:(0.04)",
+            "steps_schedule": f"0:({settings.steps})",
+            "cfg_scale_schedule": f"0:({settings.guidance_scale:g})",
+            "color_coherence": "LAB",
+            "prompts": {"0": BENCH_PROMPT},
+            "video": {"format": "mp4", "crf": 20, "preset": "veryfast"},
+        },
+        source="sdfleet bench --animation",
+    )
 
 
 class TimedFrames:
@@ -83,18 +98,26 @@ class TimedFrames:
 def render_sdfleet(job: Any, pipes: Any, folder: Path) -> dict[str, float]:
     """render_clip into a fresh folder; frame phase (until the last frame and its state are
     written) and the video + contact sheet phase after it."""
-    from anim.clip import ClipPaths, render_clip
-    from anim.frames import PipelineFrames
+    from sdfleet.anim.clip import ClipPaths, render_clip
+    from sdfleet.anim.frames import PipelineFrames
 
     model = TimedFrames(PipelineFrames.for_job(pipes, job))
     last_frame = [0.0]
     started = time.perf_counter()
-    render_clip(job, ClipPaths.for_job(folder, job, "bench"), model,
-                progress=lambda n: last_frame.__setitem__(0, time.perf_counter()))  # fmt: skip
+    render_clip(
+        job,
+        ClipPaths.for_job(folder, job, "bench"),
+        model,
+        progress=lambda n: last_frame.__setitem__(0, time.perf_counter()),
+    )
     ended = time.perf_counter()
     frames_s = last_frame[0] - started
-    return {"frames_s": frames_s, "model_s": model.model_s, "video_s": ended - last_frame[0],
-            "frames_per_s": job.max_frames / frames_s}  # fmt: skip
+    return {
+        "frames_s": frames_s,
+        "model_s": model.model_s,
+        "video_s": ended - last_frame[0],
+        "frames_per_s": job.max_frames / frames_s,
+    }
 
 
 def render_plain(settings: BenchSettings, plain: tuple[Any, Any], folder: Path) -> dict:
@@ -103,8 +126,11 @@ def render_plain(settings: BenchSettings, plain: tuple[Any, Any], folder: Path) 
 
     txt2img, img2img = plain
     folder.mkdir(parents=True, exist_ok=True)
-    call = {"prompt": BENCH_PROMPT, "num_inference_steps": settings.steps,
-            "guidance_scale": settings.guidance_scale}  # fmt: skip
+    call = {
+        "prompt": BENCH_PROMPT,
+        "num_inference_steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+    }
     model_s, started, image = 0.0, time.perf_counter(), None
     for frame in range(settings.frames):
         generator = torch.Generator(device="cpu").manual_seed(BENCH_SEED + frame)
@@ -113,8 +139,9 @@ def render_plain(settings: BenchSettings, plain: tuple[Any, Any], folder: Path) 
             size = {"width": settings.size_px, "height": settings.size_px}
             image = txt2img(**call, **size, generator=generator).images[0]
         else:
-            image = img2img(**call, image=image, strength=settings.strength,
-                            generator=generator).images[0]  # fmt: skip
+            image = img2img(
+                **call, image=image, strength=settings.strength, generator=generator
+            ).images[0]
         model_s += time.perf_counter() - step_started
         image.save(folder / f"frame_{frame:06d}.png")
     frames_s = time.perf_counter() - started
@@ -126,10 +153,10 @@ def load_models(settings: BenchSettings, job: Any) -> tuple[Any, tuple[Any, Any]
     both with the job's scheduler and the same torch thread count."""
     from diffusers import AutoPipelineForImage2Image
 
-    from anim.ray_clips import model_spec
-    from batch.replica import Replica
-    from batch.schedulers import make_scheduler
-    from jobs.bench_contenders import load_plain_pipeline
+    from sdfleet.anim.ray_clips import model_spec
+    from sdfleet.batch.replica import Replica
+    from sdfleet.batch.schedulers import make_scheduler
+    from sdfleet.jobs.bench_contenders import load_plain_pipeline
 
     # the replica sets torch threads for CPU replicas (every core unless told); plain uses those
     replica = Replica(model_spec(job), batch_size=1, cpu_threads=settings.cpu_threads)
@@ -145,7 +172,7 @@ def time_encoder(frames_dir: Path, fps: float, size_px: int | None) -> float:
     import numpy as np
     from PIL import Image
 
-    from anim.video import EncodeOptions, encode_frames
+    from sdfleet.anim.video import EncodeOptions, encode_frames
 
     frames = []
     for path in sorted(frames_dir.glob("frame_*.png")):
@@ -174,17 +201,25 @@ def run_animation_bench(settings: BenchSettings) -> dict[str, Any]:
                 result = render_sdfleet(job, pipes, folder)
                 for size in ENCODE_SIZES_PX:
                     result[f"encode_fps_{size or settings.size_px}px"] = time_encoder(
-                        folder / "frames", job.fps, size)  # fmt: skip
+                        folder / "frames", job.fps, size
+                    )
             else:
                 result = render_plain(settings, plain, folder)
-            result |= {"contender": name, "repeat": repeat,
-                       "overhead_share": 1 - result["model_s"] / result["frames_s"]}  # fmt: skip
+            result |= {
+                "contender": name,
+                "repeat": repeat,
+                "overhead_share": 1 - result["model_s"] / result["frames_s"],
+            }
             samples.append(result)
             if not settings.keep_outputs:
                 shutil.rmtree(folder, ignore_errors=True)
-    report = {"mode": "animation", "machine": machine_info(settings.spec),
-              "settings": settings_record(settings), "summary": summarize(samples),
-              "samples": samples}  # fmt: skip
+    report = {
+        "mode": "animation",
+        "machine": machine_info(settings.spec),
+        "settings": settings_record(settings),
+        "summary": summarize(samples),
+        "samples": samples,
+    }
     write_report(settings.out / "animation.json", report)
     print(animation_table(report))
     return report
@@ -204,18 +239,30 @@ def animation_table(report: dict[str, Any]) -> str:
     settings, summary = report["settings"], report["summary"]
     rows = []
     for name, entry in summary.items():
-        per_frame = {k: {q: v / settings["frames"] * 1000 for q, v in entry[k].items()}
-                     for k in ("frames_s", "model_s")}  # fmt: skip
-        rows.append([name, fmt_spread(entry["frames_per_s"]), fmt_spread(per_frame["frames_s"]),
-                     fmt_spread(per_frame["model_s"]),
-                     fmt_spread(entry["overhead_share"])])  # fmt: skip
-    title = (f"{settings['model']}, {settings['frames']} frames, {settings['size_px']} px, "
-             f"{settings['steps']} steps, strength {settings['strength']}, "
-             f"{settings['repeats']} repeats; median (min-max)")  # fmt: skip
+        per_frame = {
+            k: {q: v / settings["frames"] * 1000 for q, v in entry[k].items()}
+            for k in ("frames_s", "model_s")
+        }
+        rows.append(
+            [
+                name,
+                fmt_spread(entry["frames_per_s"]),
+                fmt_spread(per_frame["frames_s"]),
+                fmt_spread(per_frame["model_s"]),
+                fmt_spread(entry["overhead_share"]),
+            ]
+        )
+    title = (
+        f"{settings['model']}, {settings['frames']} frames, {settings['size_px']} px, "
+        f"{settings['steps']} steps, strength {settings['strength']}, "
+        f"{settings['repeats']} repeats; median (min-max)"
+    )
     headers = ["render", "frames/s", "ms/frame", "model ms/frame", "share not model"]
     lines = [title, format_table(headers, rows)]
     for key, value in summary.get("sdfleet", {}).items():
         if key.startswith("encode_fps_"):
-            lines.append(f"encoder (mp4, veryfast) at {key.removeprefix('encode_fps_')}: "
-                         f"{fmt_spread(value)} frames/s")  # fmt: skip
+            lines.append(
+                f"encoder (mp4, veryfast) at {key.removeprefix('encode_fps_')}: "
+                f"{fmt_spread(value)} frames/s"
+            )
     return "\n".join(lines)

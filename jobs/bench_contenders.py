@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batch.models import ModelSpec
+from sdfleet.batch.models import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +53,12 @@ class Workload:
     cpu_threads: int | None = None  # CPU: torch threads of every contender (None: all cores)
 
     def call_kwargs(self) -> dict[str, Any]:
-        return {"num_inference_steps": self.steps, "guidance_scale": self.guidance_scale,
-                "width": self.size_px, "height": self.size_px}  # fmt: skip
+        return {
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "width": self.size_px,
+            "height": self.size_px,
+        }
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,14 @@ class Sample:
         return None if self.cpu_s is None else 1000 * self.cpu_s / self.images
 
 
-def measure(contender: str, repeat: int, images_dir: Path, wall_s: float,
-            startup_s: float | None, cpu_s: float | None = None) -> Sample:  # fmt: skip
+def measure(
+    contender: str,
+    repeat: int,
+    images_dir: Path,
+    wall_s: float,
+    startup_s: float | None,
+    cpu_s: float | None = None,
+) -> Sample:
     """A Sample from the images a run wrote."""
     times = image_times(images_dir)
     return Sample(contender, repeat, len(times), wall_s, startup_s, steady_rate(times), cpu_s)
@@ -97,8 +107,11 @@ def image_times(folder: Path) -> list[float]:
     """When each image was written (file modification times, seconds), sorted."""
     if not folder.is_dir():
         return []
-    return sorted(entry.stat().st_mtime_ns / 1e9 for entry in os.scandir(folder)
-                  if entry.name.endswith(".png"))  # fmt: skip
+    return sorted(
+        entry.stat().st_mtime_ns / 1e9
+        for entry in os.scandir(folder)
+        if entry.name.endswith(".png")
+    )
 
 
 def steady_rate(times: list[float]) -> float:
@@ -129,7 +142,7 @@ class BenchError(RuntimeError):
 def cpu_threads(work: Workload) -> int | None:
     """Torch threads on CPU: the job's `cpu_threads`, else every core, as sdfleet's replica
     (`batch.replica.Replica`) does; the plain contenders set the same."""
-    from batch.models import choose_device_dtype
+    from sdfleet.batch.models import choose_device_dtype
 
     device, _ = choose_device_dtype(work.spec)
     return (work.cpu_threads or os.cpu_count() or 1) if device.type == "cpu" else None
@@ -143,13 +156,13 @@ def load_plain_pipeline(spec: ModelSpec) -> Any:
     """
     from diffusers import AutoPipelineForText2Image
 
-    from batch.models import (
+    from sdfleet.batch.models import (
         choose_device_dtype,
         load_pipelines,
         quiet_loading,
         resolve_model_source,
     )
-    from batch.tiny import tiny_model_dir
+    from sdfleet.batch.tiny import tiny_model_dir
 
     quiet_loading()  # loading is not timed; this only keeps Ray workers' logs short
     source = resolve_model_source(spec)
@@ -163,8 +176,9 @@ def load_plain_pipeline(spec: ModelSpec) -> Any:
     return pipe
 
 
-def generate_and_save(pipe: Any, ids: list[str], prompts: list[str], seeds: list[int],
-                      work: Workload, folder: Path) -> list[str]:  # fmt: skip
+def generate_and_save(
+    pipe: Any, ids: list[str], prompts: list[str], seeds: list[int], work: Workload, folder: Path
+) -> list[str]:
     """One pipeline call with a seeded generator per row; each image saved as `<id>.png`."""
     import torch
 
@@ -192,8 +206,14 @@ def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_cal
     images.mkdir(parents=True)
     for start in range(0, len(rows), rows_per_call):
         chunk = rows[start : start + rows_per_call]
-        generate_and_save(pipe, [r["id"] for r in chunk], [r["prompt"] for r in chunk],
-                          [r["seed"] for r in chunk], work, images)  # fmt: skip
+        generate_and_save(
+            pipe,
+            [r["id"] for r in chunk],
+            [r["prompt"] for r in chunk],
+            [r["seed"] for r in chunk],
+            work,
+            images,
+        )
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     return measure(name, repeat, images, wall, ready - started, cpu)
 
@@ -216,8 +236,14 @@ class PlainRayPredictor:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        paths = generate_and_save(self.pipe, list(batch["id"]), list(batch["prompt"]),
-                                  list(batch["seed"]), self.work, self.folder)  # fmt: skip
+        paths = generate_and_save(
+            self.pipe,
+            list(batch["id"]),
+            list(batch["prompt"]),
+            list(batch["seed"]),
+            self.work,
+            self.folder,
+        )
         return {"id": batch["id"], "path": np.array(paths)}
 
 
@@ -232,29 +258,41 @@ def run_plain_ray(work: Workload, folder: Path, repeat: int) -> Sample:
     use_default_data_context()
     since, started = time.time(), time.perf_counter()
     dataset = ray.data.read_parquet(str(work.manifest)).map_batches(
-        PlainRayPredictor, fn_constructor_kwargs={"work": work, "folder": str(images)},
-        batch_size=work.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-    )  # fmt: skip
+        PlainRayPredictor,
+        fn_constructor_kwargs={"work": work, "folder": str(images)},
+        batch_size=work.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        num_cpus=plan.num_cpus,
+        num_gpus=plan.num_gpus,
+    )
     dataset.write_parquet(str(folder / "results"))
     return measure("c", repeat, images, time.perf_counter() - started, replicas_startup_s(since))
 
 
 def sdfleet_pool_plan() -> Any:
     """The pool `sdfleet run` plans on this cluster with a job's default `ray:` options."""
-    from batch.pool import plan_pool
-    from batch.ray_runner import alive_nodes
-    from jobs.spec import RayOptions
+    from sdfleet.batch.pool import plan_pool
+    from sdfleet.batch.ray_runner import alive_nodes
+    from sdfleet.jobs.spec import RayOptions
 
     options = RayOptions()
-    return plan_pool(alive_nodes(), options.replicas, options.replicas_per_gpu,
-                     options.num_cpus_per_replica, options.allow_fewer_replicas)  # fmt: skip
+    return plan_pool(
+        alive_nodes(),
+        options.replicas,
+        options.replicas_per_gpu,
+        options.num_cpus_per_replica,
+        options.allow_fewer_replicas,
+    )
 
 
 # What sdfleet's ray executor sets on the driver's DataContext (batch.ray_runner); plain Ray
 # Data runs with Ray's defaults for these, except that neither shows progress bars.
-_SDFLEET_CONTEXT_FIELDS = ("checkpoint_config", "execution_no_progress_timeout_s",
-                           "wait_for_min_actors_s", "max_errored_blocks")  # fmt: skip
+_SDFLEET_CONTEXT_FIELDS = (
+    "checkpoint_config",
+    "execution_no_progress_timeout_s",
+    "wait_for_min_actors_s",
+    "max_errored_blocks",
+)
 
 
 def use_default_data_context() -> None:
@@ -294,21 +332,33 @@ def replicas_startup_s(since: float) -> float | None:
 
 def bench_job(work: Workload, executor: str) -> Any:
     """The batch job `sdfleet run` would get for this workload (defaults everywhere else)."""
-    from jobs.spec import BatchJob
+    from sdfleet.jobs.spec import BatchJob
 
     ray = {"rows_per_block": work.rows_per_block} if work.rows_per_block else {}
-    return BatchJob.model_validate({
-        "name": "bench", "model": work.spec.model, "device": work.spec.device,
-        "dtype": work.spec.dtype, "manifest": str(work.manifest), "executor": executor,
-        "batch_size": work.batch_size, "ray": ray, "cpu_threads": work.cpu_threads,
-        "defaults": {"num_inference_steps": work.steps, "guidance_scale": work.guidance_scale,
-                     "width": work.size_px, "height": work.size_px},
-    })  # fmt: skip
+    return BatchJob.model_validate(
+        {
+            "name": "bench",
+            "model": work.spec.model,
+            "device": work.spec.device,
+            "dtype": work.spec.dtype,
+            "manifest": str(work.manifest),
+            "executor": executor,
+            "batch_size": work.batch_size,
+            "ray": ray,
+            "cpu_threads": work.cpu_threads,
+            "defaults": {
+                "num_inference_steps": work.steps,
+                "guidance_scale": work.guidance_scale,
+                "width": work.size_px,
+                "height": work.size_px,
+            },
+        }
+    )
 
 
 def run_sdfleet(work: Workload, folder: Path, repeat: int, executor: str) -> Sample:
     """(d)/(e): the real path of `sdfleet run` (validation, job record, run, summary)."""
-    from jobs.runner import EXIT_OK, exit_status, prepare_batch_job, run_batch_job
+    from sdfleet.jobs.runner import EXIT_OK, exit_status, prepare_batch_job, run_batch_job
 
     job = bench_job(work, executor)
     started, cpu_started = time.perf_counter(), time.process_time()

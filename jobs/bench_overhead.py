@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.bench import (
+from sdfleet.jobs.bench import (
     BenchSettings,
     format_table,
     machine_info,
@@ -39,16 +39,23 @@ def run_overhead(settings: BenchSettings) -> dict[str, Any]:
     """Every row count x executor in its own process; table + OUT/overhead.json (rewritten
     after every run, so a long series that is stopped keeps what it measured)."""
     root = settings.out / "overhead"
-    report = {"mode": "overhead", "machine": machine_info(), "settings": settings_record(settings),
-              "results": []}  # fmt: skip
+    report = {
+        "mode": "overhead",
+        "machine": machine_info(),
+        "settings": settings_record(settings),
+        "results": [],
+    }
     for rows in settings.rows:
         manifest = write_bench_manifest(root / f"manifest-{rows}.parquet", rows)
         for executor in settings.contenders:
             folder = root / "runs" / f"{rows}-{executor}"
             shutil.rmtree(folder, ignore_errors=True)
             result = run_child(manifest, folder, executor, settings)
-            print(f"  {rows} rows, {executor}: {result['ms_per_row']:.3g} ms/row, "
-                  f"peak {result['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+            print(
+                f"  {rows} rows, {executor}: {result['ms_per_row']:.3g} ms/row, "
+                f"peak {result['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
             report["results"].append(result)
             write_report(settings.out / "overhead.json", report, quiet=True)
             if not settings.keep_outputs:
@@ -60,24 +67,49 @@ def run_overhead(settings: BenchSettings) -> dict[str, Any]:
 
 def run_child(manifest: Path, folder: Path, executor: str, settings: BenchSettings) -> dict:
     """One size, one executor, in a fresh interpreter; its JSON line back."""
-    request = {"manifest": str(manifest), "out": str(folder), "executor": executor,
-               "batch_size": settings.batch_size,
-               "rows_per_block": settings.rows_per_block}  # fmt: skip
-    command = [sys.executable, "-m", "jobs.bench_overhead", json.dumps(request)]
+    request = {
+        "manifest": str(manifest),
+        "out": str(folder),
+        "executor": executor,
+        "batch_size": settings.batch_size,
+        "rows_per_block": settings.rows_per_block,
+    }
+    command = [sys.executable, "-m", "sdfleet.jobs.bench_overhead", json.dumps(request)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"overhead run {request} failed ({done.returncode}):\n"
-                           f"{done.stderr[-3000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"overhead run {request} failed ({done.returncode}):\n{done.stderr[-3000:]}"
+        )
     return json.loads(lines[-1])
 
 
 def overhead_table(results: list[dict]) -> str:
-    headers = ["rows", "executor", "ms/row", "rows/s", "wall s", "start-up s", "validate s",
-               "peak driver MiB", "driver MiB before the job"]  # fmt: skip
-    rows = [[r["rows"], r["executor"], r["ms_per_row"], r["rows_per_s"], r["wall_s"],
-             r["startup_s"], r["validate_s"], r["peak_rss_mib"], r["rss_before_job_mib"]]
-            for r in results]  # fmt: skip
+    headers = [
+        "rows",
+        "executor",
+        "ms/row",
+        "rows/s",
+        "wall s",
+        "start-up s",
+        "validate s",
+        "peak driver MiB",
+        "driver MiB before the job",
+    ]
+    rows = [
+        [
+            r["rows"],
+            r["executor"],
+            r["ms_per_row"],
+            r["rows_per_s"],
+            r["wall_s"],
+            r["startup_s"],
+            r["validate_s"],
+            r["peak_rss_mib"],
+            r["rss_before_job_mib"],
+        ]
+        for r in results
+    ]
     return "builtin:null, fresh process per run\n" + format_table(headers, rows)
 
 
@@ -91,15 +123,21 @@ def peak_rss_mib() -> float:
 
 def measure_run(request: dict[str, Any]) -> dict[str, Any]:
     """`sdfleet run` of the null job, timed by stage, in this (fresh) process."""
-    from batch.models import ModelSpec
-    from jobs.bench import start_ray
-    from jobs.bench_contenders import Workload, bench_job, replicas_startup_s
-    from jobs.runner import prepare_batch_job, run_batch_job
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.jobs.bench import start_ray
+    from sdfleet.jobs.bench_contenders import Workload, bench_job, replicas_startup_s
+    from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
 
     executor, folder = request["executor"], Path(request["out"])
-    work = Workload(ModelSpec(model="builtin:null"), Path(request["manifest"]), steps=1,
-                    size_px=64, guidance_scale=7.5, batch_size=request["batch_size"],
-                    rows_per_block=request["rows_per_block"])  # fmt: skip
+    work = Workload(
+        ModelSpec(model="builtin:null"),
+        Path(request["manifest"]),
+        steps=1,
+        size_px=64,
+        guidance_scale=7.5,
+        batch_size=request["batch_size"],
+        rows_per_block=request["rows_per_block"],
+    )
     job = bench_job(work, executor)
     before = peak_rss_mib()
     ray_start_s = start_ray() if executor == "ray" else None
@@ -113,11 +151,21 @@ def measure_run(request: dict[str, Any]) -> dict[str, Any]:
     if rows != summary["expected_outputs"] or not rows:
         raise RuntimeError(f"{executor}: {rows} of {summary['expected_outputs']} rows ok")
     busy = wall - (startup or 0.0)
-    return {"rows": rows, "executor": executor, "ok": summary["ok"], "error": summary["error"],
-            "wall_s": round(wall, 3), "startup_s": startup, "ray_start_s": ray_start_s,
-            "validate_s": round(validated - started, 3), "stage_s": summary["stage_s"],
-            "ms_per_row": round(1000 * busy / rows, 4), "rows_per_s": round(rows / busy, 1),
-            "rss_before_job_mib": before, "peak_rss_mib": peak_rss_mib()}  # fmt: skip
+    return {
+        "rows": rows,
+        "executor": executor,
+        "ok": summary["ok"],
+        "error": summary["error"],
+        "wall_s": round(wall, 3),
+        "startup_s": startup,
+        "ray_start_s": ray_start_s,
+        "validate_s": round(validated - started, 3),
+        "stage_s": summary["stage_s"],
+        "ms_per_row": round(1000 * busy / rows, 4),
+        "rows_per_s": round(rows / busy, 1),
+        "rss_before_job_mib": before,
+        "peak_rss_mib": peak_rss_mib(),
+    }
 
 
 def main(argv: list[str]) -> int:

@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from batch.errors import PipelineError, SdfleetError
-from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
+from sdfleet.batch.errors import PipelineError, SdfleetError
+from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
 
 logger = logging.getLogger("sdfleet")
 
@@ -23,9 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["ray", "local"], help="override the job's executor")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--allow-row-errors", action="store_true",
-                     help="exit 0 even when some rows failed (they stay in the summary); for "
-                     "schedulers that would otherwise retry a finished job")  # fmt: skip
+    run.add_argument(
+        "--allow-row-errors",
+        action="store_true",
+        help="exit 0 even when some rows failed (they stay in the summary); for "
+        "schedulers that would otherwise retry a finished job",
+    )
     validate = sub.add_parser("validate", help="check a job and its manifest without running")
     validate.add_argument("job", type=Path)
     plan = sub.add_parser("plan", help="print an animation job's per-frame plan")
@@ -46,8 +49,13 @@ def add_bench_parser(sub) -> None:
     mode.add_argument("--animation", action="store_true", help="2D render and video encoder")
     bench.add_argument("--model", default="builtin:tiny")
     bench.add_argument("--rows", help="rows (throughput: 128; --overhead: 10000,100000)")
-    for flag, default in (("--steps", 4), ("--size", 64), ("--batch-size", 4),
-                          ("--repeats", 3), ("--frames", 24)):  # fmt: skip
+    for flag, default in (
+        ("--steps", 4),
+        ("--size", 64),
+        ("--batch-size", 4),
+        ("--repeats", 3),
+        ("--frames", 24),
+    ):
         bench.add_argument(flag, type=int, default=default)
     bench.add_argument("--guidance-scale", type=float, default=7.5)
     bench.add_argument("--rows-per-block", type=int, help="sdfleet's ray executor (job: 128)")
@@ -62,10 +70,17 @@ def add_bench_parser(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    commands = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "demo": cmd_demo,
-                "bench": cmd_bench}  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    commands = {
+        "run": cmd_run,
+        "validate": cmd_validate,
+        "plan": cmd_plan,
+        "demo": cmd_demo,
+        "bench": cmd_bench,
+    }
     try:
         return commands[args.command](args)
     except PipelineError as exc:
@@ -80,31 +95,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_validate(args) -> int:
-    from jobs.spec import load_job
+    from sdfleet.jobs.spec import load_job
 
     job = load_job(args.job)
     if job.kind == "animation":
-        from jobs.anim_runner import validate_animation_job
+        from sdfleet.jobs.anim_runner import validate_animation_job
 
         frames = validate_animation_job(job, args.job)
         print(f"{args.job}: ok (animation, {frames} frames)")
         return EXIT_OK
-    from jobs.runner import prepare_batch_job
+    from sdfleet.jobs.runner import prepare_batch_job
 
     prepared = prepare_batch_job(job, args.job, None)
-    print(f"{args.job}: ok ({len(prepared.files)} manifest file(s), "
-          f"{prepared.expected_outputs} outputs)")  # fmt: skip
+    print(
+        f"{args.job}: ok ({len(prepared.files)} manifest file(s), "
+        f"{prepared.expected_outputs} outputs)"
+    )
     return EXIT_OK
 
 
 def cmd_plan(args) -> int:
-    from anim.plan import compile_plan, format_table, plan_to_jsonl
-    from jobs.spec import load_job
+    from sdfleet.anim.plan import compile_plan, format_table, plan_to_jsonl
+    from sdfleet.jobs.spec import load_job
 
     job = load_job(args.job)
     if job.kind != "animation":
-        print(f"sdfleet: error: {args.job} is a {job.kind} job; `plan` is for animation jobs",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"sdfleet: error: {args.job} is a {job.kind} job; `plan` is for animation jobs",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     frames = compile_plan(job)
     sys.stdout.write(plan_to_jsonl(frames) if args.json else format_table(frames) + "\n")
@@ -112,23 +131,36 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from jobs.spec import load_job
+    from sdfleet.jobs.spec import load_job
 
     job = load_job(args.job)
     if job.kind == "animation":
-        from jobs.anim_runner import run_animation_job
+        from sdfleet.jobs.anim_runner import run_animation_job
 
-        status = run_animation_job(job, args.job, args.out, args.executor, args.address,
-                                   show_progress=not args.no_progress)  # fmt: skip
+        status = run_animation_job(
+            job, args.job, args.out, args.executor, args.address, show_progress=not args.no_progress
+        )
     else:
-        status = run_batch(job, args.job, args.out, args.executor or job.executor, args.address,
-                           show_progress=not args.no_progress)  # fmt: skip
+        status = run_batch(
+            job,
+            args.job,
+            args.out,
+            args.executor or job.executor,
+            args.address,
+            show_progress=not args.no_progress,
+        )
     return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
 
 
-def run_batch(job, job_path: Path, out: str | None, executor: str, address: str | None,
-              show_progress: bool = True) -> int:  # fmt: skip
-    from jobs.runner import prepare_batch_job, run_batch_job
+def run_batch(
+    job,
+    job_path: Path,
+    out: str | None,
+    executor: str,
+    address: str | None,
+    show_progress: bool = True,
+) -> int:
+    from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
 
     prepared = prepare_batch_job(job, job_path, out)
     with progress_bar(prepared.expected_outputs, show_progress) as bar:
@@ -160,24 +192,28 @@ class progress_bar:
 
 
 def report(summary: dict, out: str) -> None:
-    print(f"{out}: {summary['ok']} ok, {summary['error']} error, "
-          f"{summary['skipped_already_done_rows']} rows already done; "
-          f"{summary['images_per_s']} images/s")  # fmt: skip
+    print(
+        f"{out}: {summary['ok']} ok, {summary['error']} error, "
+        f"{summary['skipped_already_done_rows']} rows already done; "
+        f"{summary['images_per_s']} images/s"
+    )
     for item in summary["errors"][:10]:
         print(f"  error {item['output_id']}: {item['error']}")
     if summary["unique_outputs"] < summary["expected_outputs"]:
-        print(f"  missing: {summary['expected_outputs'] - summary['unique_outputs']} outputs; "
-              "run the same command again to resume")  # fmt: skip
+        print(
+            f"  missing: {summary['expected_outputs'] - summary['unique_outputs']} outputs; "
+            "run the same command again to resume"
+        )
 
 
 def cmd_bench(args) -> int:
-    from jobs.bench import run_bench_command
+    from sdfleet.jobs.bench import run_bench_command
 
     return run_bench_command(args)
 
 
 def cmd_demo(args) -> int:
-    from jobs.demo import run_demo
+    from sdfleet.jobs.demo import run_demo
 
     return run_demo(Path(args.out), args.executor)
 

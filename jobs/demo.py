@@ -5,31 +5,39 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.examples import demo_rows, write_manifest
-from jobs.spec import BatchJob
+from sdfleet.jobs.examples import demo_rows, write_manifest
+from sdfleet.jobs.spec import BatchJob
 
 
 def demo_job(manifest: Path, executor: str) -> BatchJob:
-    return BatchJob.model_validate({
-        "name": "demo",
-        "model": "builtin:tiny",
-        "manifest": str(manifest),
-        "seed": 1,
-        "defaults": {"prompt_template": "{prompt}, {style}", "num_inference_steps": 4,
-                     "guidance_scale": 5.0, "width": 64, "height": 64, "scheduler": "euler"},
-        "batch_size": 4,
-        "executor": executor,
-    })  # fmt: skip
+    return BatchJob.model_validate(
+        {
+            "name": "demo",
+            "model": "builtin:tiny",
+            "manifest": str(manifest),
+            "seed": 1,
+            "defaults": {
+                "prompt_template": "{prompt}, {style}",
+                "num_inference_steps": 4,
+                "guidance_scale": 5.0,
+                "width": 64,
+                "height": 64,
+                "scheduler": "euler",
+            },
+            "batch_size": 4,
+            "executor": executor,
+        }
+    )
 
 
 def run_demo(out: Path, executor: str | None) -> int:
-    from jobs.cli import run_batch
+    from sdfleet.jobs.cli import run_batch
 
     manifest = write_manifest(demo_rows(), out.resolve() / "manifest" / "demo.parquet")
     job = demo_job(manifest, executor or "ray")
     status = run_batch(job, out / "job.yaml", str(out / "batch"), job.executor, None)
     print(f"demo images: {out / 'batch' / 'images'}")
-    from jobs.anim_runner import run_demo_clip
+    from sdfleet.jobs.anim_runner import run_demo_clip
 
     clip_status = run_demo_clip(out / "clip")
     print(f"demo clip: {out / 'clip'}")

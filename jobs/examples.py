@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from batch.manifest import table_from_rows
+from sdfleet.batch.manifest import table_from_rows
 
 PRODUCTS = [
     ("sku-1001", "a ceramic coffee mug", "kitchen"),
@@ -27,15 +27,17 @@ def marketing_rows() -> list[dict]:
     rows = []
     for sku, product, category in PRODUCTS:
         for k, style in enumerate(STYLES):
-            rows.append({
-                "id": f"{sku}-{style.split()[0]}",
-                "prompt": product,
-                "style": style,
-                "sku": sku,
-                "category": category,
-                "seed": 1000 + 10 * len(rows),
-                "num_images": 2 if k == 0 else 1,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "id": f"{sku}-{style.split()[0]}",
+                    "prompt": product,
+                    "style": style,
+                    "sku": sku,
+                    "category": category,
+                    "seed": 1000 + 10 * len(rows),
+                    "num_images": 2 if k == 0 else 1,
+                }
+            )
     return rows
 
 
@@ -61,22 +63,34 @@ def augmentation_rows(image_dir: Path, count: int = 6) -> list[dict]:
     for i in range(count):
         name = f"src-{i:03d}.png"
         (image_dir / name).write_bytes(shape_image_png(i))
-        rows.append({
-            "id": f"aug-{i:03d}",
-            "init_image": f"{image_dir.name}/{name}",
-            "label": ["circle", "square"][(i + 1) % 2],
-            "split": "train" if i < count - 2 else "val",
-            "prompt": "a photo of a simple shape, high detail",
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": f"aug-{i:03d}",
+                "init_image": f"{image_dir.name}/{name}",
+                "label": ["circle", "square"][(i + 1) % 2],
+                "split": "train" if i < count - 2 else "val",
+                "prompt": "a photo of a simple shape, high detail",
+            }
+        )
     return rows
 
 
 def demo_rows() -> list[dict]:
     """A dozen small txt2img rows, one img2img row from embedded bytes."""
     rows = marketing_rows()
-    rows.append({"id": "demo-img2img", "prompt": "a shape, oil painting", "style": "oil",
-                 "sku": "none", "category": "demo", "seed": 7, "num_images": 1,
-                 "init_image": shape_image_png(1), "strength": 0.6})  # fmt: skip
+    rows.append(
+        {
+            "id": "demo-img2img",
+            "prompt": "a shape, oil painting",
+            "style": "oil",
+            "sku": "none",
+            "category": "demo",
+            "seed": 7,
+            "num_images": 1,
+            "init_image": shape_image_png(1),
+            "strength": 0.6,
+        }
+    )
     return rows
 
 

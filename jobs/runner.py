@@ -12,18 +12,18 @@ from typing import Any
 
 import yaml
 
-from batch.actor import RunConfig
-from batch.errors import ConfigError, ModelError
-from batch.manifest import (
+from sdfleet.batch.actor import RunConfig
+from sdfleet.batch.errors import ConfigError, ModelError
+from sdfleet.batch.manifest import (
     check_out_outside_manifest,
     find_manifest_files,
     manifest_folder,
     validate_manifest,
 )
-from batch.models import ModelSpec, relative_to, resolve_model_source
-from batch.outputs import OutputDir, parquet_files
-from batch.run import Progress, RunStats, run_local, summarize
-from jobs.spec import BatchJob
+from sdfleet.batch.models import ModelSpec, relative_to, resolve_model_source
+from sdfleet.batch.outputs import OutputDir, parquet_files
+from sdfleet.batch.run import Progress, RunStats, run_local, summarize
+from sdfleet.jobs.spec import BatchJob
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +56,23 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
     files = find_manifest_files(job.manifest, base_dir=job_path.parent)
     base_dir = manifest_folder(job.manifest, job_path.parent)
     defaults = job.row_defaults()
-    expected = validate_manifest(files, defaults, job.max_reported_errors,
-                                 Path(base_dir) if base_dir else None)  # fmt: skip
+    expected = validate_manifest(
+        files, defaults, job.max_reported_errors, Path(base_dir) if base_dir else None
+    )
     config = RunConfig(
-        model=spec, defaults=defaults, out_uri=out, job_seed=job.seed,
-        batch_size=job.batch_size, pad_batches=job.pad_batches, cpu_threads=job.cpu_threads,
-        image_format=job.output.format, image_quality=job.output.quality,
-        embed_image_bytes=job.output.embed_image_bytes, manifest_dir=base_dir,
+        model=spec,
+        defaults=defaults,
+        out_uri=out,
+        job_seed=job.seed,
+        batch_size=job.batch_size,
+        pad_batches=job.pad_batches,
+        cpu_threads=job.cpu_threads,
+        image_format=job.output.format,
+        image_quality=job.output.quality,
+        embed_image_bytes=job.output.embed_image_bytes,
+        manifest_dir=base_dir,
         test_hooks=test_hooks(),
-    )  # fmt: skip
+    )
     return PreparedJob(job, config, files, expected, job_path)
 
 
@@ -98,14 +106,30 @@ def test_hooks() -> dict[str, Any]:
 
 def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:
     """The job's model fields; paths relative to the job file's folder are made absolute."""
-    return ModelSpec(model=relative_to(job.model, base_dir), scheduler=job.scheduler,
-                     device=job.device, dtype=job.dtype, allow_pickle=job.allow_pickle,
-                     model_config=relative_to(job.model_config_path, base_dir))  # fmt: skip
+    return ModelSpec(
+        model=relative_to(job.model, base_dir),
+        scheduler=job.scheduler,
+        device=job.device,
+        dtype=job.dtype,
+        allow_pickle=job.allow_pickle,
+        model_config=relative_to(job.model_config_path, base_dir),
+    )
 
 
 # Job fields that change pixels or file names: a rerun into the same OUT must not change them.
-PIXEL_FIELDS = ("model", "model_config", "scheduler", "device", "dtype", "seed", "defaults",
-                "batch_size", "pad_batches", "cpu_threads", "output")  # fmt: skip
+PIXEL_FIELDS = (
+    "model",
+    "model_config",
+    "scheduler",
+    "device",
+    "dtype",
+    "seed",
+    "defaults",
+    "batch_size",
+    "pad_batches",
+    "cpu_threads",
+    "output",
+)
 
 
 def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
@@ -117,8 +141,11 @@ def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
         return
     before = yaml.safe_load(out.read_bytes("job.yaml")) or {}
     now = job.model_dump(mode="json", by_alias=True)
-    changed = [f"{k}: {before.get('job', {}).get(k)!r} -> {now.get(k)!r}"
-               for k in PIXEL_FIELDS if before.get("job", {}).get(k) != now.get(k)]  # fmt: skip
+    changed = [
+        f"{k}: {before.get('job', {}).get(k)!r} -> {now.get(k)!r}"
+        for k in PIXEL_FIELDS
+        if before.get("job", {}).get(k) != now.get(k)
+    ]
     # the record of finished rows: another one would make every row again, next to the old
     was = (before.get("job", {}).get("ray") or {}).get("checkpoint_path")
     if was != now["ray"]["checkpoint_path"]:
@@ -176,8 +203,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
-                  address: str | None = None) -> dict:  # fmt: skip
+def run_batch_job(
+    prepared: PreparedJob, executor: str, progress: Progress, address: str | None = None
+) -> dict:
     """Execute and return the summary (also written to OUT/summary.json)."""
     out = OutputDir(prepared.config.out_uri)
     if executor == "local":  # Ray checks its nodes' GPUs when it sizes the pool
@@ -188,7 +216,7 @@ def run_batch_job(prepared: PreparedJob, executor: str, progress: Progress,
     if executor == "local":
         run_local(prepared.config, prepared.files, stats, progress)
     elif executor == "ray":
-        from batch.ray_runner import run_ray
+        from sdfleet.batch.ray_runner import run_ray
 
         run_ray(prepared.config, prepared.files, stats, progress, prepared.job.ray, address)
     else:

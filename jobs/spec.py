@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from batch.errors import ConfigError, suggest_name
-from batch.manifest import MAX_STEPS, RowDefaults, check_prompt_template
-from batch.schedulers import check_scheduler_name
+from sdfleet.batch.errors import ConfigError, suggest_name
+from sdfleet.batch.manifest import MAX_STEPS, RowDefaults, check_prompt_template
+from sdfleet.batch.schedulers import check_scheduler_name
 
 
 class Strict(BaseModel):
@@ -66,8 +66,9 @@ class RayOptions(Strict):
     num_cpus_per_replica: float = Field(1, gt=0)
     rows_per_block: int = Field(128, ge=1)
     allow_fewer_replicas: bool = False
-    min_replicas_timeout_s: float = Field(600, gt=0, allow_inf_nan=False,
-                                          description="time for replicas to load")  # fmt: skip
+    min_replicas_timeout_s: float = Field(
+        600, gt=0, allow_inf_nan=False, description="time for replicas to load"
+    )
     stall_timeout_s: float = Field(600, gt=0, allow_inf_nan=False)
     checkpoint_path: str | None = None
 
@@ -134,7 +135,7 @@ def load_job(path: str | Path):
     data = read_job_file(path)
     kind = data.get("kind", "batch")
     if kind == "animation":
-        from anim.spec import load_animation_job
+        from sdfleet.anim.spec import load_animation_job
 
         return load_animation_job(data, source=str(path))
     if kind != "batch":

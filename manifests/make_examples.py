@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from jobs.examples import augmentation_rows, marketing_rows, write_manifest
+from sdfleet.jobs.examples import augmentation_rows, marketing_rows, write_manifest
 
 HERE = Path(__file__).resolve().parent
 

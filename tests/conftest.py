@@ -34,7 +34,7 @@ def sdfleet_cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_dir(sdfleet_cache: Path) -> Path:
     """The `builtin:tiny` diffusers folder, built on first use (~5 s)."""
-    from batch.tiny import tiny_model_dir
+    from sdfleet.batch.tiny import tiny_model_dir
 
     return tiny_model_dir()
 
@@ -45,6 +45,6 @@ def tiny_pipes(tiny_dir: Path):
 
     Do not mutate it; `StableDiffusionPipeline.from_pipe(tiny_pipes.txt2img, ...)` varies a part.
     """
-    from batch.models import ModelSpec, load_pipelines
+    from sdfleet.batch.models import ModelSpec, load_pipelines
 
     return load_pipelines(ModelSpec())

@@ -42,9 +42,18 @@ def ray_up() -> dict:
 
 
 def test_ray_up_has_the_keys_ray_up_expects(ray_up):
-    for key in ("cluster_name", "max_workers", "provider", "auth", "available_node_types",
-                "head_node_type", "setup_commands", "head_start_ray_commands",
-                "worker_start_ray_commands", "file_mounts"):  # fmt: skip
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "auth",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "file_mounts",
+    ):
         assert key in ray_up, f"ray-up.yaml lacks {key!r}"
     assert ray_up["provider"]["type"] == "aws"
     assert ray_up["provider"]["region"]
@@ -187,8 +196,11 @@ def test_rayjob_outputs_live_on_a_volume_every_pod_mounts_at_the_same_path(k8s_d
     out_path = out.removeprefix("file://")
     claims = set()
     for name, spec in pod_specs(rayjob).items():
-        mounts = [m for m in spec["containers"][0]["volumeMounts"]
-                  if out_path.startswith(m["mountPath"].rstrip("/") + "/")]  # fmt: skip
+        mounts = [
+            m
+            for m in spec["containers"][0]["volumeMounts"]
+            if out_path.startswith(m["mountPath"].rstrip("/") + "/")
+        ]
         assert mounts, f"{name} pods do not mount the volume under {out_path}"
         volume = next(v for v in spec["volumes"] if v["name"] == mounts[0]["name"])
         claims.add((mounts[0]["mountPath"], volume["persistentVolumeClaim"]["claimName"]))
@@ -200,13 +212,16 @@ def test_rayjob_outputs_live_on_a_volume_every_pod_mounts_at_the_same_path(k8s_d
 
 
 def test_rayjob_job_file_is_valid_and_keeps_everything_on_shared_storage(k8s_docs, rayjob):
-    from jobs.spec import BatchJob, validate_model
+    from sdfleet.jobs.spec import BatchJob, validate_model
 
     job = validate_model(BatchJob, job_file(k8s_docs, rayjob), "rayjob.yaml ConfigMap")
     out = option(entrypoint_args(rayjob), "--out")
     # A multi-machine cluster refuses plain local paths: every location must be a URI.
-    for name, location in {"manifest": job.manifest, "checkpoint": job.ray.checkpoint_path,
-                           "out": out}.items():  # fmt: skip
+    for name, location in {
+        "manifest": job.manifest,
+        "checkpoint": job.ray.checkpoint_path,
+        "out": out,
+    }.items():
         assert location and "://" in location, f"{name}: {location!r} is not a URI"
     assert job.ray.checkpoint_path.startswith(out.rstrip("/") + "/"), "resume state under --out"
     assert job.executor == "ray"
@@ -214,8 +229,10 @@ def test_rayjob_job_file_is_valid_and_keeps_everything_on_shared_storage(k8s_doc
 
 def test_rayjob_storage_documents_can_be_applied_first(k8s_docs):
     """README step 1 applies `-l app.kubernetes.io/component=storage` before the job."""
-    by_kind = {d["kind"]: d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
-               for d in k8s_docs}  # fmt: skip
+    by_kind = {
+        d["kind"]: d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        for d in k8s_docs
+    }
     assert by_kind["PersistentVolumeClaim"] == "storage"
     assert by_kind["RayJob"] != "storage" and by_kind["ConfigMap"] != "storage"
 
@@ -226,8 +243,14 @@ def test_rayjob_storage_documents_can_be_applied_first(k8s_docs):
 def run_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def test_local_cluster_script_is_valid_bash():
@@ -296,9 +319,20 @@ def test_local_cluster_starts_head_and_fake_gpu_worker_then_stops():
     state = tempfile.mkdtemp(prefix="sdfc-", dir="/tmp")
     port = str(free_port())
     try:
-        started = run_script("start", "--dir", state, "--port", port, "--workers", "1",
-                             "--gpus-per-worker", "1", "--cpus-per-worker", "1",
-                             timeout=300)  # fmt: skip
+        started = run_script(
+            "start",
+            "--dir",
+            state,
+            "--port",
+            port,
+            "--workers",
+            "1",
+            "--gpus-per-worker",
+            "1",
+            "--cpus-per-worker",
+            "1",
+            timeout=300,
+        )
         assert started.returncode == 0, started.stdout + started.stderr
         assert "sdfleet run" in started.stdout and "--address" in started.stdout
 
@@ -306,8 +340,13 @@ def test_local_cluster_starts_head_and_fake_gpu_worker_then_stops():
         assert address.endswith(f":{port}")
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env.update(RAY_ADDRESS=address, RAY_AUTH_MODE="disabled")
-        probe = subprocess.run([sys.executable, "-c", NODES_PROBE], capture_output=True,
-                               text=True, timeout=180, env=env)  # fmt: skip
+        probe = subprocess.run(
+            [sys.executable, "-c", NODES_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
         assert probe.returncode == 0, probe.stderr
         seen = json.loads(probe.stdout.strip().splitlines()[-1])
         assert len(seen["nodes"]) == 2

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from anim.plan import FrameRecord
-from anim.spec import AnimationJob, load_animation_job
+from sdfleet.anim.plan import FrameRecord
+from sdfleet.anim.spec import AnimationJob, load_animation_job
 
 SMALL = {"W": 16, "H": 16, "steps_schedule": 4, "noise_type": "uniform"}
 

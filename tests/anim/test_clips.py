@@ -14,26 +14,33 @@ import pytest
 import yaml
 from PIL import Image
 
-from anim.clip import ClipPaths, check_resumable, read_status, render_clip
-from anim.plan import compile_plan, plan_to_jsonl
-from anim.ray_clips import (
+from sdfleet.anim.clip import ClipPaths, check_resumable, read_status, render_clip
+from sdfleet.anim.plan import compile_plan, plan_to_jsonl
+from sdfleet.anim.ray_clips import (
     ClipTask,
     RenderClips,
     check_clip_storage,
     read_clip_manifest,
     run_clips_ray,
 )
-from anim.spec import load_animation_job
-from anim.video import probe_video
-from batch.errors import ConfigError
-from batch.outputs import read_png_metadata
-from batch.pool import NodeResources
+from sdfleet.anim.spec import load_animation_job
+from sdfleet.anim.video import probe_video
+from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.outputs import read_png_metadata
+from sdfleet.batch.pool import NodeResources
 from tests.anim.fakes import FakeModel, small_job
 
 
 def clip_job(**fields):
-    base = {"W": 32, "H": 32, "max_frames": 12, "fps": 6, "diffusion_cadence": 2, "zoom": 1.03,
-            "contact_sheet_every": 4}  # fmt: skip
+    base = {
+        "W": 32,
+        "H": 32,
+        "max_frames": 12,
+        "fps": 6,
+        "diffusion_cadence": 2,
+        "zoom": 1.03,
+        "contact_sheet_every": 4,
+    }
     return small_job(**(base | fields))
 
 
@@ -53,7 +60,11 @@ def test_clip_outputs(tmp_path: Path) -> None:
     # the video: every frame, at the job's fps, H.264 yuv420p
     facts = probe_video(tmp_path / "boat.mp4")
     assert (facts["frames"], facts["fps"], facts["codec"], facts["pix_fmt"]) == (
-        12, 6.0, "h264", "yuv420p")  # fmt: skip
+        12,
+        6.0,
+        "h264",
+        "yuv420p",
+    )
     # job.yaml loads back as the same job; plan.jsonl is its plan
     text = paths.job_yaml.read_text()
     assert text.startswith("# note: test\n")
@@ -103,8 +114,14 @@ def test_walk_clip(tmp_path: Path) -> None:
 
 def test_clip_manifest_rows_override_the_base(tmp_path: Path) -> None:
     (tmp_path / "start.png").write_bytes(b"not read here")
-    table = pa.table({"id": ["a", "b"], "zoom": ["0:(1.1)", None],
-                      "init_image": [None, "start.png"], "max_frames": [4, None]})  # fmt: skip
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "zoom": ["0:(1.1)", None],
+            "init_image": [None, "start.png"],
+            "max_frames": [4, None],
+        }
+    )
     pq.write_table(table, tmp_path / "clips.parquet")
     clips = dict(read_clip_manifest(tmp_path / "clips.parquet", clip_job()))
     assert clips["a"].zoom == "0:(1.1)" and clips["a"].max_frames == 4
@@ -127,16 +144,30 @@ def clip_tasks(tmp_path: Path, max_frames: int = 6) -> list[ClipTask]:
     whose init_image is a corrupt file (it exists, so it passes the checks made before any
     model loads, and fails when the clip renders)."""
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
-    pq.write_table(pa.table({
-        "id": ["zoom", "walk", "broken"],
-        "animation_mode": [None, "interpolation", None],
-        "init_image": [None, None, "corrupt.png"],  # relative to the manifest's folder
-    }), tmp_path / "clips.parquet")  # fmt: skip
-    base = load_animation_job({
-        "kind": "animation", "W": 64, "H": 64, "max_frames": max_frames, "fps": 8,
-        "steps_schedule": 4, "diffusion_cadence": 2, "zoom": 1.02, "prompts": {"0": "a boat"},
-        "video": {"preset": "veryfast"},
-    })  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["zoom", "walk", "broken"],
+                "animation_mode": [None, "interpolation", None],
+                "init_image": [None, None, "corrupt.png"],  # relative to the manifest's folder
+            }
+        ),
+        tmp_path / "clips.parquet",
+    )
+    base = load_animation_job(
+        {
+            "kind": "animation",
+            "W": 64,
+            "H": 64,
+            "max_frames": max_frames,
+            "fps": 8,
+            "steps_schedule": 4,
+            "diffusion_cadence": 2,
+            "zoom": 1.02,
+            "prompts": {"0": "a boat"},
+            "video": {"preset": "veryfast"},
+        }
+    )
     clips = read_clip_manifest(tmp_path / "clips.parquet", base)
     return [ClipTask(i, job, tmp_path / "out" / i) for i, job in clips]
 
@@ -154,8 +185,13 @@ def check_statuses(rows: list[dict], tasks: list[ClipTask]) -> None:
 def test_render_clips_actor_without_ray(tmp_path: Path, tiny_dir) -> None:
     tasks = clip_tasks(tmp_path, max_frames=3)
     actor = RenderClips()
-    columns = actor({"id": [t.id for t in tasks], "job": [t.job.model_dump_json() for t in tasks],
-                     "root": [str(t.root) for t in tasks]})  # fmt: skip
+    columns = actor(
+        {
+            "id": [t.id for t in tasks],
+            "job": [t.job.model_dump_json() for t in tasks],
+            "root": [str(t.root) for t in tasks],
+        }
+    )
     rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values())]
     check_statuses(rows, tasks)
 
@@ -170,10 +206,10 @@ def test_clip_outputs_on_a_cluster_of_machines_must_be_a_shared_mount(tmp_path, 
     check_clip_storage(TWO_MACHINES, "file:///mnt/clips")
     check_clip_storage(TWO_MACHINES[:1], "out/clips")  # one machine: any folder
     # run_clips_ray checks it once it knows the cluster, before any actor starts
-    import batch.ray_runner
+    from sdfleet.batch import ray_runner
 
-    monkeypatch.setattr(batch.ray_runner, "connect", lambda address: None)
-    monkeypatch.setattr(batch.ray_runner, "alive_nodes", lambda: TWO_MACHINES)
+    monkeypatch.setattr(ray_runner, "connect", lambda address: None)
+    monkeypatch.setattr(ray_runner, "alive_nodes", lambda: TWO_MACHINES)
     tasks = clip_tasks(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"out='{tmp_path}'")):
         run_clips_ray(tasks, out=str(tmp_path))

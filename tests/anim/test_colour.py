@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from anim.colour import (
+from sdfleet.anim.colour import (
     ColourReference,
     channel_histogram,
     from_uint8,
@@ -91,8 +91,9 @@ def test_matched_channel_takes_the_reference_quantiles_and_keeps_the_order() -> 
 
 def test_a_channel_matched_to_itself_is_unchanged_even_with_empty_bins() -> None:
     rng = np.random.default_rng(2)  # two clusters with a wide gap, and a spike of equal values
-    values = np.concatenate([rng.uniform(0.1, 0.2, 500), rng.uniform(0.7, 0.9, 500),
-                             np.full(300, 0.5)])  # fmt: skip
+    values = np.concatenate(
+        [rng.uniform(0.1, 0.2, 500), rng.uniform(0.7, 0.9, 500), np.full(300, 0.5)]
+    )
     matched = match_channel(values, 0.0, 1.0, channel_histogram(values, 0.0, 1.0))
     assert np.allclose(matched, values, atol=1e-9)
 

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from anim.expr import compile_expression
-from batch.errors import ScheduleError
+from sdfleet.anim.expr import compile_expression
+from sdfleet.batch.errors import ScheduleError
 
 
 @pytest.mark.parametrize(

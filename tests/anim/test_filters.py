@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anim.filters import (
+from sdfleet.anim.filters import (
     add_noise,
     adjust_contrast,
     gaussian_blur,

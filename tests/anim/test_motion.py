@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anim.motion import (
+from sdfleet.anim.motion import (
     PerspectiveFlip,
     motion_matrix,
     perspective_flip_matrix,

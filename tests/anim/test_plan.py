@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anim.plan import (
+from sdfleet.anim.plan import (
     FrameRecord,
     compile_plan,
     diffused_frames,
@@ -18,7 +18,7 @@ from anim.plan import (
     plan_to_jsonl,
     tween_positions,
 )
-from anim.spec import AnimationJob, load_animation_job, resolve_clips
+from sdfleet.anim.spec import AnimationJob, load_animation_job, resolve_clips
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "jobs" / "examples").glob("anim_*.yaml"))
 SCHEDULED = [

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from anim.prompts import (
+from sdfleet.anim.prompts import (
     FramePrompt,
     frame_prompts,
     plan_prompts,
     resolve_prompt_keys,
     split_negative,
 )
-from batch.errors import ConfigError, ScheduleError
+from sdfleet.batch.errors import ConfigError, ScheduleError
 
 
 @pytest.mark.parametrize(
@@ -52,10 +52,13 @@ def test_global_texts_go_where_deforum_puts_them() -> None:
 
 
 def test_neg_markers_never_reach_the_text_encoder() -> None:
-    frames = plan_prompts({0: "a cat --neg blurry"}, 1, positive="cinematic --neg ugly",
-                          negative="--neg watermark")  # fmt: skip
+    frames = plan_prompts(
+        {0: "a cat --neg blurry"}, 1, positive="cinematic --neg ugly", negative="--neg watermark"
+    )
     assert (frames[0].prompt, frames[0].negative_prompt) == (
-        "cinematic, a cat", "blurry, ugly, watermark")  # fmt: skip
+        "cinematic, a cat",
+        "blurry, ugly, watermark",
+    )
 
 
 def test_expression_keys_and_keys_past_the_end() -> None:

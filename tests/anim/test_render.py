@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from anim.colour import ColourReference, from_uint8, to_uint8
-from anim.filters import add_noise, adjust_contrast, unsharp_mask
-from anim.frames import PipelineFrames, img2img_steps, lerp_embeds
-from anim.motion import warp_with_matrix
-from anim.plan import compile_plan
-from anim.render import (
+from sdfleet.anim.colour import ColourReference, from_uint8, to_uint8
+from sdfleet.anim.filters import add_noise, adjust_contrast, unsharp_mask
+from sdfleet.anim.frames import PipelineFrames, img2img_steps, lerp_embeds
+from sdfleet.anim.motion import warp_with_matrix
+from sdfleet.anim.plan import compile_plan
+from sdfleet.anim.render import (
     ChainOptions,
     NoiseAhead,
     accumulated_matrix,
@@ -22,8 +22,12 @@ from anim.render import (
 from tests.anim.fakes import fake_step, small_job
 
 STILL = {"zoom": 1.0, "angle": 0, "translation_x": 0, "translation_y": 0}
-PLAIN = {"noise_schedule": 0, "amount_schedule": 0, "contrast_schedule": 1.0,
-         "color_coherence": None}  # fmt: skip
+PLAIN = {
+    "noise_schedule": 0,
+    "amount_schedule": 0,
+    "contrast_schedule": 1.0,
+    "color_coherence": None,
+}
 
 
 def run(job, step=fake_step, init_image=None):
@@ -68,16 +72,31 @@ def test_step_runs_only_on_diffused_frames_each_once() -> None:
 def test_state_after_each_frame_counts_contiguous_frames() -> None:
     job = small_job(max_frames=7, diffusion_cadence=3)
     yields = [(frame, state.next_frame, state.next_key) for frame, _, state in run(job)]
-    assert yields == [(0, 1, None), (3, 1, 3), (1, 2, 3), (2, 3, 3), (6, 4, 6), (4, 5, 6),
-                      (5, 6, 6)]  # fmt: skip
+    assert yields == [
+        (0, 1, None),
+        (3, 1, 3),
+        (1, 2, 3),
+        (2, 3, 3),
+        (6, 4, 6),
+        (4, 5, 6),
+        (5, 6, 6),
+    ]
 
 
 # ---------------------------------------------------------------------------- order of steps
 
 
 def test_diffused_frame_order_warp_colour_contrast_sharpen_noise() -> None:
-    job = small_job(max_frames=3, zoom=1.1, angle=10, translation_x=1.5, contrast_schedule=0.9,
-                    amount_schedule=0.4, noise_schedule=0.2, color_coherence="LAB")  # fmt: skip
+    job = small_job(
+        max_frames=3,
+        zoom=1.1,
+        angle=10,
+        translation_x=1.5,
+        contrast_schedule=0.9,
+        amount_schedule=0.4,
+        noise_schedule=0.2,
+        color_coherence="LAB",
+    )
     spy = Spy()
     frames = {frame: image for frame, image, _ in run(job, spy)}
     record = compile_plan(job)[1]
@@ -96,8 +115,15 @@ def test_diffused_frame_order_warp_colour_contrast_sharpen_noise() -> None:
 
 
 def test_noise_made_ahead_during_the_model_step_is_the_noise_made_in_place(monkeypatch) -> None:
-    job = small_job(max_frames=9, diffusion_cadence=3, zoom=1.05, noise_schedule=0.3,
-                    noise_type="perlin", perlin_w=2, perlin_h=2)  # fmt: skip
+    job = small_job(
+        max_frames=9,
+        diffusion_cadence=3,
+        zoom=1.05,
+        noise_schedule=0.3,
+        noise_type="perlin",
+        perlin_w=2,
+        perlin_h=2,
+    )
     made_ahead: list[int] = []
     prefetch = NoiseAhead.prefetch
 
@@ -147,8 +173,10 @@ def test_motion_accumulates_over_the_cadence_gap() -> None:
     """With an identity model, diffused frame 2 is frame 0 moved 2 px (one warp), and tween 1
     is frame 0 moved 1 px (both neighbours brought to frame 1's moment agree) away from edges."""
     job = small_job(max_frames=3, diffusion_cadence=2, translation_x=1, zoom=1.0, **PLAIN)
-    frames = {f: image for f, image, _ in run(job, lambda r, init: fake_step(r, None)
-                                                  if init is None else init)}  # fmt: skip
+    frames = {
+        f: image
+        for f, image, _ in run(job, lambda r, init: fake_step(r, None) if init is None else init)
+    }
     assert np.array_equal(frames[2][:, 2:], frames[0][:, :-2])
     assert np.array_equal(frames[1][:, 2:-1], frames[0][:, 1:-2])  # the edges are replicated
 
@@ -180,8 +208,14 @@ def test_lerp_embeds() -> None:
 
 
 def test_pipeline_frames_are_seeded_and_blend_prompts(tiny_pipes) -> None:
-    job = small_job(W=64, H=64, max_frames=3, strength_schedule=0.9, prompt_transition="blend",
-                    prompts={"0": "a red cube", "2": "a blue ball"})  # fmt: skip
+    job = small_job(
+        W=64,
+        H=64,
+        max_frames=3,
+        strength_schedule=0.9,
+        prompt_transition="blend",
+        prompts={"0": "a red cube", "2": "a blue ball"},
+    )
     frames = PipelineFrames.for_job(tiny_pipes, job)
     plan = compile_plan(job)
     first = frames(plan[0], None)

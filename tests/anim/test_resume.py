@@ -15,13 +15,13 @@ import pytest
 import torch
 import yaml
 
-from anim.clip import ClipPaths, fingerprint, read_status, render_clip
-from anim.colour import ColourReference, from_uint8
-from anim.plan import compile_plan
-from anim.render import ChainOptions, render_frames
-from anim.state import RenderState, load_state, save_state, saved_frames
-from anim.walk import render_walk_frames
-from batch.errors import ConfigError
+from sdfleet.anim.clip import ClipPaths, fingerprint, read_status, render_clip
+from sdfleet.anim.colour import ColourReference, from_uint8
+from sdfleet.anim.plan import compile_plan
+from sdfleet.anim.render import ChainOptions, render_frames
+from sdfleet.anim.state import RenderState, load_state, save_state, saved_frames
+from sdfleet.anim.walk import render_walk_frames
+from sdfleet.batch.errors import ConfigError
 from tests.anim.fakes import FakeModel, fake_step, small_job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,9 +39,16 @@ def test_state_round_trip_is_exact(tmp_path: Path) -> None:
     colour = ColourReference("window", 3)
     for seed in range(4):
         colour.update(from_uint8(uint8_image(seed)))
-    state = RenderState(next_frame=5, prev_key=3, prev_image=uint8_image(7), next_key=6,
-                        next_image=uint8_image(8), colour=colour, next_seed=11,
-                        fingerprint="abc")  # fmt: skip
+    state = RenderState(
+        next_frame=5,
+        prev_key=3,
+        prev_image=uint8_image(7),
+        next_key=6,
+        next_image=uint8_image(8),
+        colour=colour,
+        next_seed=11,
+        fingerprint="abc",
+    )
     save_state(tmp_path / "state.npz", state)
     loaded = load_state(tmp_path / "state.npz", "abc")
     assert loaded == state  # the scalar fields
@@ -94,18 +101,38 @@ def render_with_stop(make_frames, path: Path, stop: int | None) -> dict[int, byt
 
 
 def chain_2d(state):
-    job = small_job(max_frames=8, diffusion_cadence=3, zoom=1.04, angle=3, translation_x=0.7,
-                    color_coherence="LAB", color_reference="window", color_reference_window=2,
-                    amount_schedule=0.3, noise_schedule=0.1)  # fmt: skip
+    job = small_job(
+        max_frames=8,
+        diffusion_cadence=3,
+        zoom=1.04,
+        angle=3,
+        translation_x=0.7,
+        color_coherence="LAB",
+        color_reference="window",
+        color_reference_window=2,
+        amount_schedule=0.3,
+        noise_schedule=0.1,
+    )
     return render_frames(compile_plan(job), ChainOptions.from_job(job), fake_step, state)
 
 
 def walk_chain(state):
-    job = small_job(animation_mode="interpolation", max_frames=8, color_coherence="RGB",
-                    color_reference="window", cfg_scale_schedule="0:(5), 5:(6)")  # fmt: skip
+    job = small_job(
+        animation_mode="interpolation",
+        max_frames=8,
+        color_coherence="RGB",
+        color_reference="window",
+        cfg_scale_schedule="0:(5), 5:(6)",
+    )
     model = FakeModel()
-    return render_walk_frames(compile_plan(job), ChainOptions.from_job(job), model.walk,
-                              model.latent_shape, state, batch_size=3)  # fmt: skip
+    return render_walk_frames(
+        compile_plan(job),
+        ChainOptions.from_job(job),
+        model.walk,
+        model.latent_shape,
+        state,
+        batch_size=3,
+    )
 
 
 @pytest.mark.parametrize("make_frames", [chain_2d, walk_chain], ids=["2D", "walk"])
@@ -157,13 +184,25 @@ def test_a_frame_that_cannot_be_written_stops_the_clip_with_the_state_behind_it(
 # ---------------------------------------------------------------------------- SIGKILL, real model
 
 KILL_JOB = {
-    "kind": "animation", "model": "builtin:tiny", "W": 64, "H": 64, "max_frames": 40, "fps": 10,
-    "seed": 5, "diffusion_cadence": 2, "zoom": "0:(1.02)", "angle": "0:(2)",
-    "translation_x": "0:(1)", "strength_schedule": "0:(0.55)", "steps_schedule": "0:(4)",
-    "noise_type": "perlin", "color_coherence": "LAB", "color_reference": "window",
+    "kind": "animation",
+    "model": "builtin:tiny",
+    "W": 64,
+    "H": 64,
+    "max_frames": 40,
+    "fps": 10,
+    "seed": 5,
+    "diffusion_cadence": 2,
+    "zoom": "0:(1.02)",
+    "angle": "0:(2)",
+    "translation_x": "0:(1)",
+    "strength_schedule": "0:(0.55)",
+    "steps_schedule": "0:(4)",
+    "noise_type": "perlin",
+    "color_coherence": "LAB",
+    "color_reference": "window",
     "prompts": {"0": "a lighthouse", "20": "a snowy lighthouse"},
     "video": {"format": "mp4", "preset": "veryfast"},
-}  # fmt: skip
+}
 
 
 def run_argv(job_file: Path, out: Path) -> list[str]:
@@ -192,8 +231,9 @@ def test_sigkill_mid_render_then_rerun_gives_identical_frames(tmp_path: Path, ti
     job_file.write_text(yaml.safe_dump(KILL_JOB))
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     # 1. start, and SIGKILL once a few frames exist
-    process = subprocess.Popen(run_argv(job_file, killed), cwd=REPO_ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    process = subprocess.Popen(
+        run_argv(job_file, killed), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     wait_for_frames(killed, 5, process, timeout_s=120)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -207,8 +247,9 @@ def test_sigkill_mid_render_then_rerun_gives_identical_frames(tmp_path: Path, ti
     before = {index: file_identity(ClipPaths(killed).frame(index)) for index in range(committed)}
     # 2. run the same command again, and an uninterrupted render elsewhere
     for out in (killed, clean):
-        done = subprocess.run(run_argv(job_file, out), cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        done = subprocess.run(
+            run_argv(job_file, out), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     assert read_status(ClipPaths(killed))["resumed_from"] == committed
     # frames the state counted were not rendered or written again

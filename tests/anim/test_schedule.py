@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from anim.schedule import evaluate_schedule, parse_schedule
-from batch.errors import ScheduleError
+from sdfleet.anim.schedule import evaluate_schedule, parse_schedule
+from sdfleet.batch.errors import ScheduleError
 
 S4 = math.sin(4)
 

@@ -6,10 +6,17 @@ import hashlib
 
 import pytest
 
-from anim.plan import compile_plan, diffused_frames
-from anim.seeds import SEED_MAX, derive_seed, frame_seeds, scheduled_seed, seed_sequence, seeds_at
-from anim.spec import load_animation_job
-from batch.errors import ConfigError, ScheduleError
+from sdfleet.anim.plan import compile_plan, diffused_frames
+from sdfleet.anim.seeds import (
+    SEED_MAX,
+    derive_seed,
+    frame_seeds,
+    scheduled_seed,
+    seed_sequence,
+    seeds_at,
+)
+from sdfleet.anim.spec import load_animation_job
+from sdfleet.batch.errors import ConfigError, ScheduleError
 
 
 def hashed_seed(text: str) -> int:

@@ -6,9 +6,9 @@ import pydantic
 import pytest
 import yaml
 
-from anim.plan import compile_plan
-from anim.spec import AnimationJob, load_animation_job, resolve_clips
-from batch.errors import ConfigError
+from sdfleet.anim.plan import compile_plan
+from sdfleet.anim.spec import AnimationJob, load_animation_job, resolve_clips
+from sdfleet.batch.errors import ConfigError
 
 SMALL = {"W": 64, "H": 64, "max_frames": 8}
 
@@ -126,8 +126,11 @@ def test_kernel_sizes_are_made_odd_where_deforum_crashes() -> None:
 def test_numbers_written_as_text_are_held_for_the_whole_clip() -> None:
     # YAML reads 1e-3 as a string; "1.01" is one
     job = load(noise_schedule="1e-3", zoom=" 1.01 ", contrast_schedule="(1.5)")
-    assert (job.noise_schedule, job.zoom, job.contrast_schedule) == ("0:(1e-3)", "0:(1.01)",
-                                                                     "0:((1.5))")  # fmt: skip
+    assert (job.noise_schedule, job.zoom, job.contrast_schedule) == (
+        "0:(1e-3)",
+        "0:(1.01)",
+        "0:((1.5))",
+    )
     assert yaml.safe_load("noise_schedule: 1e-3")["noise_schedule"] == "1e-3"
     assert {record.noise for record in compile_plan(job)} == {0.001}
 

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anim.contact_sheet import make_contact_sheet
-from anim.video import (
+from sdfleet.anim.contact_sheet import make_contact_sheet
+from sdfleet.anim.video import (
     EncodeOptions,
     VideoEncoder,
     build_encode_argv,
@@ -33,7 +33,7 @@ from anim.video import (
     parse_ffprobe_json,
     probe_video,
 )
-from batch.errors import ConfigError, EncodeError
+from sdfleet.batch.errors import ConfigError, EncodeError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,9 +157,15 @@ Output #0, null, to 'pipe:':
 """
     facts = parse_ffmpeg_probe(stderr, "frame=5\nprogress=continue\nframe=17\nprogress=end\n")
     assert facts == {
-        "frames": 17, "fps": 12.0, "codec": "h264", "pix_fmt": "yuv420p", "duration_s": 1.42,
-        "width": 64, "height": 48, "audio_codec": "aac",
-    }  # fmt: skip
+        "frames": 17,
+        "fps": 12.0,
+        "codec": "h264",
+        "pix_fmt": "yuv420p",
+        "duration_s": 1.42,
+        "width": 64,
+        "height": 48,
+        "audio_codec": "aac",
+    }
 
 
 def test_parse_ffprobe_json() -> None:
@@ -181,8 +187,11 @@ def test_mp4_has_exactly_the_frames_fps_codec(tmp_path: Path) -> None:
     out = encode_frames(synthetic_frames(17), tmp_path / "clip.mp4", EncodeOptions(fps=12))
     facts = probe_video(out)
     assert (facts["frames"], facts["fps"], facts["codec"], facts["pix_fmt"]) == (
-        17, 12.0, "h264", "yuv420p",
-    )  # fmt: skip
+        17,
+        12.0,
+        "h264",
+        "yuv420p",
+    )
     assert (facts["width"], facts["height"]) == (64, 64)
     assert facts["duration_s"] == pytest.approx(17 / 12, abs=0.02)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no .partial left

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anim.frames import PipelineFrames
-from anim.plan import compile_plan
-from anim.render import ChainOptions
-from anim.walk import (
+from sdfleet.anim.frames import PipelineFrames
+from sdfleet.anim.plan import compile_plan
+from sdfleet.anim.render import ChainOptions
+from sdfleet.anim.walk import (
     call_groups,
     render_walk_frames,
     seed_noise,
@@ -23,8 +23,13 @@ SHAPE = (4, 2, 2)
 
 
 def walk_job(**fields):
-    return small_job(animation_mode="interpolation", max_frames=9, color_coherence=None,
-                     prompts={"0": "a red apple", "4": "a green pear"}, **fields)  # fmt: skip
+    return small_job(
+        animation_mode="interpolation",
+        max_frames=9,
+        color_coherence=None,
+        prompts={"0": "a red apple", "4": "a green pear"},
+        **fields,
+    )
 
 
 # ---------------------------------------------------------------------------- slerp
@@ -86,8 +91,11 @@ def test_render_walk_frames_in_batches() -> None:
         assert noise.shape == (len(records), *model.latent_shape)
         return model.walk(records, noise)
 
-    frames = list(render_walk_frames(compile_plan(job), ChainOptions.from_job(job), step,
-                                     model.latent_shape, batch_size=4))  # fmt: skip
+    frames = list(
+        render_walk_frames(
+            compile_plan(job), ChainOptions.from_job(job), step, model.latent_shape, batch_size=4
+        )
+    )
     assert [frame for frame, _, _ in frames] == list(range(9))
     assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
     assert frames[-1][2].next_frame == 9
@@ -106,9 +114,16 @@ def test_walk_key_frame_equals_plain_diffusers_txt2img(tiny_pipes) -> None:
     ours = frames.walk([key], walk_noise([key], frames.latent_shape))
     generator = torch.Generator().manual_seed(key.seed_a)
     with torch.inference_mode():
-        theirs = frames.txt2img(key.prompt, negative_prompt=key.negative_prompt, width=64,
-                                height=64, num_inference_steps=key.steps, guidance_scale=5,
-                                generator=generator, output_type="pt").images  # fmt: skip
+        theirs = frames.txt2img(
+            key.prompt,
+            negative_prompt=key.negative_prompt,
+            width=64,
+            height=64,
+            num_inference_steps=key.steps,
+            guidance_scale=5,
+            generator=generator,
+            output_type="pt",
+        ).images
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from batch.manifest import GenRequest, RowDefaults, expand_row
-from batch.models import ModelSpec
-from batch.replica import Replica, to_pil
-from jobs.examples import shape_image_png
+from sdfleet.batch.manifest import GenRequest, RowDefaults, expand_row
+from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.replica import Replica, to_pil
+from sdfleet.jobs.examples import shape_image_png
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=4, guidance_scale=5.0)
 
@@ -39,8 +39,14 @@ def pixels(result) -> np.ndarray:
 def plain_txt2img(pipe, prompts, seeds, size=64):
     """What a user writes with diffusers alone."""
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    return pipe(prompts, num_inference_steps=4, guidance_scale=5.0, width=size, height=size,
-                generator=generators).images  # fmt: skip
+    return pipe(
+        prompts,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        width=size,
+        height=size,
+        generator=generators,
+    ).images
 
 
 def test_txt2img_parity_with_plain_diffusers_single(replica_b1, tiny_dir):
@@ -75,8 +81,14 @@ def test_img2img_parity_with_plain_diffusers(replica_b1, tiny_dir):
     plain = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_dir, local_files_only=True)
     plain.set_progress_bar_config(disable=True)
     init = Image.open(io.BytesIO(source)).convert("RGB")
-    expected = plain("a shape", image=init, strength=0.6, num_inference_steps=4, guidance_scale=5.0,
-                     generator=torch.Generator().manual_seed(9)).images[0]  # fmt: skip
+    expected = plain(
+        "a shape",
+        image=init,
+        strength=0.6,
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(9),
+    ).images[0]
     (ours,) = replica_b1.generate([request("s", "a shape", 9, init_image=source, strength=0.6)])
     assert np.array_equal(pixels(ours), np.asarray(expected))
 
@@ -84,8 +96,9 @@ def test_img2img_parity_with_plain_diffusers(replica_b1, tiny_dir):
 @pytest.mark.parametrize("size", [64, 128])
 def test_row_is_identical_alone_or_in_a_batch_of_four(replica, size):
     target = request("target", "a lighthouse at dusk", 77, width=size, height=size)
-    others = [request(f"o{i}", f"other prompt {i}", 1000 + i, width=size, height=size)
-              for i in range(3)]  # fmt: skip
+    others = [
+        request(f"o{i}", f"other prompt {i}", 1000 + i, width=size, height=size) for i in range(3)
+    ]
     (alone,) = replica.generate([target])
     for position in range(4):
         batch = others[:position] + [target] + others[position:]

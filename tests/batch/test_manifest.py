@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from batch.errors import ManifestError
-from batch.manifest import (
+from sdfleet.batch.errors import ManifestError
+from sdfleet.batch.manifest import (
     RowDefaults,
     check_out_outside_manifest,
     check_row,
@@ -18,7 +18,7 @@ from batch.manifest import (
     table_from_rows,
     validate_manifest,
 )
-from batch.seeds import derive_seed
+from sdfleet.batch.seeds import derive_seed
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=4)
 
@@ -110,7 +110,9 @@ def test_prompt_template_takes_the_job_default_where_a_row_has_none(tmp_path):
     rows = [{"id": "a", "style": "watercolour"}, {"id": "b", "prompt": "a dog", "style": "ink"}]
     assert validate_manifest(write(tmp_path, rows), defaults) == 2
     assert [expand_row(row, defaults, 0)[0].prompt for row in rows] == [
-        "a cat, watercolour", "a dog, ink"]  # fmt: skip
+        "a cat, watercolour",
+        "a dog, ink",
+    ]
     bare = RowDefaults(prompt_template="{prompt}")  # no default prompt: the row must give one
     text = messages(tmp_path, [{"id": "c", "style": "ink"}], bare)
     assert "column 'prompt'" in text and "prompt_template uses {prompt}" in text
@@ -225,11 +227,16 @@ def test_prompt_template_rows_with_an_empty_field_are_reported(tmp_path):
 
 @pytest.mark.parametrize(
     "template,fragment",
-    [("{prompt, {style}", "unexpected '{'"), ("{prompt.upper}", "not a plain column"),
-     ("{0}", "not a plain column"), ("{prompt!r}", "not a plain column"), ("plain", "no column")],
-)  # fmt: skip
+    [
+        ("{prompt, {style}", "unexpected '{'"),
+        ("{prompt.upper}", "not a plain column"),
+        ("{0}", "not a plain column"),
+        ("{prompt!r}", "not a plain column"),
+        ("plain", "no column"),
+    ],
+)
 def test_bad_prompt_templates_are_refused(template, fragment):
-    from batch.manifest import check_prompt_template
+    from sdfleet.batch.manifest import check_prompt_template
 
     assert fragment in check_prompt_template(template)
     assert check_prompt_template("{prompt}, {style} style, {{braces}}") is None

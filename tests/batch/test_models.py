@@ -17,9 +17,14 @@ import numpy as np
 import pytest
 import torch
 
-from batch.errors import ModelError
-from batch.models import ModelSpec, choose_device_dtype, load_pipelines, resolve_model_source
-from batch.schedulers import SCHEDULERS, make_scheduler
+from sdfleet.batch.errors import ModelError
+from sdfleet.batch.models import (
+    ModelSpec,
+    choose_device_dtype,
+    load_pipelines,
+    resolve_model_source,
+)
+from sdfleet.batch.schedulers import SCHEDULERS, make_scheduler
 from tests.batch.ldm_convert import save_as_original_sd_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +102,7 @@ def test_tiny_builds_byte_identical_in_fresh_processes(tmp_path, tiny_dir):
 
 
 def test_tiny_build_ignores_and_restores_global_rng(tiny_pipes):
-    from batch.tiny import build_tiny_pipeline
+    from sdfleet.batch.tiny import build_tiny_pipeline
 
     torch.manual_seed(12345)
     torch.rand(3)  # global RNG somewhere arbitrary

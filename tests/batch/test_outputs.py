@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from batch.actor import GenerateBatch, RunConfig
-from batch.manifest import RowDefaults, table_from_rows
-from batch.models import ModelSpec
-from batch.outputs import (
+from sdfleet.batch.actor import GenerateBatch, RunConfig
+from sdfleet.batch.manifest import RowDefaults, table_from_rows
+from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.outputs import (
     OutputDir,
     a1111_parameters,
     encode_image,
@@ -20,14 +20,15 @@ from batch.outputs import (
     read_png_metadata,
     read_user_comment,
 )
-from jobs.examples import shape_image_png
+from sdfleet.jobs.examples import shape_image_png
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=2, guidance_scale=4.0)
 
 
 def make_actor(tmp_path, **options) -> GenerateBatch:
-    config = RunConfig(model=ModelSpec(), defaults=DEFAULTS, out_uri=str(tmp_path / "out"),
-                       job_seed=5, **options)  # fmt: skip
+    config = RunConfig(
+        model=ModelSpec(), defaults=DEFAULTS, out_uri=str(tmp_path / "out"), job_seed=5, **options
+    )
     return GenerateBatch(config)
 
 
@@ -74,14 +75,26 @@ def test_png_metadata_reads_back(tiny_dir, tmp_path):
 
 
 def test_a1111_parameters_with_negative_and_strength():
-    text = a1111_parameters({"prompt": "p", "negative_prompt": "n", "num_inference_steps": 4,
-                             "scheduler": "euler", "guidance_scale": 7.0, "seed": 1, "width": 8,
-                             "height": 16, "model": "m", "strength": 0.5})  # fmt: skip
+    text = a1111_parameters(
+        {
+            "prompt": "p",
+            "negative_prompt": "n",
+            "num_inference_steps": 4,
+            "scheduler": "euler",
+            "guidance_scale": 7.0,
+            "seed": 1,
+            "width": 8,
+            "height": 16,
+            "model": "m",
+            "strength": 0.5,
+        }
+    )
     assert text.splitlines() == [
-        "p", "Negative prompt: n",
+        "p",
+        "Negative prompt: n",
         "Steps: 4, Sampler: euler, CFG scale: 7.0, Seed: 1, Size: 8x16, Model: m, "
         "Denoising strength: 0.5",
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("fmt,pil_format", [("jpg", "JPEG"), ("webp", "WEBP")])
@@ -131,9 +144,18 @@ def test_output_dir_writes_atomically(tmp_path):
 
 
 def test_jpg_metadata_keeps_non_ascii_prompts():
-    params = {"prompt": "café ☕ 東京", "negative_prompt": "", "num_inference_steps": 4,
-              "scheduler": None, "guidance_scale": 7.0, "seed": 1, "width": 8, "height": 8,
-              "model": "m", "strength": None}  # fmt: skip
+    params = {
+        "prompt": "café ☕ 東京",
+        "negative_prompt": "",
+        "num_inference_steps": 4,
+        "scheduler": None,
+        "guidance_scale": 7.0,
+        "seed": 1,
+        "width": 8,
+        "height": 8,
+        "model": "m",
+        "strength": None,
+    }
     data = encode_image(Image.new("RGB", (8, 8)), "jpg", params)
     with Image.open(io.BytesIO(data)) as image:
         assert read_user_comment(image).splitlines()[0] == "café ☕ 東京"

@@ -21,20 +21,25 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from batch.errors import ConfigError
-from batch.manifest import table_from_rows
-from batch.pool import NodeResources, check_shared_storage, plan_pool
-from jobs.cli import main
-from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
+from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.manifest import table_from_rows
+from sdfleet.batch.pool import NodeResources, check_shared_storage, plan_pool
+from sdfleet.jobs.cli import main
+from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
 
 ray_test = [pytest.mark.ray, pytest.mark.slow]
 
 
 def write_job(tmp_path: Path, rows: list[dict], ray_options: dict | None = None, **fields) -> Path:
     pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
-    job = {"manifest": "m.parquet", "executor": "ray", "seed": 11, "batch_size": 2,
-           "defaults": {"num_inference_steps": 2, "width": 64, "height": 64},
-           "ray": {"rows_per_block": 4, **(ray_options or {})}} | fields  # fmt: skip
+    job = {
+        "manifest": "m.parquet",
+        "executor": "ray",
+        "seed": 11,
+        "batch_size": 2,
+        "defaults": {"num_inference_steps": 2, "width": 64, "height": 64},
+        "ray": {"rows_per_block": 4, **(ray_options or {})},
+    } | fields
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -191,8 +196,11 @@ def test_actor_killed_mid_batch_and_node_removed(cluster, tmp_path, monkeypatch)
     marker = tmp_path / "killed-once"
     hooks = {"kill_on_id": "r005", "kill_marker": str(marker), "sleep_s": 0.3}
     monkeypatch.setenv("SDFLEET_TEST_HOOKS", json.dumps(hooks))
-    job = write_job(tmp_path, rows(30), {"num_cpus_per_replica": 0.5, "replicas": 2,
-                                          "allow_fewer_replicas": True})  # fmt: skip
+    job = write_job(
+        tmp_path,
+        rows(30),
+        {"num_cpus_per_replica": 0.5, "replicas": 2, "allow_fewer_replicas": True},
+    )
     out = tmp_path / "out"
 
     removed_mid_run = threading.Event()
@@ -230,11 +238,21 @@ def test_driver_sigkill_then_rerun_resumes_exactly_once(tiny_dir, tmp_path, sdfl
     manifest = rows(40)
     job = write_job(tmp_path, manifest)
     out, counts = tmp_path / "out", tmp_path / "generated.txt"
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "SDFLEET_CACHE": str(sdfleet_cache),
-                        "SDFLEET_TEST_HOOKS": json.dumps({"count_file": str(counts),
-                                                          "sleep_s": 0.4})}  # fmt: skip
-    command = [sys.executable, "-m", "jobs.cli", "run", str(job), "--out", str(out),
-               "--no-progress"]  # fmt: skip
+    env = os.environ | {
+        "RAY_AUTH_MODE": "disabled",
+        "SDFLEET_CACHE": str(sdfleet_cache),
+        "SDFLEET_TEST_HOOKS": json.dumps({"count_file": str(counts), "sleep_s": 0.4}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "sdfleet.jobs.cli",
+        "run",
+        str(job),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     first = subprocess.Popen(command, env=env, start_new_session=True)
     try:
         wait_for(lambda: len(list((out / "_checkpoint").glob("*.parquet"))) >= 2, 240)

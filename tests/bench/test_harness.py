@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.errors import ConfigError
-from jobs.bench import (
+from sdfleet.batch.errors import ConfigError
+from sdfleet.jobs.bench import (
     BenchSettings,
     pair_ratios,
     rotated,
@@ -19,7 +19,7 @@ from jobs.bench import (
     summarize_samples,
     write_bench_manifest,
 )
-from jobs.bench_contenders import Sample, steady_rate
+from sdfleet.jobs.bench_contenders import Sample, steady_rate
 
 
 def settings(tmp_path: Path, **fields) -> BenchSettings:
@@ -77,8 +77,12 @@ def test_every_contender_makes_the_same_images_and_a_is_the_baseline(tmp_path, s
 
 
 def test_ratios_are_taken_against_a_repeat_by_repeat():
-    samples = [sample("a", 0, 10), sample("local", 0, 15), sample("a", 1, 20),
-               sample("local", 1, 20)]  # fmt: skip
+    samples = [
+        sample("a", 0, 10),
+        sample("local", 0, 15),
+        sample("a", 1, 20),
+        sample("local", 1, 20),
+    ]
     summary = summarize_samples(samples, ["a", "local"])
     assert summary["local"]["ratio_to_a"] == {"min": 1.0, "median": 1.25, "max": 1.5}
     assert summary["local"]["images_per_s"]["median"] == 17.5
@@ -96,7 +100,11 @@ def test_a_series_stopped_part_way_summarizes_only_what_ran():
 def test_each_repeat_rotates_the_order():
     names = ["a", "b", "c"]
     assert [rotated(names, r) for r in range(4)] == [
-        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]  # fmt: skip
+        ["a", "b", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["a", "b", "c"],
+    ]
 
 
 def test_steady_rate_ignores_startup_and_grouped_writes():
@@ -113,14 +121,17 @@ def test_manifest_rows_have_ids_prompts_and_seeds(tmp_path):
     assert len(set(table.column("id").to_pylist())) == 70_000
 
 
-@pytest.mark.parametrize("fields,fragment", [
-    ({"contenders": "a,zz"}, "zz unknown"),
-    ({"rows": "10,20"}, "one number"),
-    ({"rows": "ten"}, "whole numbers"),
-    ({"repeats": 0}, "--repeats"),
-    ({"strength": 1.5}, "--strength"),
-    ({"overhead": True, "contenders": "a"}, "choose from local, ray"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "fields,fragment",
+    [
+        ({"contenders": "a,zz"}, "zz unknown"),
+        ({"rows": "10,20"}, "one number"),
+        ({"rows": "ten"}, "whole numbers"),
+        ({"repeats": 0}, "--repeats"),
+        ({"strength": 1.5}, "--strength"),
+        ({"overhead": True, "contenders": "a"}, "choose from local, ray"),
+    ],
+)
 def test_bad_flags_say_what_to_change(fields, fragment):
     mode = "overhead" if fields.get("overhead") else "throughput"
     with pytest.raises(ConfigError, match=fragment):
@@ -135,7 +146,7 @@ def test_mode_defaults():
 
 @pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cache):
-    from jobs.bench_overhead import run_overhead
+    from sdfleet.jobs.bench_overhead import run_overhead
 
     report = run_overhead(settings(tmp_path, rows=(40,), contenders=("local",)))
     (result,) = report["results"]
@@ -146,10 +157,17 @@ def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cach
 
 @pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_animation_mode_splits_model_and_overhead(tmp_path, tiny_dir):
-    from jobs.bench_anim import run_animation_bench
+    from sdfleet.jobs.bench_anim import run_animation_bench
 
-    bench = settings(tmp_path, model="builtin:tiny", frames=3, repeats=1, size_px=32, steps=2,
-                     contenders=("sdfleet", "plain"))  # fmt: skip
+    bench = settings(
+        tmp_path,
+        model="builtin:tiny",
+        frames=3,
+        repeats=1,
+        size_px=32,
+        steps=2,
+        contenders=("sdfleet", "plain"),
+    )
     summary = run_animation_bench(bench)["summary"]
     for name in ("sdfleet", "plain"):
         assert 0 <= summary[name]["overhead_share"]["median"] < 1
@@ -162,7 +180,7 @@ def bench_ray(sdfleet_cache, monkeypatch):
     """A local Ray instance started the way `sdfleet bench` starts it; shut down after."""
     import ray
 
-    from jobs.bench import start_ray
+    from sdfleet.jobs.bench import start_ray
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     start_ray()

@@ -9,17 +9,24 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from batch.manifest import table_from_rows
-from batch.null_model import NULL_SIZE_PX, NullPipeline
-from batch.schedulers import make_scheduler
-from jobs.cli import main
+from sdfleet.batch.manifest import table_from_rows
+from sdfleet.batch.null_model import NULL_SIZE_PX, NullPipeline
+from sdfleet.batch.schedulers import make_scheduler
+from sdfleet.jobs.cli import main
 
 
 def call_kwargs(rows: int) -> dict:
     """What batch.replica.Replica passes for a txt2img group."""
-    return {"prompt": ["p"] * rows, "negative_prompt": [""] * rows, "num_inference_steps": 4,
-            "guidance_scale": 7.5, "width": 64, "height": 64, "output_type": "np",
-            "generator": [torch.Generator().manual_seed(i) for i in range(rows)]}  # fmt: skip
+    return {
+        "prompt": ["p"] * rows,
+        "negative_prompt": [""] * rows,
+        "num_inference_steps": 4,
+        "guidance_scale": 7.5,
+        "width": 64,
+        "height": 64,
+        "output_type": "np",
+        "generator": [torch.Generator().manual_seed(i) for i in range(rows)],
+    }
 
 
 def test_returns_a_fixed_small_float_batch_without_computing():

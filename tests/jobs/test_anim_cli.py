@@ -11,16 +11,23 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from anim.video import probe_video
-from jobs.anim_runner import run_clip_manifest, run_demo_clip
-from jobs.cli import main
-from jobs.examples import shape_image_png
-from jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
-from jobs.spec import load_job
+from sdfleet.anim.video import probe_video
+from sdfleet.jobs.anim_runner import run_clip_manifest, run_demo_clip
+from sdfleet.jobs.cli import main
+from sdfleet.jobs.examples import shape_image_png
+from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_OK, EXIT_ROWS_FAILED
+from sdfleet.jobs.spec import load_job
 
-BASE = {"kind": "animation", "model": "builtin:tiny", "W": 64, "H": 64, "fps": 8,
-        "steps_schedule": "0:(4)", "prompts": {"0": "a paper boat"},
-        "video": {"format": "mp4", "preset": "veryfast"}}  # fmt: skip
+BASE = {
+    "kind": "animation",
+    "model": "builtin:tiny",
+    "W": 64,
+    "H": 64,
+    "fps": 8,
+    "steps_schedule": "0:(4)",
+    "prompts": {"0": "a paper boat"},
+    "video": {"format": "mp4", "preset": "veryfast"},
+}
 
 
 def write_job(tmp_path: Path, name: str = "clip", **fields) -> Path:
@@ -36,15 +43,26 @@ def run(job: Path, out: Path, *extra: str) -> int:
 def test_2d_clip_with_motion_and_cadence_2(tiny_dir, tmp_path: Path) -> None:
     """Acceptance: zoom + angle + translation, cadence 2: exactly max_frames frames, and an mp4
     of exactly max_frames frames at the job's fps, H.264, yuv420p."""
-    job = write_job(tmp_path, max_frames=11, diffusion_cadence=2, zoom="0:(1.03)",
-                    angle="0:(2)", translation_x="0:(1.5)", translation_y="0:(-1)")  # fmt: skip
+    job = write_job(
+        tmp_path,
+        max_frames=11,
+        diffusion_cadence=2,
+        zoom="0:(1.03)",
+        angle="0:(2)",
+        translation_x="0:(1.5)",
+        translation_y="0:(-1)",
+    )
     out = tmp_path / "out"
     assert run(job, out) == EXIT_OK
     frames = sorted(p.name for p in (out / "frames").glob("*.png"))
     assert frames == [f"frame_{i:06d}.png" for i in range(11)]
     facts = probe_video(out / "clip.mp4")
     assert (facts["frames"], facts["fps"], facts["codec"], facts["pix_fmt"]) == (
-        11, 8.0, "h264", "yuv420p")  # fmt: skip
+        11,
+        8.0,
+        "h264",
+        "yuv420p",
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] == 1 and summary["statuses"][0]["frames_written"] == 11
 
@@ -53,19 +71,19 @@ def test_finished_clip_is_skipped_on_rerun(tiny_dir, tmp_path: Path, monkeypatch
     job = write_job(tmp_path, max_frames=3)
     out = tmp_path / "out"
     assert run(job, out) == EXIT_OK
-    import anim.ray_clips
+    from sdfleet.anim import ray_clips
 
     def no_model(*args, **kwargs):
         raise AssertionError("a finished clip loaded a model")
 
-    monkeypatch.setattr(anim.ray_clips.RenderClips, "_load", no_model)
+    monkeypatch.setattr(ray_clips.RenderClips, "_load", no_model)
     assert run(job, out) == EXIT_OK
 
 
 def test_problems_are_found_before_any_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:
-    import batch.replica
+    from sdfleet.batch import replica
 
-    monkeypatch.setattr(batch.replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
+    monkeypatch.setattr(replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
     job = write_job(tmp_path, max_frames=3, init_image="missing.png", scheduler="eulr")
     assert run(job, tmp_path / "out") == EXIT_CONFIG
     err = capsys.readouterr().err
@@ -75,11 +93,16 @@ def test_problems_are_found_before_any_model_loads(tmp_path: Path, monkeypatch, 
 def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.png").write_bytes(b"not a png")
     (tmp_path / "start.png").write_bytes(shape_image_png(2, size=48))  # resized to 64x64
-    job = write_job(tmp_path, "clips", max_frames=3, clips=[
-        {"id": "calm", "zoom": "0:(1.0)", "init_image": "start.png"},
-        {"id": "spin", "angle": "0:(10)", "animation_mode": "interpolation"},
-        {"id": "bad", "init_image": "bad.png"},
-    ])  # fmt: skip
+    job = write_job(
+        tmp_path,
+        "clips",
+        max_frames=3,
+        clips=[
+            {"id": "calm", "zoom": "0:(1.0)", "init_image": "start.png"},
+            {"id": "spin", "angle": "0:(10)", "animation_mode": "interpolation"},
+            {"id": "bad", "init_image": "bad.png"},
+        ],
+    )
     out = tmp_path / "out"
     assert run(job, out, "--executor", "local") == EXIT_ROWS_FAILED
     summary = json.loads((out / "summary.json").read_text())
@@ -90,8 +113,10 @@ def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> No
 
 
 def test_parquet_clip_manifest(tiny_dir, tmp_path: Path) -> None:
-    pq.write_table(pa.table({"id": ["left", "right"], "translation_x": ["0:(-2)", "0:(2)"]}),
-                   tmp_path / "clips.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"id": ["left", "right"], "translation_x": ["0:(-2)", "0:(2)"]}),
+        tmp_path / "clips.parquet",
+    )
     job_path = write_job(tmp_path, "base", max_frames=3)
     job = load_job(job_path)
     out = tmp_path / "out"
@@ -101,8 +126,10 @@ def test_parquet_clip_manifest(tiny_dir, tmp_path: Path) -> None:
 
 
 def test_clips_manifest_field_runs_through_sdfleet_run(tiny_dir, tmp_path: Path) -> None:
-    pq.write_table(pa.table({"id": ["up", "down"], "translation_y": ["0:(-2)", "0:(2)"]}),
-                   tmp_path / "clips.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"id": ["up", "down"], "translation_y": ["0:(-2)", "0:(2)"]}),
+        tmp_path / "clips.parquet",
+    )
     job_path = write_job(tmp_path, "base", max_frames=2, clips_manifest="clips.parquet")
     out = tmp_path / "out"
     assert run(job_path, out, "--executor", "local") == EXIT_OK
@@ -163,8 +190,9 @@ def test_changed_video_settings_re_encode_without_rendering(tiny_dir, tmp_path: 
     out = tmp_path / "out"
     assert run(write_job(tmp_path, "clip", max_frames=3), out, "--executor", "local") == EXIT_OK
     frames = {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()}
-    changed = write_job(tmp_path, "clip", max_frames=3, fps=4,
-                        video={"format": "webm", "preset": "veryfast"})  # fmt: skip
+    changed = write_job(
+        tmp_path, "clip", max_frames=3, fps=4, video={"format": "webm", "preset": "veryfast"}
+    )
     assert run(changed, out, "--executor", "local") == EXIT_OK
     facts = probe_video(out / "clip.webm")
     assert (facts["frames"], facts["fps"]) == (3, 4.0)

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from batch.manifest import table_from_rows
-from jobs.cli import main
-from jobs.examples import shape_image_png
-from jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
+from sdfleet.batch.manifest import table_from_rows
+from sdfleet.jobs.cli import main
+from sdfleet.jobs.examples import shape_image_png
+from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
 
 ROWS = [
     {"id": "a", "prompt": "a cat", "label": "cat"},
@@ -23,8 +23,12 @@ ROWS = [
 
 def write_job(tmp_path: Path, rows: list[dict], **fields) -> Path:
     pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
-    job = {"manifest": "m.parquet", "executor": "local", "seed": 3,
-           "defaults": {"num_inference_steps": 2, "width": 64, "height": 64}} | fields  # fmt: skip
+    job = {
+        "manifest": "m.parquet",
+        "executor": "local",
+        "seed": 3,
+        "defaults": {"num_inference_steps": 2, "width": 64, "height": 64},
+    } | fields
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
     return path
@@ -59,12 +63,12 @@ def test_some_rows_failed_has_its_own_exit_status(tiny_dir, tmp_path, capsys):
 
 
 def test_bad_manifest_fails_before_any_model_loads(tmp_path, monkeypatch, capsys):
-    import batch.models
+    from sdfleet.batch import models
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded for an invalid job")
 
-    monkeypatch.setattr(batch.models, "load_pipelines", no_loading)
+    monkeypatch.setattr(models, "load_pipelines", no_loading)
     rows = [{"id": "ok", "prompt": "p"}, {"id": "../evil", "prompt": "p", "width": 65}]
     job = write_job(tmp_path, rows)
     assert main(["validate", str(job)]) == EXIT_CONFIG
@@ -105,10 +109,29 @@ def test_example_jobs_validate(example, capsys):
 ANIM_EXAMPLES = sorted(
     (Path(__file__).resolve().parents[2] / "jobs" / "examples").glob("anim_*.yaml")
 )
-PLAN_FIELDS = {"frame", "zoom", "angle", "translation_x", "translation_y", "strength", "denoise",
-               "noise", "contrast", "cfg_scale", "steps", "amount", "kernel", "sigma",
-               "threshold", "seed", "prompt", "negative_prompt", "blend_prompt", "blend_weight",
-               "diffused"}  # fmt: skip
+PLAN_FIELDS = {
+    "frame",
+    "zoom",
+    "angle",
+    "translation_x",
+    "translation_y",
+    "strength",
+    "denoise",
+    "noise",
+    "contrast",
+    "cfg_scale",
+    "steps",
+    "amount",
+    "kernel",
+    "sigma",
+    "threshold",
+    "seed",
+    "prompt",
+    "negative_prompt",
+    "blend_prompt",
+    "blend_weight",
+    "diffused",
+}
 
 
 @pytest.mark.parametrize("example", ANIM_EXAMPLES, ids=lambda p: p.stem)
@@ -215,9 +238,9 @@ def test_missing_outputs_are_not_row_errors():
 
 
 def test_a_bad_out_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
-    import batch.replica
+    from sdfleet.batch import replica
 
-    monkeypatch.setattr(batch.replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
+    monkeypatch.setattr(replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
     job = write_job(tmp_path, ROWS[:1])
     assert run(job, "bogus://x") == EXIT_CONFIG
     assert "--out 'bogus://x': " in capsys.readouterr().err
@@ -236,8 +259,9 @@ def test_out_inside_the_manifest_folder_is_refused_before_reading_it(tmp_path, c
     (tmp_path / "data").mkdir()
     job = write_job(tmp_path / "data", ROWS[:1], model="builtin:null")
     job.rename(tmp_path / "job.yaml")
-    (tmp_path / "job.yaml").write_text((tmp_path / "job.yaml").read_text().replace(
-        "manifest: m.parquet", "manifest: data"))  # fmt: skip
+    (tmp_path / "job.yaml").write_text(
+        (tmp_path / "job.yaml").read_text().replace("manifest: m.parquet", "manifest: data")
+    )
     assert run(tmp_path / "job.yaml", tmp_path / "data" / "out") == EXIT_CONFIG
     assert "is inside the manifest folder" in capsys.readouterr().err
     assert run(tmp_path / "job.yaml", tmp_path / "out") == EXIT_OK
@@ -261,10 +285,10 @@ def test_ray_timeouts_must_be_finite(tmp_path, capsys):
 def test_replicas_that_do_not_start_become_a_message():
     from ray.exceptions import GetTimeoutError
 
-    from batch.errors import PipelineError
-    from batch.outputs import OutputDir
-    from batch.ray_runner import execute
-    from jobs.spec import RayOptions
+    from sdfleet.batch.errors import PipelineError
+    from sdfleet.batch.outputs import OutputDir
+    from sdfleet.batch.ray_runner import execute
+    from sdfleet.jobs.spec import RayOptions
 
     class NeverStarts:
         def write_parquet(self, *args, **kwargs):
@@ -305,22 +329,30 @@ def test_a_first_run_that_committed_nothing_binds_no_settings(tmp_path, capsys):
 def test_rerun_with_another_checkpoint_path_is_refused(tmp_path, capsys):
     job, out = write_job(tmp_path, ROWS[:1], model="builtin:null"), tmp_path / "out"
     assert run(job, out) == EXIT_OK
-    moved = write_job(tmp_path, ROWS[:1], model="builtin:null",
-                      ray={"checkpoint_path": str(tmp_path / "elsewhere")})  # fmt: skip
+    moved = write_job(
+        tmp_path,
+        ROWS[:1],
+        model="builtin:null",
+        ray={"checkpoint_path": str(tmp_path / "elsewhere")},
+    )
     assert run(moved, out) == EXIT_CONFIG
     assert "ray.checkpoint_path: None -> " in capsys.readouterr().err
 
 
 def test_manifest_problems_across_files(tmp_path, capsys):
     (tmp_path / "parts").mkdir()
-    pq.write_table(table_from_rows([{"id": "a", "prompt": "p", "sku": 12}]),
-                   tmp_path / "parts" / "1.parquet")  # fmt: skip
-    pq.write_table(table_from_rows([{"id": "b", "prompt": "p", "sku": "A-12"}]),
-                   tmp_path / "parts" / "2.parquet")  # fmt: skip
+    pq.write_table(
+        table_from_rows([{"id": "a", "prompt": "p", "sku": 12}]), tmp_path / "parts" / "1.parquet"
+    )
+    pq.write_table(
+        table_from_rows([{"id": "b", "prompt": "p", "sku": "A-12"}]),
+        tmp_path / "parts" / "2.parquet",
+    )
     job = write_job(tmp_path, ROWS[:1], manifest="parts")
     assert main(["validate", str(job)]) == EXIT_CONFIG
     assert "2.parquet: column 'sku' is string, but" in capsys.readouterr().err
-    pq.write_table(table_from_rows([{"id": "x", "prompt": "p"}]).slice(0, 0),
-                   tmp_path / "empty.parquet")  # fmt: skip
+    pq.write_table(
+        table_from_rows([{"id": "x", "prompt": "p"}]).slice(0, 0), tmp_path / "empty.parquet"
+    )
     assert main(["validate", str(write_job(tmp_path, ROWS[:1], manifest="empty.parquet"))]) == 2
     assert "hold no rows; nothing to generate" in capsys.readouterr().err
