@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, RowDefaults, check_prompt_template
 from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.jobs.yaml_files import read_yaml_file
 
 
 class Strict(BaseModel):
@@ -110,19 +110,8 @@ class BatchJob(Strict):
 
 
 def read_job_file(path: str | Path) -> dict[str, Any]:
-    """YAML -> dict, with a ConfigError naming the file for unreadable or malformed YAML."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read job file: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-            "save the job file as UTF-8"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    """YAML -> dict; a ConfigError names the file for unreadable, hostile or malformed YAML."""
+    data = read_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a job file is a YAML mapping (key: value), got {type(data).__name__}"
