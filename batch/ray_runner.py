@@ -31,8 +31,10 @@ def run_ray(
     progress: Progress,
     options: Any,
     address: str | None = None,
+    actor_class: type[GenerateBatch] = GenerateBatch,
 ) -> None:
-    """Run the job on a Ray cluster (joined, or started locally) and fill `stats`."""
+    """Run the job on a Ray cluster (joined, or started locally) and fill `stats`.
+    `actor_class`: the replica actor (tests and benchmarks pass a subclass)."""
     import ray
 
     # 1. join the cluster (or start a local one) and see what it has
@@ -68,7 +70,7 @@ def run_ray(
     done_before = count_checkpointed_ids(checkpoint)
     started = time.time()
     configure_data_context(checkpoint, options)
-    dataset = build_pipeline(config, files, plan, options, counter)
+    dataset = build_pipeline(config, files, plan, options, counter, actor_class)
     with poll_progress(counter, progress):
         execute(dataset, out, options)
     # 4. what this run did: pool start (actors + model load), then steady generation
@@ -180,13 +182,20 @@ def configure_data_context(checkpoint_path: str, options: Any) -> None:
     ctx.print_on_execution_start = False
 
 
-def build_pipeline(config: RunConfig, files: list[str], plan: PoolPlan, options: Any, counter):
+def build_pipeline(
+    config: RunConfig,
+    files: list[str],
+    plan: PoolPlan,
+    options: Any,
+    counter,
+    actor_class: type[GenerateBatch] = GenerateBatch,
+):
     import ray.data
 
     dataset = ray.data.read_parquet(files)
     dataset = dataset.repartition(target_num_rows_per_block=options.rows_per_block)
     return dataset.map_batches(
-        GenerateBatch,
+        actor_class,
         fn_constructor_kwargs={"config": config, "progress": counter},
         batch_size=options.rows_per_block,
         batch_format="pyarrow",

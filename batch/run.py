@@ -111,13 +111,20 @@ def iter_row_chunks(files: list[str], chunk_rows: int, skip: set[str]) -> Iterat
                 yield table
 
 
-def run_local(config: RunConfig, files: list[str], stats: RunStats, progress: Progress) -> None:
-    """One replica in this process; each chunk's results are committed as one Parquet part."""
+def run_local(
+    config: RunConfig,
+    files: list[str],
+    stats: RunStats,
+    progress: Progress,
+    actor_class: type[GenerateBatch] = GenerateBatch,
+) -> None:
+    """One replica in this process; each chunk's results are committed as one Parquet part.
+    `actor_class`: the replica actor (tests and benchmarks pass a subclass)."""
     out = OutputDir(config.out_uri)
     done = committed_ids(out)
     stats.skipped_rows = len(done)
     t0 = time.perf_counter()
-    actor = GenerateBatch(config)
+    actor = actor_class(config)
     stats.model_load_seconds.append(actor.replica.load_seconds)
     stats.stage_seconds["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
