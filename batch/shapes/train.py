@@ -1,0 +1,297 @@
+"""Train `builtin:shapes` from scratch on the synthetic world (CPU, bounded wall-clock time).
+
+    python -m sdfleet.batch.shapes.train --out DIR --budget-min 70
+
+1. VAE: reconstruct world images (L1 + MSE on posterior samples, a small KL), on 32 px crops
+   first (4x cheaper; the VAE is convolutional) and 64 px images at the end.
+2. Latents: encode a fixed set of scenes once; the scaling factor makes them unit variance.
+3. Text encoder + UNet together: epsilon prediction on the cached latents with SD's noise
+   schedule, offset noise (flat backgrounds need the mean to move) and 10% empty captions, so
+   classifier-free guidance has an unconditional branch. EMA weights are what is saved.
+Each stage stops at its step count or its share of the budget, whichever comes first; the
+pipeline is saved (atomically) every few minutes, so a stopped run still leaves usable weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdfleet.batch.shapes.model import build_components
+from sdfleet.batch.shapes.world import random_caption, random_scene, render_array
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 14
+    budget_min: float = 70.0
+    vae_share: float = 0.2  # of the budget
+    vae_steps: int = 1500
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-5
+    latent_scenes: int = 16000
+    unet_steps: int = 8000
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    caption_drop: float = 0.1
+    noise_offset: float = 0.1
+    ema: float = 0.999
+    save_every_min: float = 6.0
+    threads: int = 2
+
+
+class Clock:
+    """Wall-clock budget: `left_s()` and `share_over(start, share)` for each stage."""
+
+    def __init__(self, budget_min: float):
+        self.start, self.budget_s = time.monotonic(), budget_min * 60
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.start
+
+    def over(self, until_s: float) -> bool:
+        return self.elapsed_s() >= until_s
+
+
+def lr_at(base: float, progress: float, warmup: float = 0.03) -> float:
+    """Linear warmup then cosine to 10% of `base`; `progress` in [0, 1]."""
+    if progress < warmup:
+        return base * (progress / warmup + 0.01)
+    t = min(1.0, (progress - warmup) / (1 - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def to_tensor(images: np.ndarray):
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    import torch
+
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def world_images(rng: np.random.Generator, n: int) -> np.ndarray:
+    return np.stack([render_array(random_scene(rng)) for _ in range(n)])
+
+
+def train_vae(vae, recipe: Recipe, clock: Clock) -> None:
+    """Stage 1: the autoencoder, until `vae_steps` or its share of the budget."""
+    import torch
+
+    rng = np.random.default_rng(recipe.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    until_s = recipe.vae_share * clock.budget_s
+    vae.train()
+    for step in range(recipe.vae_steps):
+        progress = max(step / recipe.vae_steps, clock.elapsed_s() / until_s)
+        if progress >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(recipe.vae_lr, progress)
+        x = to_tensor(world_images(rng, recipe.vae_batch))  # (B, 3, 64, 64)
+        if progress < 0.7:  # random 32 px crops: the same local job at a quarter of the cost
+            i, j = rng.integers(0, 33, size=2)
+            x = x[:, :, i : i + 32, j : j + 32]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        rec = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
+        loss = rec + recipe.vae_kl * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0:
+            logger.info("vae step %d  rec %.4f  t=%.0fs", step, rec.item(), clock.elapsed_s())
+    vae.eval()
+
+
+def encode_latents(vae, recipe: Recipe):
+    """Stage 2: (N, 4, 8, 8) latent means of fixed scenes, their scenes, and the scaling."""
+    import torch
+
+    rng = np.random.default_rng(recipe.seed + 1)
+    scenes = [random_scene(rng) for _ in range(recipe.latent_scenes)]
+    chunks = []
+    with torch.no_grad():
+        for k in range(0, len(scenes), 256):
+            x = to_tensor(np.stack([render_array(s) for s in scenes[k : k + 256]]))
+            chunks.append(vae.encode(x).latent_dist.mean)
+    latents = torch.cat(chunks)
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    logger.info(
+        "latents %s  mean %.3f  scaling %.4f", tuple(latents.shape), latents.mean(), scaling
+    )
+    return latents * scaling, scenes
+
+
+class TokenCache:
+    """Caption -> token ids, padded to 77 like the pipeline does."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids = tokenizer, {}
+
+    def __call__(self, captions: list[str]):
+        import torch
+
+        for c in captions:
+            if c not in self.ids:
+                self.ids[c] = self.tokenizer(
+                    c, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+                ).input_ids[0]
+        return torch.stack([self.ids[c] for c in captions])
+
+
+def update_ema(ema_models, models, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for ema, model in zip(ema_models, models):
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(p, 1 - decay)
+
+
+def train_unet(parts: dict, latents, scenes, recipe: Recipe, clock: Clock, save) -> int:
+    """Stage 3: text encoder + UNet on cached latents; returns the steps done."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder = parts["unet"], parts["text_encoder"]
+    models = [unet, text_encoder]
+    emas = [copy.deepcopy(m).requires_grad_(False) for m in models]
+    noise_sched = DDPMScheduler.from_config(parts["scheduler"].config)
+    alphas = noise_sched.alphas_cumprod
+    tokens = TokenCache(parts["tokenizer"])
+    rng = np.random.default_rng(recipe.seed + 2)
+    params = [p for m in models for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=recipe.unet_lr, weight_decay=0.01)
+    start_s, last_save = clock.elapsed_s(), clock.elapsed_s()
+    for m in models:
+        m.train()
+    step = 0
+    for step in range(recipe.unet_steps):
+        progress = max(
+            step / recipe.unet_steps, (clock.elapsed_s() - start_s) / (clock.budget_s - start_s)
+        )
+        if progress >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(recipe.unet_lr, progress)
+        idx = rng.integers(0, len(scenes), size=recipe.unet_batch)
+        captions = [
+            "" if rng.random() < recipe.caption_drop else random_caption(scenes[i], rng)
+            for i in idx
+        ]
+        x0 = latents[torch.from_numpy(idx)]  # (B, 4, 8, 8)
+        noise = torch.randn_like(x0) + recipe.noise_offset * torch.randn(len(idx), 4, 1, 1)
+        t = torch.randint(0, len(alphas), (len(idx),))
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        context = text_encoder(tokens(captions))[0]  # (B, 77, 64)
+        loss = torch.nn.functional.mse_loss(unet(xt, t, context).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        update_ema(emas, models, min(recipe.ema, (1 + step) / (10 + step)))
+        if step % 50 == 0:
+            logger.info("unet step %d  loss %.4f  t=%.0fs", step, loss.item(), clock.elapsed_s())
+        if clock.elapsed_s() - last_save > recipe.save_every_min * 60:
+            save(emas, step)
+            last_save = clock.elapsed_s()
+    save(emas, step + 1)
+    return step + 1
+
+
+def save_pipeline(parts: dict, emas, out: Path, info: dict) -> None:
+    """Write the pipeline with the EMA weights to `out/pipeline` (staged, then renamed)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"],
+        text_encoder=emas[1],
+        tokenizer=parts["tokenizer"],
+        unet=emas[0],
+        scheduler=parts["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    staging, target = out / "pipeline.staging", out / "pipeline"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(staging, safe_serialization=True)
+    (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(out / "pipeline.old", ignore_errors=True)
+        target.rename(out / "pipeline.old")
+    staging.rename(target)
+    shutil.rmtree(out / "pipeline.old", ignore_errors=True)
+    logger.info("saved %s (%s)", target, info)
+
+
+def load_vae(folder: Path):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL.from_pretrained(folder / "vae")
+
+
+def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
+    import torch
+
+    torch.set_num_threads(recipe.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = Clock(recipe.budget_min)
+    parts = build_components(recipe.seed)
+    info = {"recipe": asdict(recipe)}
+    # 1. VAE (or reuse a trained one)
+    if vae_from:
+        parts["vae"] = load_vae(vae_from)
+        info["vae_from"] = str(vae_from)
+    else:
+        train_vae(parts["vae"], recipe, clock)
+        parts["vae"].save_pretrained(out / "vae", safe_serialization=True)
+    info["vae_s"] = round(clock.elapsed_s())
+    # 2. latents
+    latents, scenes = encode_latents(parts["vae"], recipe)
+
+    # 3. text encoder + UNet, saving as it goes
+    def save(emas, steps: int) -> None:
+        info.update(unet_steps=steps, total_s=round(clock.elapsed_s()))
+        save_pipeline(parts, emas, out, info)
+
+    train_unet(parts, latents, scenes, recipe, clock, save)
+    logger.info("done in %.0f s", clock.elapsed_s())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget-min", type=float, default=Recipe.budget_min)
+    parser.add_argument("--unet-steps", type=int, default=Recipe.unet_steps)
+    parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps)
+    parser.add_argument("--vae-from", type=Path, default=None, help="reuse a trained vae folder")
+    parser.add_argument("--seed", type=int, default=Recipe.seed)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    recipe = Recipe(
+        seed=args.seed,
+        budget_min=args.budget_min,
+        unet_steps=args.unet_steps,
+        vae_steps=args.vae_steps,
+        vae_share=0.0 if args.vae_from else Recipe.vae_share,
+    )
+    run(recipe, args.out, args.vae_from.parent if args.vae_from else None)
+
+
+if __name__ == "__main__":
+    main()
