@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ class RunConfig:
     image_quality: int = 95
     embed_image_bytes: bool = False
     manifest_dir: str | None = None  # relative init_image paths are resolved from here
-    test_hooks: dict[str, Any] = field(default_factory=dict)  # tests only: fault injection
 
 
 class GenerateBatch:
@@ -61,12 +59,7 @@ class GenerateBatch:
     def __call__(self, batch: Any):
         """`batch`: a pyarrow Table (Ray `batch_format="pyarrow"`) or a dict of columns."""
         rows = columns_to_rows(batch)
-        base_dir = Path(self.config.manifest_dir) if self.config.manifest_dir else None
-        requests: list[GenRequest] = []
-        for row in rows:
-            requests.extend(expand_row(row, self.config.defaults, self.config.job_seed, base_dir))
-        self._maybe_fault(requests)
-        results = self.replica.generate(requests)
+        results = self.generate(self.expand(rows))
         carried = {
             f.name: f.type for f in getattr(batch, "schema", ()) if f.name not in KNOWN_COLUMNS
         }
@@ -74,6 +67,18 @@ class GenerateBatch:
         if self.progress is not None:
             self.progress.add.remote(table.num_rows)
         return table
+
+    def expand(self, rows: list[dict[str, Any]]) -> list[GenRequest]:
+        """Manifest rows -> one request per output (`num_images` > 1 makes several)."""
+        base_dir = Path(self.config.manifest_dir) if self.config.manifest_dir else None
+        requests: list[GenRequest] = []
+        for row in rows:
+            requests.extend(expand_row(row, self.config.defaults, self.config.job_seed, base_dir))
+        return requests
+
+    def generate(self, requests: list[GenRequest]) -> list[Any]:
+        """The replica's results, one per request, in order; a subclass may wrap this step."""
+        return self.replica.generate(requests)
 
     def _finish(self, result) -> dict[str, Any]:
         """Write the image (deterministic name: a retry overwrites) and build the result row."""
@@ -110,20 +115,6 @@ class GenerateBatch:
             "cpu_threads": self.replica.cpu_threads,
             "ray_node_id": self.ray_node_id,
         }
-
-    def _maybe_fault(self, requests: list[GenRequest]) -> None:
-        """Test hook: count generations in a file, or die when a given row arrives."""
-        hooks = self.config.test_hooks
-        if hooks.get("count_file"):
-            with open(hooks["count_file"], "a") as handle:
-                handle.writelines(f"{r.output_name}\n" for r in requests)
-        if hooks.get("kill_on_id") in {r.row_id for r in requests}:
-            marker = hooks.get("kill_marker")
-            if marker and not os.path.exists(marker):
-                Path(marker).touch()
-                os._exit(1)  # simulate an actor process crash, once
-        if hooks.get("sleep_s"):
-            time.sleep(float(hooks["sleep_s"]))
 
 
 def _ray_node_id() -> str | None:

@@ -35,6 +35,7 @@ from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError
 from sdfleet.batch.models import resolve_model_source
 from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.jobs.console import progress_bar, report_clips
 from sdfleet.jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def run_tasks(
     rows = render_tasks(tasks, out, executor, address, header, show_progress)
     # 3. summary and report
     write_summary(clip_root(out), rows, executor, time.time() - started)
-    report(rows)
+    report_clips(rows)
     return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
 
 
@@ -205,8 +206,6 @@ def render_tasks(
         return run_clips_ray(tasks, header, address=address, out=out)
     if executor != "local":
         raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
-    from sdfleet.jobs.cli import progress_bar
-
     total = sum(task.job.max_frames for task in tasks)
     with progress_bar(total, show_progress) as bar:
         return run_clips_local(tasks, header, bar.update)
@@ -224,19 +223,6 @@ def write_summary(root: Path, rows: list[dict[str, Any]], executor: str, wall_s:
     }
     root.mkdir(parents=True, exist_ok=True)
     (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-
-
-def report(rows: list[dict[str, Any]]) -> None:
-    for row in rows:
-        if row["status"] == "ok":
-            print(
-                f"{row['id']}: ok, {row['frames_written']} frames -> "
-                f"{Path(row['folder']) / str(row['video'])}"
-            )
-        else:
-            print(f"{row['id']}: error: {row['error']}")
-    if any(row["status"] != "ok" for row in rows):
-        print("run the same command again to retry the failed clips (finished ones are kept)")
 
 
 def run_demo_clip(out: Path, show_progress: bool = False) -> int:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from sdfleet.batch.errors import PipelineError, SdfleetError
-from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
+from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
 
 logger = logging.getLogger("sdfleet")
 
@@ -68,8 +68,11 @@ def add_bench_parser(sub) -> None:
     bench.add_argument("--keep-outputs", action="store_true", help="keep every run's images")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
+    """Run one command; the exit status. `actor_class`: the batch replica actor (default
+    `batch.actor.GenerateBatch`); tests and benchmarks pass a subclass."""
     args = build_parser().parse_args(argv)
+    args.actor_class = actor_class
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -141,6 +144,9 @@ def cmd_run(args) -> int:
             job, args.job, args.out, args.executor, args.address, show_progress=not args.no_progress
         )
     else:
+        from sdfleet.batch.actor import GenerateBatch
+        from sdfleet.jobs.runner import run_batch
+
         status = run_batch(
             job,
             args.job,
@@ -148,62 +154,9 @@ def cmd_run(args) -> int:
             args.executor or job.executor,
             args.address,
             show_progress=not args.no_progress,
+            actor_class=args.actor_class or GenerateBatch,
         )
     return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
-
-
-def run_batch(
-    job,
-    job_path: Path,
-    out: str | None,
-    executor: str,
-    address: str | None,
-    show_progress: bool = True,
-) -> int:
-    from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
-
-    prepared = prepare_batch_job(job, job_path, out)
-    with progress_bar(prepared.expected_outputs, show_progress) as bar:
-        summary = run_batch_job(prepared, executor, bar.update, address)
-    report(summary, prepared.config.out_uri)
-    return exit_status(summary)
-
-
-class progress_bar:
-    """tqdm with images/s and ETA, or a no-op when disabled."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.bar = total, enabled, None
-
-    def __enter__(self):
-        if self.enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, unit="img", dynamic_ncols=True, file=sys.stderr)
-        return self
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def report(summary: dict, out: str) -> None:
-    print(
-        f"{out}: {summary['ok']} ok, {summary['error']} error, "
-        f"{summary['skipped_already_done_rows']} rows already done; "
-        f"{summary['images_per_s']} images/s"
-    )
-    for item in summary["errors"][:10]:
-        print(f"  error {item['output_id']}: {item['error']}")
-    if summary["unique_outputs"] < summary["expected_outputs"]:
-        print(
-            f"  missing: {summary['expected_outputs'] - summary['unique_outputs']} outputs; "
-            "run the same command again to resume"
-        )
 
 
 def cmd_bench(args) -> int:

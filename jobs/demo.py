@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sdfleet.jobs.anim_runner import run_demo_clip
 from sdfleet.jobs.examples import demo_rows, write_manifest
+from sdfleet.jobs.runner import run_batch
 from sdfleet.jobs.spec import BatchJob
 
 
@@ -31,14 +33,10 @@ def demo_job(manifest: Path, executor: str) -> BatchJob:
 
 
 def run_demo(out: Path, executor: str | None) -> int:
-    from sdfleet.jobs.cli import run_batch
-
     manifest = write_manifest(demo_rows(), out.resolve() / "manifest" / "demo.parquet")
     job = demo_job(manifest, executor or "ray")
     status = run_batch(job, out / "job.yaml", str(out / "batch"), job.executor, None)
     print(f"demo images: {out / 'batch' / 'images'}")
-    from sdfleet.jobs.anim_runner import run_demo_clip
-
     clip_status = run_demo_clip(out / "clip")
     print(f"demo clip: {out / 'clip'}")
     return status or clip_status

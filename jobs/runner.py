@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from sdfleet.batch.actor import RunConfig
+from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, ModelError
 from sdfleet.batch.manifest import (
     check_out_outside_manifest,
@@ -23,6 +21,7 @@ from sdfleet.batch.manifest import (
 from sdfleet.batch.models import ModelSpec, relative_to, resolve_model_source
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.run import Progress, RunStats, run_local, summarize
+from sdfleet.jobs.console import progress_bar, report_batch
 from sdfleet.jobs.spec import BatchJob
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,6 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
         image_quality=job.output.quality,
         embed_image_bytes=job.output.embed_image_bytes,
         manifest_dir=base_dir,
-        test_hooks=test_hooks(),
     )
     return PreparedJob(job, config, files, expected, job_path)
 
@@ -90,18 +88,6 @@ def check_out(out: OutputDir) -> None:
         ) from None
     if info.type == fs.FileType.File:
         raise ConfigError(f"--out {out.uri!r} is a file; give a folder (new, or an earlier run's)")
-
-
-def test_hooks() -> dict[str, Any]:
-    """Fault injection for sdfleet's own tests (SDFLEET_TEST_HOOKS, JSON); never set otherwise."""
-    text = os.environ.get("SDFLEET_TEST_HOOKS", "{}")
-    try:
-        hooks = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"SDFLEET_TEST_HOOKS is not JSON ({exc}): {text!r}; unset it") from None
-    if not isinstance(hooks, dict):
-        raise ConfigError(f"SDFLEET_TEST_HOOKS must be a JSON object, got {text!r}; unset it")
-    return hooks
 
 
 def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:
@@ -203,10 +189,32 @@ def versions() -> dict[str, str]:
     return found
 
 
+def run_batch(
+    job: BatchJob,
+    job_path: Path,
+    out: str | None,
+    executor: str,
+    address: str | None,
+    show_progress: bool = True,
+    actor_class: type[GenerateBatch] = GenerateBatch,
+) -> int:
+    """`sdfleet run` of a batch job: check, run with a progress bar, report; the exit status."""
+    prepared = prepare_batch_job(job, job_path, out)
+    with progress_bar(prepared.expected_outputs, show_progress) as bar:
+        summary = run_batch_job(prepared, executor, bar.update, address, actor_class)
+    report_batch(summary, prepared.config.out_uri)
+    return exit_status(summary)
+
+
 def run_batch_job(
-    prepared: PreparedJob, executor: str, progress: Progress, address: str | None = None
+    prepared: PreparedJob,
+    executor: str,
+    progress: Progress,
+    address: str | None = None,
+    actor_class: type[GenerateBatch] = GenerateBatch,
 ) -> dict:
-    """Execute and return the summary (also written to OUT/summary.json)."""
+    """Execute and return the summary (also written to OUT/summary.json). `actor_class`: the
+    replica actor (default `GenerateBatch`; tests and benchmarks pass a subclass)."""
     out = OutputDir(prepared.config.out_uri)
     if executor == "local":  # Ray checks its nodes' GPUs when it sizes the pool
         check_local_device(prepared.config.model.device)
@@ -214,11 +222,12 @@ def run_batch_job(
     write_job_record(out, prepared.job, prepared.job_path, executor)
     stats = RunStats(executor=executor)
     if executor == "local":
-        run_local(prepared.config, prepared.files, stats, progress)
+        run_local(prepared.config, prepared.files, stats, progress, actor_class)
     elif executor == "ray":
         from sdfleet.batch.ray_runner import run_ray
 
-        run_ray(prepared.config, prepared.files, stats, progress, prepared.job.ray, address)
+        options = prepared.job.ray
+        run_ray(prepared.config, prepared.files, stats, progress, options, address, actor_class)
     else:
         raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
     return summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors)

@@ -26,6 +26,7 @@ from sdfleet.batch.manifest import table_from_rows
 from sdfleet.batch.pool import NodeResources, check_shared_storage, plan_pool
 from sdfleet.jobs.cli import main
 from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
+from tests.batch.faults import faulty_actor
 
 ray_test = [pytest.mark.ray, pytest.mark.slow]
 
@@ -49,8 +50,10 @@ def rows(n: int) -> list[dict]:
     return [{"id": f"r{i:03d}", "prompt": f"prompt {i}", "label": i % 3} for i in range(n)]
 
 
-def run(job: Path, out: Path, *extra: str) -> int:
-    return main(["run", str(job), "--out", str(out), "--no-progress", *extra])
+def run(job: Path, out: Path, *extra: str, hooks: dict | None = None) -> int:
+    """`sdfleet run`; with `hooks`, its replica actor injects those faults (tests/batch/faults)."""
+    actor_class = faulty_actor(hooks) if hooks else None
+    return main(["run", str(job), "--out", str(out), "--no-progress", *extra], actor_class)
 
 
 def results(out: Path) -> list[dict]:
@@ -134,6 +137,13 @@ def test_local_paths_are_refused_on_a_multi_machine_cluster():
     check_shared_storage(NODES[:1], {"out": "/data/out"})  # one machine: fine
 
 
+def test_the_local_executor_runs_the_actor_class_it_is_given(tiny_dir, tmp_path):
+    counts = tmp_path / "generated.txt"
+    job = write_job(tmp_path, rows(3), executor="local")
+    assert run(job, tmp_path / "out", hooks={"count_file": str(counts)}) == EXIT_OK
+    assert sorted(counts.read_text().split()) == ["r000", "r001", "r002"]
+
+
 # --- on Ray -------------------------------------------------------------------------------------
 
 
@@ -191,11 +201,10 @@ def test_over_asking_gpus_fails_fast(cluster, tmp_path, capsys):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_actor_killed_mid_batch_and_node_removed(cluster, tmp_path, monkeypatch):
+def test_actor_killed_mid_batch_and_node_removed(cluster, tmp_path):
     cluster_obj, workers = cluster
     marker = tmp_path / "killed-once"
     hooks = {"kill_on_id": "r005", "kill_marker": str(marker), "sleep_s": 0.3}
-    monkeypatch.setenv("SDFLEET_TEST_HOOKS", json.dumps(hooks))
     job = write_job(
         tmp_path,
         rows(30),
@@ -213,7 +222,7 @@ def test_actor_killed_mid_batch_and_node_removed(cluster, tmp_path, monkeypatch)
 
     remover = threading.Thread(target=remove_a_worker_when_half_done, daemon=True)
     remover.start()
-    assert run(job, out) == EXIT_OK
+    assert run(job, out, hooks=hooks) == EXIT_OK
     assert removed_mid_run.is_set()  # the node went away before the job finished
     assert marker.exists()  # the actor really died once
     found = Counter(r["output_id"] for r in results(out))
@@ -223,11 +232,12 @@ def test_actor_killed_mid_batch_and_node_removed(cluster, tmp_path, monkeypatch)
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_stalled_pipeline_fails_with_a_message(local_ray, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("SDFLEET_TEST_HOOKS", json.dumps({"sleep_s": 60}))
+def test_stalled_pipeline_fails_with_a_message(local_ray, tmp_path, capsys):
     job = write_job(tmp_path, rows(2), {"stall_timeout_s": 8})
     start = time.monotonic()
-    assert run(job, tmp_path / "out") == EXIT_CRASH  # a runtime stop, not a bad job
+    assert (
+        run(job, tmp_path / "out", hooks={"sleep_s": 60}) == EXIT_CRASH
+    )  # a runtime stop, not a bad job
     assert time.monotonic() - start < 55
     assert "made no progress for 8 s" in capsys.readouterr().err
 
@@ -238,15 +248,12 @@ def test_driver_sigkill_then_rerun_resumes_exactly_once(tiny_dir, tmp_path, sdfl
     manifest = rows(40)
     job = write_job(tmp_path, manifest)
     out, counts = tmp_path / "out", tmp_path / "generated.txt"
-    env = os.environ | {
-        "RAY_AUTH_MODE": "disabled",
-        "SDFLEET_CACHE": str(sdfleet_cache),
-        "SDFLEET_TEST_HOOKS": json.dumps({"count_file": str(counts), "sleep_s": 0.4}),
-    }
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "SDFLEET_CACHE": str(sdfleet_cache)}
+    hooks = {"count_file": str(counts), "sleep_s": 0.4}
     command = [
         sys.executable,
-        "-m",
-        "sdfleet.jobs.cli",
+        str(Path(__file__).with_name("faults.py")),  # `sdfleet` with a counting actor
+        json.dumps(hooks),
         "run",
         str(job),
         "--out",
