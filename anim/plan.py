@@ -30,10 +30,9 @@ API:
     format_table(records) -> str    (aligned per-frame table of the most useful columns)
     plan_to_jsonl(records) -> str   (one JSON object per line, exactly to_dict())
     diffused_frames(max_frames, cadence) -> list[bool]
-    evaluate_schedules(job) -> dict[str, list[float]]   (per-frame values by field name; integer
-                                                         fields hold ints; raises ScheduleError)
-    check_job(job) -> list[str]     (every problem with the job's values; used at load time)
-    ScheduleRule, SCHEDULE_RULES    (what each schedule may take; checked, never clamped)
+
+The schedules' values come from `anim.rules` (`evaluate_schedules`), which also checks them at
+load time.
 """
 
 from __future__ import annotations
@@ -45,67 +44,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from sdfleet.anim.prompts import frame_prompts, resolve_prompt_keys
-from sdfleet.anim.schedule import parse_schedule
-from sdfleet.anim.seeds import frame_seeds, scheduled_seed, seeds_at
-from sdfleet.batch.errors import ConfigError, ScheduleError
+from sdfleet.anim.rules import evaluate_schedules
+from sdfleet.anim.seeds import frame_seeds, seeds_at
 
-if TYPE_CHECKING:  # anim.spec imports this module for SCHEDULE_RULES and check_job
+if TYPE_CHECKING:
     from sdfleet.anim.spec import AnimationJob
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScheduleRule:
-    """What values a schedule may take; checked at every frame at load time (never clamped)."""
-
-    low: float | None = None
-    high: float | None = None
-    open_range: bool = False  # the bounds themselves are excluded
-    integer: bool = False  # truncated like Deforum's astype(int)
-    odd: bool = False  # an even whole number n becomes n + 1 (Deforum's blur would crash)
-    fix: str = ""
-
-    def expected(self) -> str:
-        lo, hi = (">", "<") if self.open_range else (">=", "<=")
-        parts = [f"{lo} {self.low:g}"] if self.low is not None else []
-        parts += [f"{hi} {self.high:g}"] if self.high is not None else []
-        kind = "a whole number" if self.integer else "a value"
-        return f"{kind} {' and '.join(parts)}".strip()
-
-    def accepts(self, value: float) -> bool:
-        if self.open_range:
-            return (self.low is None or value > self.low) and (
-                self.high is None or value < self.high
-            )
-        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
-
-
-_ANY = ScheduleRule()
-# fmt: off
-# Field -> rule; the plan names each value after its field without "_schedule".
-SCHEDULE_RULES: dict[str, ScheduleRule] = {
-    "angle": _ANY, "zoom": ScheduleRule(0, open_range=True, fix="zoom scales each frame: 1.0 "
-                                        "is still, 1.01 zooms in 1% per frame"),
-    "translation_x": _ANY, "translation_y": _ANY,
-    "transform_center_x": _ANY, "transform_center_y": _ANY,
-    "perspective_flip_theta": _ANY, "perspective_flip_phi": _ANY,
-    "perspective_flip_gamma": _ANY,
-    "perspective_flip_fv": ScheduleRule(0, 180, open_range=True, fix="fv is a field of view in "
-                                        "degrees, e.g. 53"),
-    "strength_schedule": ScheduleRule(0, 1, fix="strength is the share of the previous frame "
-                                      "kept, as in Deforum; img2img gets 1 - strength"),
-    "noise_schedule": ScheduleRule(0, 1, fix="noise is the share of fresh noise, e.g. 0.065"),
-    "contrast_schedule": ScheduleRule(0, fix="contrast multiplies the frame, 1.0 = unchanged"),
-    "cfg_scale_schedule": ScheduleRule(0, fix="a guidance scale such as 7"),
-    "steps_schedule": ScheduleRule(1, 1000, integer=True, fix="steps are denoising steps, e.g. 25"),
-    "amount_schedule": ScheduleRule(0, fix="anti-blur amount, 0 = off, e.g. 0.1"),
-    "kernel_schedule": ScheduleRule(1, integer=True, odd=True, fix="blur kernel size, e.g. 5; "
-                                    "an even size n is used as n + 1"),
-    "sigma_schedule": ScheduleRule(0, open_range=True, fix="blur sigma in pixels, e.g. 1.0"),
-    "threshold_schedule": ScheduleRule(0, fix="anti-blur threshold, 0 = everywhere"),
-}
-# fmt: on
 
 
 @dataclass(frozen=True)
@@ -152,52 +97,6 @@ class FrameRecord:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (JSON-serialisable) with the fields in declaration order."""
         return asdict(self)
-
-
-def evaluate_schedules(job: AnimationJob) -> dict[str, list[float]]:
-    """Every schedule in `SCHEDULE_RULES` (plus ``seed_schedule`` when seed_behavior is
-    ``schedule``) evaluated for every frame; raises `ScheduleError` on the first problem."""
-    values = {field: evaluate_field(job, field) for field in SCHEDULE_RULES}
-    if job.seed_behavior == "schedule":
-        values["seed_schedule"] = evaluate_field(job, "seed_schedule")
-    return values
-
-
-def evaluate_field(job: AnimationJob, field: str) -> list[float]:
-    """One schedule field over the whole clip, checked against its rule at every frame."""
-    schedule = parse_schedule(getattr(job, field), field)
-    values = schedule.evaluate(job.max_frames, job.seed, job.interpolation_for(field))
-    if field == "seed_schedule":
-        for frame, value in enumerate(values):
-            scheduled_seed(value, job.seed, frame, field)
-        return values
-    rule = SCHEDULE_RULES[field]
-    checked: list[Any] = [int(v) for v in values] if rule.integer else values
-    if rule.odd:  # interpolated kernels (5 -> 9) pass through even sizes: 6 -> 7
-        checked = [v | 1 for v in checked]
-    for frame, value in enumerate(checked):
-        if not rule.accepts(value):
-            raise ScheduleError(
-                f"{field}: gives {value:g} at frame {frame}; expected "
-                f"{rule.expected()} ({rule.fix})"
-            )
-    return checked
-
-
-def check_job(job: AnimationJob) -> list[str]:
-    """Every problem found by evaluating the job's schedules and prompt keys (may be empty)."""
-    problems = []
-    fields = [*SCHEDULE_RULES, *(["seed_schedule"] * (job.seed_behavior == "schedule"))]
-    for field in fields:
-        try:
-            evaluate_field(job, field)
-        except ScheduleError as err:
-            problems.append(str(err))
-    try:
-        resolve_prompt_keys(job.prompts, job.max_frames, job.seed)
-    except ConfigError as err:
-        problems.append(str(err))
-    return problems
 
 
 def diffused_frames(max_frames: int, cadence: int) -> list[bool]:

@@ -18,7 +18,7 @@ API:
     resolve_clip(job, clip) -> AnimationJob
 
 Schedule value rules (`SCHEDULE_RULES`) and the whole-clip checks (`check_job`) live in
-`anim.plan`, which evaluates the same values for the plan; this module only imports them.
+`anim.rules`, which also evaluates the values for the plan (`anim.plan`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pydantic import (
     model_validator,
 )
 
-from sdfleet.anim.plan import SCHEDULE_RULES, check_job
+from sdfleet.anim.rules import SCHEDULE_RULES, check_job
 from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS
