@@ -44,7 +44,7 @@ def run_variant(
 
     from sdfleet.batch.pool import plan_pool
     from sdfleet.batch.ray_runner import alive_nodes, configure_data_context
-    from sdfleet.jobs.bench_contenders import replicas_startup_s, use_default_data_context
+    from sdfleet.bench.contenders import replicas_startup_s, use_default_data_context
     from sdfleet.jobs.spec import RayOptions
 
     plan = plan_pool(alive_nodes())
@@ -91,7 +91,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from sdfleet.jobs.bench import format_table, start_ray, write_bench_manifest
+    from sdfleet.bench.report import format_table
+    from sdfleet.bench.workload import start_ray, write_bench_manifest
 
     root = Path(tempfile.mkdtemp(prefix="ray-factors-"))
     manifest = write_bench_manifest(root / "manifest.parquet", args.rows)

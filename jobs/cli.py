@@ -1,4 +1,5 @@
-"""The `sdfleet` command line: run, validate, plan, demo."""
+"""The `sdfleet` command line: run, validate, plan, demo, and the commands other installed
+packages contribute (`sdfleet bench`)."""
 
 from __future__ import annotations
 
@@ -37,35 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo on builtin:tiny (no network)")
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--executor", choices=["ray", "local"], default=None)
-    add_bench_parser(sub)
+    add_contributed_commands(sub)
     return parser
 
 
-def add_bench_parser(sub) -> None:
-    """`sdfleet bench` (jobs/bench.py, docs/PERFORMANCE.md)."""
-    bench = sub.add_parser("bench", help="measure sdfleet against plain diffusers / Ray Data")
-    mode = bench.add_mutually_exclusive_group()
-    mode.add_argument("--overhead", action="store_true", help="builtin:null at many rows")
-    mode.add_argument("--animation", action="store_true", help="2D render and video encoder")
-    bench.add_argument("--model", default="builtin:tiny")
-    bench.add_argument("--rows", help="rows (throughput: 128; --overhead: 10000,100000)")
-    for flag, default in (
-        ("--steps", 4),
-        ("--size", 64),
-        ("--batch-size", 4),
-        ("--repeats", 3),
-        ("--frames", 24),
-    ):
-        bench.add_argument(flag, type=int, default=default)
-    bench.add_argument("--guidance-scale", type=float, default=7.5)
-    bench.add_argument("--rows-per-block", type=int, help="sdfleet's ray executor (job: 128)")
-    bench.add_argument("--cpu-threads", type=int, help="torch threads, all contenders (all cores)")
-    bench.add_argument("--strength", type=float, default=0.5, help="--animation: img2img share")
-    bench.add_argument("--device")
-    bench.add_argument("--dtype")
-    bench.add_argument("--out", default="out/bench")
-    bench.add_argument("--contenders", help="throughput: a,b,c,local,ray; --overhead: local,ray")
-    bench.add_argument("--keep-outputs", action="store_true", help="keep every run's images")
+COMMAND_GROUP = "sdfleet.commands"
+
+
+def add_contributed_commands(sub) -> None:
+    """Sub-commands that installed packages contribute through the `sdfleet.commands`
+    entry-point group (`sdfleet bench` comes from the benchmark harness, `sdfleet.bench`):
+    each entry is a function that adds its parser to `sub` and sets a `handler(args) -> int`.
+    One that cannot be loaded is left out with a warning; the built-in commands still run."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=COMMAND_GROUP):
+        try:
+            register = entry.load()
+        except Exception as exc:  # noqa: BLE001 - a broken add-on must not break `sdfleet run`
+            logger.warning("command %r (%s) left out: %s", entry.name, entry.value, exc)
+            continue
+        register(sub)
 
 
 def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
@@ -82,10 +75,10 @@ def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
         "validate": cmd_validate,
         "plan": cmd_plan,
         "demo": cmd_demo,
-        "bench": cmd_bench,
     }
     try:
-        return commands[args.command](args)
+        handler = commands.get(args.command) or args.handler  # a contributed command
+        return handler(args)
     except PipelineError as exc:
         print(f"sdfleet: stopped: {exc}", file=sys.stderr)
         return EXIT_CRASH
@@ -157,12 +150,6 @@ def cmd_run(args) -> int:
             actor_class=args.actor_class or GenerateBatch,
         )
     return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
-
-
-def cmd_bench(args) -> int:
-    from sdfleet.jobs.bench import run_bench_command
-
-    return run_bench_command(args)
 
 
 def cmd_demo(args) -> int:

@@ -3,26 +3,20 @@ the overhead and animation reports. No timing assertions: benchmarks are not tim
 
 from __future__ import annotations
 
+import argparse
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
 
 from sdfleet.batch.errors import ConfigError
-from sdfleet.jobs.bench import (
-    BenchSettings,
-    pair_ratios,
-    rotated,
-    run_throughput,
-    settings_from_args,
-    summarize_samples,
-    write_bench_manifest,
-)
-from sdfleet.jobs.bench_contenders import Sample, steady_rate
+from sdfleet.bench.options import BenchOptions, add_flags, options_from_args
+from sdfleet.bench.throughput import pair_ratios, run_throughput, summarize_samples
+from sdfleet.bench.workload import Sample, rotated, steady_rate, write_bench_manifest
+from sdfleet.jobs.cli import main
 
 
-def settings(tmp_path: Path, **fields) -> BenchSettings:
+def settings(tmp_path: Path, **fields) -> BenchOptions:
     base = {
         "model": "builtin:null",
         "rows": (12,),
@@ -33,31 +27,14 @@ def settings(tmp_path: Path, **fields) -> BenchSettings:
         "out": tmp_path / "bench",
         "contenders": ("a", "b", "local"),
     }
-    return BenchSettings(**(base | fields))
+    return BenchOptions(**(base | fields))
 
 
-def args(**fields) -> Namespace:
-    base = {
-        "model": "builtin:tiny",
-        "rows": None,
-        "steps": 4,
-        "size": 64,
-        "batch_size": 4,
-        "repeats": 3,
-        "guidance_scale": 7.5,
-        "device": None,
-        "dtype": None,
-        "out": "out/bench",
-        "contenders": None,
-        "keep_outputs": False,
-        "frames": 24,
-        "strength": 0.5,
-        "rows_per_block": None,
-        "cpu_threads": None,
-        "overhead": False,
-        "animation": False,
-    }
-    return Namespace(**(base | fields))
+def parse(*flags: str) -> BenchOptions:
+    """The options `sdfleet bench FLAGS...` runs with."""
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return options_from_args(parser.parse_args(flags))
 
 
 def sample(contender: str, repeat: int, rate: float) -> Sample:
@@ -122,33 +99,70 @@ def test_manifest_rows_have_ids_prompts_and_seeds(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "fields,fragment",
+    "flags,fragment",
     [
-        ({"contenders": "a,zz"}, "zz unknown"),
-        ({"rows": "10,20"}, "one number"),
-        ({"rows": "ten"}, "whole numbers"),
-        ({"repeats": 0}, "--repeats"),
-        ({"strength": 1.5}, "--strength"),
-        ({"overhead": True, "contenders": "a"}, "choose from local, ray"),
+        (["--contenders", "a,zz"], "--contenders: zz unknown"),
+        (["--rows", "10,20"], "--rows: one number"),
+        (["--rows", "ten"], "--rows: give whole numbers"),
+        (["--rows", "0"], "--rows: every value must be at least 1"),
+        (["--repeats", "0"], "--repeats: Input should be greater than or equal to 1"),
+        (["--size", "zero"], "--size: Input should be a valid integer"),
+        (["--strength", "1.5"], "--strength: Input should be less than or equal to 1"),
+        (["--overhead", "--contenders", "a"], "choose from local, ray"),
+        (["--overhead", "--animation"], "give one of them"),
     ],
 )
-def test_bad_flags_say_what_to_change(fields, fragment):
-    mode = "overhead" if fields.get("overhead") else "throughput"
+def test_bad_flags_say_what_to_change(flags, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        settings_from_args(args(**fields), mode)
+        parse(*flags)
 
 
 def test_mode_defaults():
-    assert settings_from_args(args(), "throughput").contenders == ("a", "b", "c", "local", "ray")
-    overhead = settings_from_args(args(overhead=True), "overhead")
+    assert parse().contenders == ("a", "b", "c", "local", "ray") and parse().rows == (128,)
+    overhead = parse("--overhead")
     assert overhead.rows == (10_000, 100_000) and overhead.contenders == ("local", "ray")
+    assert parse("--animation").contenders == ("sdfleet", "plain")
+
+
+def test_flags_are_made_from_the_options_model():
+    options = parse("--size", "32", "--batch-size", "2", "--rows", "1_000", "--keep-outputs")
+    assert (options.size_px, options.batch_size, options.rows, options.keep_outputs) == (
+        32,
+        2,
+        (1000,),
+        True,
+    )
+    assert parse() == BenchOptions()  # a flag not given takes the model's default
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    assert len(flags - {"-h", "--help"}) == len(BenchOptions.model_fields)
+
+
+def test_sdfleet_bench_is_a_contributed_command_with_clean_errors(capsys):
+    assert main(["bench", "--repeats", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sdfleet: error: sdfleet bench: --repeats") and "Traceback" not in err
+
+
+def test_a_contender_that_makes_too_few_images_is_a_message(tmp_path, monkeypatch, capsys):
+    from sdfleet.bench import contenders
+
+    def too_few(work, folder, repeat):
+        return Sample("a", repeat, images=3, wall_s=1.0, startup_s=0.1, images_per_s=3.0)
+
+    monkeypatch.setitem(contenders.CONTENDERS, "a", too_few)
+    out = tmp_path / "bench"
+    flags = ["--model", "builtin:null", "--rows", "4", "--contenders", "a", "--repeats", "1"]
+    assert main(["bench", *flags, "--out", str(out)]) == 2
+    assert "sdfleet: error: a made 3 images, not 4" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cache):
-    from sdfleet.jobs.bench_overhead import run_overhead
+    from sdfleet.bench.overhead import run_overhead
 
-    report = run_overhead(settings(tmp_path, rows=(40,), contenders=("local",)))
+    report = run_overhead(settings(tmp_path, overhead=True, rows=(40,), contenders=("local",)))
     (result,) = report["results"]
     assert result["rows"] == 40 and result["error"] == 0
     assert result["rows_per_s"] > 0 and result["ms_per_row"] > 0
@@ -157,10 +171,11 @@ def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cach
 
 @pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
 def test_animation_mode_splits_model_and_overhead(tmp_path, tiny_dir):
-    from sdfleet.jobs.bench_anim import run_animation_bench
+    from sdfleet.bench.animation import run_animation_bench
 
     bench = settings(
         tmp_path,
+        animation=True,
         model="builtin:tiny",
         frames=3,
         repeats=1,
@@ -180,7 +195,7 @@ def bench_ray(sdfleet_cache, monkeypatch):
     """A local Ray instance started the way `sdfleet bench` starts it; shut down after."""
     import ray
 
-    from sdfleet.jobs.bench import start_ray
+    from sdfleet.bench.workload import start_ray
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     start_ray()
@@ -195,3 +210,19 @@ def test_ray_contenders_make_the_same_images(tmp_path, bench_ray):
     assert {s["images"] for s in report["samples"]} == {12}
     assert report["contenders"]["c"]["startup_s"] is not None
     assert report["contenders"]["ray"]["ratio_to_a"] is not None
+
+
+def documented_commands() -> list[list[str]]:
+    """The flags of every `sdfleet bench` line of benchmarks/run_all.sh (continuations joined)."""
+    import shlex
+
+    script = (Path(__file__).resolve().parents[2] / "benchmarks" / "run_all.sh").read_text()
+    lines = script.replace("\\\n", " ").splitlines()
+    return [shlex.split(line)[2:] for line in lines if line.startswith('"$SDFLEET" bench')]
+
+
+def test_every_command_of_run_all_is_valid():
+    commands = documented_commands()
+    assert len(commands) >= 10
+    for flags in commands:
+        assert parse(*flags).out.parts[0] == "$OUT"  # parsed and validated; writes under OUT

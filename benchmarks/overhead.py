@@ -3,7 +3,7 @@
 `builtin:null` (batch/null_model.py) returns a fixed 8x8 picture without computing, so what
 is left is sdfleet: manifest validation, batching, generators, PNG encoding with metadata,
 image writes, results Parquet and the summary. For each row count, and each executor, a fresh
-Python process (`python -m jobs.bench_overhead`) runs the real `sdfleet run` path
+Python process (`python -m sdfleet.bench.overhead`) runs the real `sdfleet run` path
 (`prepare_batch_job` + `run_batch_job`) and reports wall time and the driver's peak memory
 (`ru_maxrss`: a fresh process per run, so one size's peak never carries into the next).
 
@@ -23,26 +23,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdfleet.jobs.bench import (
-    BenchSettings,
-    format_table,
-    machine_info,
-    settings_record,
-    write_bench_manifest,
-    write_report,
-)
+from sdfleet.bench.options import BenchOptions
+from sdfleet.bench.report import format_table, machine_info, write_report
+from sdfleet.bench.workload import BenchError, write_bench_manifest
 
 logger = logging.getLogger(__name__)
 
 
-def run_overhead(settings: BenchSettings) -> dict[str, Any]:
+def run_overhead(settings: BenchOptions) -> dict[str, Any]:
     """Every row count x executor in its own process; table + OUT/overhead.json (rewritten
     after every run, so a long series that is stopped keeps what it measured)."""
     root = settings.out / "overhead"
     report = {
         "mode": "overhead",
         "machine": machine_info(),
-        "settings": settings_record(settings),
+        "settings": settings.record(),
         "results": [],
     }
     for rows in settings.rows:
@@ -65,7 +60,7 @@ def run_overhead(settings: BenchSettings) -> dict[str, Any]:
     return report
 
 
-def run_child(manifest: Path, folder: Path, executor: str, settings: BenchSettings) -> dict:
+def run_child(manifest: Path, folder: Path, executor: str, settings: BenchOptions) -> dict:
     """One size, one executor, in a fresh interpreter; its JSON line back."""
     request = {
         "manifest": str(manifest),
@@ -74,11 +69,11 @@ def run_child(manifest: Path, folder: Path, executor: str, settings: BenchSettin
         "batch_size": settings.batch_size,
         "rows_per_block": settings.rows_per_block,
     }
-    command = [sys.executable, "-m", "sdfleet.jobs.bench_overhead", json.dumps(request)]
+    command = [sys.executable, "-m", "sdfleet.bench.overhead", json.dumps(request)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(
+        raise BenchError(
             f"overhead run {request} failed ({done.returncode}):\n{done.stderr[-3000:]}"
         )
     return json.loads(lines[-1])
@@ -124,8 +119,8 @@ def peak_rss_mib() -> float:
 def measure_run(request: dict[str, Any]) -> dict[str, Any]:
     """`sdfleet run` of the null job, timed by stage, in this (fresh) process."""
     from sdfleet.batch.models import ModelSpec
-    from sdfleet.jobs.bench import start_ray
-    from sdfleet.jobs.bench_contenders import Workload, bench_job, replicas_startup_s
+    from sdfleet.bench.contenders import bench_job, replicas_startup_s
+    from sdfleet.bench.workload import Workload, start_ray
     from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
 
     executor, folder = request["executor"], Path(request["out"])
@@ -149,7 +144,7 @@ def measure_run(request: dict[str, Any]) -> dict[str, Any]:
     startup = summary["stage_s"]["load"] if executor == "local" else replicas_startup_s(since)
     rows = summary["ok"]
     if rows != summary["expected_outputs"] or not rows:
-        raise RuntimeError(f"{executor}: {rows} of {summary['expected_outputs']} rows ok")
+        raise BenchError(f"{executor}: {rows} of {summary['expected_outputs']} rows ok")
     busy = wall - (startup or 0.0)
     return {
         "rows": rows,

@@ -23,16 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdfleet.jobs.bench import (
-    BenchSettings,
-    fmt_spread,
-    format_table,
-    machine_info,
-    rotated,
-    settings_record,
-    spread,
-    write_report,
-)
+from sdfleet.bench.options import BenchOptions
+from sdfleet.bench.report import fmt_spread, format_table, machine_info, spread, write_report
+from sdfleet.bench.workload import rotated
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +34,7 @@ BENCH_SEED = 1234  # frame k uses seed + k (seed_behavior: iter) in both renders
 ENCODE_SIZES_PX = (None, 512)  # None: the clip's own size
 
 
-def bench_animation_job(settings: BenchSettings) -> Any:
+def bench_animation_job(settings: BenchOptions) -> Any:
     """A 2D clip exercising the whole chain; `strength` is img2img's share denoised."""
     from sdfleet.anim.spec import load_animation_job
 
@@ -120,7 +113,7 @@ def render_sdfleet(job: Any, pipes: Any, folder: Path) -> dict[str, float]:
     }
 
 
-def render_plain(settings: BenchSettings, plain: tuple[Any, Any], folder: Path) -> dict:
+def render_plain(settings: BenchOptions, plain: tuple[Any, Any], folder: Path) -> dict:
     """txt2img for frame 0, then img2img of the previous frame per frame; PNG per frame."""
     import torch
 
@@ -148,7 +141,7 @@ def render_plain(settings: BenchSettings, plain: tuple[Any, Any], folder: Path) 
     return {"frames_s": frames_s, "model_s": model_s, "frames_per_s": settings.frames / frames_s}
 
 
-def load_models(settings: BenchSettings, job: Any) -> tuple[Any, tuple[Any, Any]]:
+def load_models(settings: BenchOptions, job: Any) -> tuple[Any, tuple[Any, Any]]:
     """sdfleet's replica (as `anim.ray_clips.RenderClips` loads it) and the plain pipelines,
     both with the job's scheduler and the same torch thread count."""
     from diffusers import AutoPipelineForImage2Image
@@ -156,7 +149,7 @@ def load_models(settings: BenchSettings, job: Any) -> tuple[Any, tuple[Any, Any]
     from sdfleet.anim.ray_clips import model_spec
     from sdfleet.batch.replica import Replica
     from sdfleet.batch.schedulers import make_scheduler
-    from sdfleet.jobs.bench_contenders import load_plain_pipeline
+    from sdfleet.bench.contenders import load_plain_pipeline
 
     # the replica sets torch threads for CPU replicas (every core unless told); plain uses those
     replica = Replica(model_spec(job), batch_size=1, cpu_threads=settings.cpu_threads)
@@ -187,7 +180,7 @@ def time_encoder(frames_dir: Path, fps: float, size_px: int | None) -> float:
     return len(frames) / (time.perf_counter() - started)
 
 
-def run_animation_bench(settings: BenchSettings) -> dict[str, Any]:
+def run_animation_bench(settings: BenchOptions) -> dict[str, Any]:
     """Alternate the sdfleet render and the plain loop; then time the encoder."""
     job = bench_animation_job(settings)
     pipes, plain = load_models(settings, job)
@@ -216,7 +209,7 @@ def run_animation_bench(settings: BenchSettings) -> dict[str, Any]:
     report = {
         "mode": "animation",
         "machine": machine_info(settings.spec),
-        "settings": settings_record(settings),
+        "settings": settings.record(),
         "summary": summarize(samples),
         "samples": samples,
     }

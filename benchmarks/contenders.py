@@ -12,7 +12,7 @@ metadata, results Parquet and summary.
     b      the same loop on batches of `batch_size` rows
     c      plain Ray Data, as in Ray's batch inference docs: read_parquet -> map_batches(class,
            ActorPoolStrategy) -> write_parquet; images saved in the UDF; no resume, no metadata
-    local  sdfleet, `local` executor (jobs.runner: prepare_batch_job + run_batch_job)
+    local  sdfleet, `local` executor (`jobs.runner`: prepare_batch_job + run_batch_job)
     ray    sdfleet, `ray` executor, same code path; same actor count and CPUs as c
 """
 
@@ -22,11 +22,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.models import ModelSpec
+from sdfleet.bench.workload import BenchError, Sample, Workload, measure
 
 logger = logging.getLogger(__name__)
 
@@ -37,103 +37,6 @@ CONTENDER_NAMES = {
     "local": "(d) sdfleet, local executor",
     "ray": "(e) sdfleet, ray executor",
 }
-
-
-@dataclass(frozen=True)
-class Workload:
-    """What every contender makes: the manifest's rows with these generation settings."""
-
-    spec: ModelSpec
-    manifest: Path  # Parquet: id, prompt, seed
-    steps: int
-    size_px: int
-    guidance_scale: float
-    batch_size: int
-    rows_per_block: int | None = None  # sdfleet's ray executor: None keeps the job default
-    cpu_threads: int | None = None  # CPU: torch threads of every contender (None: all cores)
-
-    def call_kwargs(self) -> dict[str, Any]:
-        return {
-            "num_inference_steps": self.steps,
-            "guidance_scale": self.guidance_scale,
-            "width": self.size_px,
-            "height": self.size_px,
-        }
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One contender, one repeat."""
-
-    contender: str
-    repeat: int
-    images: int
-    wall_s: float  # the whole run, model load and start-up included
-    startup_s: float | None  # until the model was ready (Ray: the last replica actor up)
-    images_per_s: float  # steady rate: slope of images done against time (`steady_rate`)
-    cpu_s: float | None = None  # this process's CPU time for the run (in-process contenders)
-    load_average: tuple[float, float] | None = None  # 1-min load average before, after
-
-    @property
-    def fixed_s(self) -> float:
-        """What the run costs besides `images / images_per_s`: load, start-up, fill, tail."""
-        return self.wall_s - self.images / self.images_per_s
-
-    @property
-    def end_to_end_images_per_s(self) -> float:
-        return self.images / self.wall_s
-
-    @property
-    def cpu_ms_per_image(self) -> float | None:
-        """CPU time per image, model load included: unlike wall time, other processes on the
-        machine barely change it (with one torch thread, nothing spins while it waits)."""
-        return None if self.cpu_s is None else 1000 * self.cpu_s / self.images
-
-
-def measure(
-    contender: str,
-    repeat: int,
-    images_dir: Path,
-    wall_s: float,
-    startup_s: float | None,
-    cpu_s: float | None = None,
-) -> Sample:
-    """A Sample from the images a run wrote."""
-    times = image_times(images_dir)
-    return Sample(contender, repeat, len(times), wall_s, startup_s, steady_rate(times), cpu_s)
-
-
-def image_times(folder: Path) -> list[float]:
-    """When each image was written (file modification times, seconds), sorted."""
-    if not folder.is_dir():
-        return []
-    return sorted(
-        entry.stat().st_mtime_ns / 1e9
-        for entry in os.scandir(folder)
-        if entry.name.endswith(".png")
-    )
-
-
-def steady_rate(times: list[float]) -> float:
-    """Images/s once running: the least-squares slope of images written against time.
-
-    The same rule for every contender, whatever writes its images in groups (a row, a batch,
-    a chunk, a Ray block): model load, start-up and the tail fall into the intercept, not the
-    slope. Needs several groups (rows >= 4 x the largest group); with fewer it is the plain
-    images / (last - first) estimate and less exact.
-    """
-    import numpy as np
-
-    if len(times) < 2 or times[-1] == times[0]:
-        return float("nan")
-    t = np.asarray(times) - times[0]
-    done = np.arange(1, len(times) + 1, dtype=float)
-    slope = float(np.polyfit(t, done, 1)[0])
-    return slope if slope > 0 else (len(times) - 1) / t[-1]
-
-
-class BenchError(RuntimeError):
-    """A contender did not make every image (the comparison would be meaningless)."""
 
 
 # ---------------------------------------------------------------------------- plain diffusers
