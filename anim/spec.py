@@ -44,7 +44,7 @@ from pydantic import (
 from sdfleet.anim.rules import SCHEDULE_RULES, check_job
 from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
-from sdfleet.anim.video import X264_PRESETS
+from sdfleet.anim.video import X264_PRESETS, EncodeOptions
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
 
 logger = logging.getLogger(__name__)
@@ -133,9 +133,17 @@ class VideoSpec(BaseModel):
     soundtrack: str | None = Field(None, description="audio file muxed with -shortest")
 
     @model_validator(mode="after")
-    def _check_crf(self) -> VideoSpec:
+    def _check_encoder(self) -> VideoSpec:
+        """What the encoder accepts, checked when the job loads, not after every frame has
+        rendered: `anim.video.EncodeOptions` holds the rules (a gif has no soundtrack, ...)."""
         if self.format == "mp4" and self.crf > 51:
             raise ValueError(f"crf {self.crf} is too high for mp4 (H.264); use 0..51")
+        try:
+            EncodeOptions(
+                format=self.format, crf=self.crf, preset=self.preset, soundtrack=self.soundtrack
+            )
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
         return self
 
 

@@ -1,5 +1,9 @@
 """Run an animation job: check what needs no model, render the clip(s), write the summary.
 
+`sdfleet validate`, `run` and `plan` list a job's clips one way (`animation_tasks`) and check
+them one way (`check_tasks`; `plan` the part that needs no OUT, model or ffmpeg), so whatever
+`validate` accepts, `run` accepts, and nothing renders before every clip is checked.
+
 - A job without `clips:` is one clip, rendered into OUT itself (in this process unless
   ``--executor ray``). Its video is named after the job file (``anim_demo.yaml`` ->
   ``OUT/anim_demo.mp4``).
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sdfleet.anim.clip import check_resumable, with_absolute_paths
+from sdfleet.anim.plan import FrameRecord, compile_plan
 from sdfleet.anim.probe import find_ffmpeg
 from sdfleet.anim.ray_clips import (
     ClipTask,
@@ -32,9 +37,9 @@ from sdfleet.anim.ray_clips import (
     run_clips_ray,
 )
 from sdfleet.anim.spec import AnimationJob, resolve_clips
-from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.models import resolve_model_source
-from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.batch.schedulers import SCHEDULERS, check_scheduler_name
 from sdfleet.jobs.console import progress_bar, report_clips
 from sdfleet.jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
 
@@ -52,16 +57,53 @@ def run_animation_job(
     show_progress: bool = True,
 ) -> int:
     """Render every clip of `job` (see the module doc); returns the exit status."""
-    if job.clips_manifest:
-        manifest = Path(job.clips_manifest)
-        manifest = manifest if manifest.is_absolute() else Path(job_path).parent / manifest
-        base = job.model_copy(update={"clips_manifest": None})
-        return run_clip_manifest(base, job_path, manifest, out, executor, address, show_progress)
+    started = time.time()
     out = out or default_out(job_path)
-    root = clip_root(out)
-    tasks = clip_tasks(job, Path(job_path), root)
-    executor = executor or ("ray" if job.clips else "local")
-    return run_tasks(tasks, out, executor, address, header(job_path), show_progress)
+    # 1. the clips, and every check that needs no model (as `validate` makes them)
+    tasks = prepare_animation_job(job, job_path, out)
+    # 2. render: a job of several clips on Ray actors unless told otherwise
+    executor = executor or ("ray" if job.clips or job.clips_manifest else "local")
+    rows = render_tasks(tasks, out, executor, address, header(job_path), show_progress)
+    # 3. summary and report
+    write_summary(clip_root(out), rows, executor, time.time() - started)
+    report_clips(rows)
+    return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
+
+
+def run_clip_manifest(
+    job: AnimationJob,
+    job_path: Path,
+    manifest: Path,
+    out: str | None,
+    executor: str | None = "ray",
+    address: str | None = None,
+    show_progress: bool = True,
+) -> int:
+    """Render each row of a Parquet clip manifest (`anim.ray_clips.read_clip_manifest`) over
+    the base `job` into OUT/<id>/, as `clips_manifest: MANIFEST` would; the exit status."""
+    job = job.model_copy(update={"clips": None, "clips_manifest": str(Path(manifest).resolve())})
+    return run_animation_job(job, job_path, out, executor, address, show_progress)
+
+
+def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = None) -> int:
+    """Every check `run` makes before a model loads (clips, files, model, ffmpeg, earlier
+    renders in OUT); returns the number of frames over all clips."""
+    return sum(task.job.max_frames for task in prepare_animation_job(job, job_path, out))
+
+
+def plan_animation_job(job: AnimationJob, job_path: Path) -> list[FrameRecord]:
+    """The per-frame plan `sdfleet plan` prints (the base job's, for a job of several clips),
+    after the checks of every clip's settings and files (`check_clips`); OUT plays no part."""
+    check_clips(animation_tasks(job, job_path, default_out(job_path)), in_out=False)
+    return compile_plan(job)
+
+
+def prepare_animation_job(job: AnimationJob, job_path: Path, out: str | None) -> list[ClipTask]:
+    """The clips of `job` with every check that needs no model made (`check_tasks`): the one
+    path `validate` and `run` share."""
+    tasks = animation_tasks(job, job_path, out or default_out(job_path))
+    check_tasks(tasks)
+    return tasks
 
 
 def default_out(job_path: Path) -> str:
@@ -84,70 +126,17 @@ def clip_root(out: str) -> Path:
     return Path(out)
 
 
-def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = None) -> int:
-    """Every check `run` makes before a model loads (clips, files, model, ffmpeg, earlier
-    renders in OUT); returns the number of frames over all clips."""
+def animation_tasks(job: AnimationJob, job_path: Path, out: str) -> list[ClipTask]:
+    """One task per clip, paths made absolute from the job file's folder: each row of
+    `clips_manifest` or entry of `clips` into OUT/<id>/, else the job itself into OUT."""
     job_path = Path(job_path)
-    root = clip_root(out or default_out(job_path))
+    base_dir, root = job_path.parent, clip_root(out)
     if job.clips_manifest:
         manifest = Path(job.clips_manifest)
-        manifest = manifest if manifest.is_absolute() else job_path.parent / manifest
-        base = with_absolute_paths(job.model_copy(update={"clips_manifest": None}), job_path.parent)
-        tasks = [
-            ClipTask(clip_id, clip_job, root / clip_id)
-            for clip_id, clip_job in read_clip_manifest(manifest, base)
-        ]
-    else:
-        tasks = clip_tasks(job, job_path, root)
-    check_tasks(tasks)
-    return sum(task.job.max_frames for task in tasks)
-
-
-def run_clip_manifest(
-    job: AnimationJob,
-    job_path: Path,
-    manifest: Path,
-    out: str | None,
-    executor: str | None = "ray",
-    address: str | None = None,
-    show_progress: bool = True,
-) -> int:
-    """Render each row of a Parquet clip manifest (`anim.ray_clips.read_clip_manifest`) over
-    the base `job` into OUT/<id>/; returns the exit status."""
-    out = out or default_out(job_path)
-    root = clip_root(out)
-    base = with_absolute_paths(job, Path(job_path).parent)
-    tasks = [
-        ClipTask(clip_id, clip_job, root / clip_id)
-        for clip_id, clip_job in read_clip_manifest(Path(manifest), base)
-    ]
-    return run_tasks(tasks, out, executor or "ray", address, header(job_path), show_progress)
-
-
-def run_tasks(
-    tasks: list[ClipTask],
-    out: str,
-    executor: str,
-    address: str | None,
-    header: dict[str, str],
-    show_progress: bool,
-) -> int:
-    """Check, render, summarise into OUT (as given: file:/// marks a shared mount); the exit
-    status."""
-    started = time.time()
-    # 1. everything that needs no model
-    check_tasks(tasks)
-    # 2. render
-    rows = render_tasks(tasks, out, executor, address, header, show_progress)
-    # 3. summary and report
-    write_summary(clip_root(out), rows, executor, time.time() - started)
-    report_clips(rows)
-    return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
-
-
-def clip_tasks(job: AnimationJob, job_path: Path, root: Path) -> list[ClipTask]:
-    """One task per clip: OUT/<id>/ for each entry of `clips`, else OUT itself."""
-    base_dir = job_path.parent
+        manifest = manifest if manifest.is_absolute() else base_dir / manifest
+        base = with_absolute_paths(job.model_copy(update={"clips_manifest": None}), base_dir)
+        clips = read_clip_manifest(manifest, base)
+        return [ClipTask(clip_id, clip_job, root / clip_id) for clip_id, clip_job in clips]
     if not job.clips:
         return [ClipTask(job_path.stem, with_absolute_paths(job, base_dir), root)]
     return [
@@ -157,14 +146,21 @@ def clip_tasks(job: AnimationJob, job_path: Path, root: Path) -> list[ClipTask]:
 
 
 def check_tasks(tasks: list[ClipTask]) -> None:
-    """Model sources, scheduler names, input files, ffmpeg and earlier renders in OUT; raises
-    one ConfigError listing every problem (ModelError/EncodeError as they come)."""
+    """Model sources, ffmpeg, then `check_clips`; ModelError/EncodeError as they come."""
     for spec in {model_spec(task.job) for task in tasks}:
         resolve_model_source(spec)
     find_ffmpeg()
+    check_clips(tasks)
+
+
+def check_clips(tasks: list[ClipTask], in_out: bool = True) -> None:
+    """Raise one ConfigError listing every clip's `clip_problems` and (`in_out`) what an
+    earlier render in its folder rules out (`anim.clip.check_resumable`)."""
     problems = []
     for task in tasks:
         problems += [f"{task.id}: {p}" for p in clip_problems(task.job)]
+        if not in_out:
+            continue
         try:
             check_resumable(task.paths, task.job)
         except ConfigError as exc:
@@ -177,7 +173,7 @@ def clip_problems(job: AnimationJob) -> list[str]:
     """What is wrong with one clip's scheduler or files."""
     problems = []
     if message := check_scheduler_name(job.scheduler):
-        problems.append(f"scheduler: {message}")
+        problems.append(f"scheduler: {message}{suggest_name(job.scheduler, SCHEDULERS)}")
     for field, value in (("init_image", job.init_image), ("soundtrack", job.video.soundtrack)):
         if value is not None and "://" not in value and not Path(value).is_file():
             problems.append(

@@ -111,7 +111,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from sdfleet.anim.plan import compile_plan, format_table, plan_to_jsonl
+    from sdfleet.anim.plan import format_table, plan_to_jsonl
+    from sdfleet.jobs.anim_runner import plan_animation_job
     from sdfleet.jobs.spec import load_job
 
     job = load_job(args.job)
@@ -121,7 +122,7 @@ def cmd_plan(args) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    frames = compile_plan(job)
+    frames = plan_animation_job(job, args.job)
     sys.stdout.write(plan_to_jsonl(frames) if args.json else format_table(frames) + "\n")
     return EXIT_OK
 

@@ -198,3 +198,60 @@ def test_changed_video_settings_re_encode_without_rendering(tiny_dir, tmp_path: 
     assert (facts["frames"], facts["fps"]) == (3, 4.0)
     assert frames == {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()}
     assert yaml.safe_load((out / "job.yaml").read_text())["fps"] == 4
+
+
+def no_model_loads(monkeypatch) -> None:
+    from sdfleet.batch import replica
+
+    monkeypatch.setattr(replica, "load_pipelines", lambda spec: pytest.fail("a model loaded"))
+
+
+@pytest.mark.parametrize("command", ["plan", "validate", "run"])
+def test_an_unknown_scheduler_is_refused_by_every_command(command, tmp_path, monkeypatch, capsys):
+    no_model_loads(monkeypatch)
+    job = write_job(tmp_path, max_frames=2, scheduler="eulr")
+    out = tmp_path / "out"
+    argv = [command, str(job), *(["--out", str(out), "--no-progress"] * (command == "run"))]
+    assert main(argv) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "scheduler: unknown scheduler 'eulr'" in err and "did you mean 'euler'?" in err
+    assert not out.exists()  # nothing rendered, nothing written
+
+
+@pytest.mark.parametrize("command", ["plan", "validate", "run"])
+def test_a_clip_with_an_unknown_scheduler_is_refused_by_every_command(command, tmp_path, capsys):
+    clips = [{"id": "fine"}, {"id": "typo", "scheduler": "dpmpp_2"}]
+    job = write_job(tmp_path, "clips", max_frames=2, clips=clips)
+    out = tmp_path / "out"
+    argv = [command, str(job), *(["--out", str(out), "--executor", "local"] * (command == "run"))]
+    assert main(argv) == EXIT_CONFIG
+    assert "typo: scheduler: unknown scheduler 'dpmpp_2'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["plan", "validate", "run"])
+def test_a_gif_with_a_soundtrack_is_refused_before_any_frame(
+    command, tmp_path, monkeypatch, capsys
+):
+    no_model_loads(monkeypatch)
+    (tmp_path / "song.wav").write_bytes(b"RIFF")
+    video = {"format": "gif", "soundtrack": "song.wav"}
+    job = write_job(tmp_path, max_frames=2, video=video)
+    out = tmp_path / "out"
+    argv = [command, str(job), *(["--out", str(out), "--no-progress"] * (command == "run"))]
+    assert main(argv) == EXIT_CONFIG
+    assert "video: a gif cannot carry a soundtrack" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_validate_and_run_list_the_clips_of_a_manifest_the_same_way(tmp_path, capsys):
+    pq.write_table(
+        pa.table({"id": ["a", "b"], "scheduler": ["euler", "eulr"]}), tmp_path / "clips.parquet"
+    )
+    job = write_job(tmp_path, "base", max_frames=2, clips_manifest="clips.parquet")
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    from_validate = capsys.readouterr().err
+    assert main(["run", str(job), "--out", str(tmp_path / "out"), "--executor", "local"]) == 2
+    assert "b: scheduler: unknown scheduler 'eulr'" in from_validate
+    assert capsys.readouterr().err == from_validate
+    assert main(["plan", str(job)]) == EXIT_CONFIG
