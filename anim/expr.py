@@ -16,7 +16,8 @@ are capped, and powers whose result would overflow are refused before computing.
 
 API:
     compile_expression(source, field=..., variables=...) -> Expression  (compile once)
-    Expression.evaluate(t=..., max_f=..., s=...) -> float               (evaluate many times)
+    Expression.evaluate(t=..., max_f=..., s=..., extra=None) -> float   (evaluate many times;
+        `extra`: values of further variables allowed at compile time, such as audio series)
     syntax_error(field, text, column, problem, expected) -> ScheduleError  (caret display;
         shared with the schedule parser)
 """
@@ -139,32 +140,37 @@ class Expression:
     constant: float | None
     _node: Node = dataclasses.field(repr=False, compare=False)
 
-    def evaluate(self, t: float = 0.0, max_f: float = 0.0, s: float = 0.0) -> float:
-        """Value at frame `t` with `max_f` (= max_frames - 1) and seed `s`; errors name both."""
+    def evaluate(
+        self, t: float = 0.0, max_f: float = 0.0, s: float = 0.0, extra: Env | None = None
+    ) -> float:
+        """Value at frame `t` with `max_f` (= max_frames - 1) and seed `s`; errors name both.
+
+        `extra` gives the values of further variables the caller allowed at compile time
+        (e.g. the audio series of `anim.audio` at this frame); each one read must be there.
+        """
         if self.constant is not None:
             return self.constant
+        env = {"t": t, "max_f": max_f, "s": s}
+        if extra:
+            env.update(extra)
         try:
-            value = float(self._node({"t": t, "max_f": max_f, "s": s}))
+            value = float(self._node(env))
         except (ArithmeticError, ValueError) as err:
             raise ScheduleError(
-                f"{self.field}: {self.source!r} cannot be evaluated {self._at(t, max_f, s)}: {err}"
+                f"{self.field}: {self.source!r} cannot be evaluated {self._at(env)}: {err}"
             ) from None
         if not math.isfinite(value):
             raise ScheduleError(
-                f"{self.field}: {self.source!r} gives {value} {self._at(t, max_f, s)}; "
+                f"{self.field}: {self.source!r} gives {value} {self._at(env)}; "
                 "expected a finite number (check divisions and powers)"
             )
         return value
 
-    def _at(self, t: float, max_f: float, s: float) -> str:
+    def _at(self, env: Env) -> str:
         """Where it failed, in the names it uses (a frame key has no t)."""
         if "t" in self.names:
-            return f"at t={t:g}"
-        shown = [
-            f"{name}={value:g}"
-            for name, value in (("max_f", max_f), ("s", s))
-            if name in self.names
-        ]
+            return f"at t={env['t']:g}"
+        shown = [f"{name}={env[name]:g}" for name in sorted(self.names) if name in env]
         return f"with {', '.join(shown)}" if shown else "at all"
 
 

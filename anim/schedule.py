@@ -4,13 +4,18 @@ Semantics (Deforum's, minus its crashes):
 
 - Entries are ``key:(value)`` separated by commas. A key is a whole frame number or an
   expression in ``max_f`` (= max_frames - 1) and ``s`` (the seed), optionally quoted
-  (``"max_f-2":(-1)``); expression keys are floored. Keys outside 0..max_f are ignored; when
-  two keys land on the same frame the later entry wins (as Deforum's dict does).
+  (``"max_f-2":(-1)``); expression keys are floored. A key may also be a time: ``2s`` /
+  ``2.5s`` (seconds) or ``4b`` / ``4.5b`` (beats of the job's audio); it lands on the frame
+  nearest that time, ``floor(seconds * fps + 0.5)``, so it stays put when fps changes (a
+  `KeyClock` turns times into frames; seconds need only fps, beats need ``audio:``). Keys
+  outside 0..max_f are ignored; when two keys land on the same frame the later entry wins
+  (as Deforum's dict does).
 - A value that is a plain number (``1``, ``-.5``, ``+2.``, ``1e-3``; redundant parentheses
   allowed) is a *numeric keyframe*: frames between keyframes are interpolated.
 - Any other value is an *expression keyframe*: it is evaluated at every frame from its key up
-  to the next key with ``t`` (the frame index), ``max_f`` and ``s``. Its value at its own key
-  is also the anchor that the ramp from the previous numeric keyframe runs to.
+  to the next key with ``t`` (the frame index), ``max_f`` and ``s`` (and any further
+  per-frame series the caller allows, such as the audio series of `anim.audio`). Its value at
+  its own key is also the anchor that the ramp from the previous numeric keyframe runs to.
 - Before the first key the first value is held (Deforum crashes without a ``0:`` key); after
   the last key the last value is held.
 - Interpolation between anchors: ``linear`` (Deforum's default), ``step`` (hold the previous
@@ -24,9 +29,12 @@ Syntax errors name the field, show the schedule with a caret under the column, a
 was expected.
 
 API:
-    parse_schedule(text, field, numeric=True) -> Schedule
-    Schedule.evaluate(max_frames, seed=0, interpolation="linear") -> list[float]
-    Schedule.evaluate_text(max_frames, seed=0) -> list[str]
+    parse_schedule(text, field, numeric=True, variables=VARIABLES) -> Schedule
+    Schedule.evaluate(max_frames, seed=0, interpolation="linear", series=None, clock=None)
+        -> list[float]   (`series`: per-frame values of the extra variables expressions read)
+    Schedule.evaluate_text(max_frames, seed=0, clock=None) -> list[str]
+    Schedule.names() -> frozenset[str]     (the variables its expressions read)
+    KeyClock(fps, beat_seconds=None)       (times in keys -> frames)
     evaluate_schedule(text, max_frames, seed=0, field=..., interpolation=...) -> list[float]
     compile_key(text, field) -> FrameKey   (also used for prompt keys)
     plain_number(text) -> float | None     ("1e-3", "(2)": a number; anything else: None)
@@ -40,6 +48,7 @@ import logging
 import math
 import re
 import string
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sdfleet.anim.expr import KEY_VARIABLES, VARIABLES, Expression, compile_expression, syntax_error
@@ -49,22 +58,59 @@ logger = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("linear", "step", "cubic")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-_KEY_EXPECTED = 'a frame number such as 0 or 30, or an expression in max_f such as "max_f-2"'
+_KEY_EXPECTED = (
+    'a frame number such as 0 or 30, an expression in max_f such as "max_f-2", '
+    "or a time such as 2s or 4b"
+)
 MAX_SCHEDULE_CHARS = 100_000  # a key a frame for thousands of frames; parsing stays fast
+_TIME_KEY = re.compile(r"(\d+\.?\d*|\.\d+)\s*([sb])")
+TIME_UNITS = {"s": "seconds", "b": "beats"}
+
+
+@dataclass(frozen=True)
+class KeyClock:
+    """Turns keys written as times into frames: ``2s`` at `fps`, ``4b`` through `beat_seconds`
+    (beat position -> seconds from the start, from the job's audio; None without audio)."""
+
+    fps: float
+    beat_seconds: Callable[[float], float] | None = None
+
+    def frame(self, amount: float, unit: str, field: str, text: str) -> int:
+        if unit == "b":
+            if self.beat_seconds is None:
+                raise ScheduleError(
+                    f"{field}: key {text!r} is in beats, but the job has no audio to take beats "
+                    "from; add `audio: song.wav` (or write the key in seconds, e.g. 2s)"
+                )
+            seconds = self.beat_seconds(amount)
+        else:
+            seconds = amount
+        return math.floor(seconds * self.fps + 0.5)
 
 
 @dataclass(frozen=True)
 class FrameKey:
-    """The frame part of an entry: a whole number, or an expression in max_f and s."""
+    """The frame part of an entry: a whole number, an expression in max_f and s, or a time
+    (`amount` in `unit` ``s`` or ``b``)."""
 
     text: str
     number: int | None
     expr: Expression | None
+    unit: str | None = None
+    amount: float = 0.0
+    field: str = "key"
 
-    def resolve(self, max_f: int, seed: int = 0) -> int:
+    def resolve(self, max_f: int, seed: int = 0, clock: KeyClock | None = None) -> int:
         """The frame this key names (floored; may lie outside 0..max_f, callers skip those)."""
         if self.number is not None:
             return self.number
+        if self.unit is not None:
+            if clock is None:
+                raise ScheduleError(
+                    f"{self.field}: {self.text!r} is a time ({TIME_UNITS[self.unit]}) key, "
+                    "which needs the clip's fps; use a frame number here"
+                )
+            return clock.frame(self.amount, self.unit, self.field, self.text)
         assert self.expr is not None
         return math.floor(self.expr.evaluate(max_f=max_f, s=seed))
 
@@ -84,6 +130,8 @@ def compile_key(text: str, field: str, source: str | None = None, offset: int = 
         raise syntax_error(field, source, column, "missing frame key", _KEY_EXPECTED)
     if re.fullmatch(r"[0-9]+", stripped):
         return FrameKey(stripped, int(stripped), None)
+    if time := _TIME_KEY.fullmatch(stripped):
+        return FrameKey(stripped, None, None, time.group(2), float(time.group(1)), field)
     if _NUMBER.fullmatch(stripped):
         raise syntax_error(
             field,
@@ -116,11 +164,17 @@ class Schedule:
     source: str
     keyframes: tuple[Keyframe, ...]
 
-    def keys_in_range(self, max_frames: int, seed: int = 0) -> list[tuple[int, Keyframe]]:
+    def names(self) -> frozenset[str]:
+        """The variables the expressions of this schedule read (t, max_f, s, audio series...)."""
+        return frozenset().union(*(k.expr.names for k in self.keyframes if k.expr is not None))
+
+    def keys_in_range(
+        self, max_frames: int, seed: int = 0, clock: KeyClock | None = None
+    ) -> list[tuple[int, Keyframe]]:
         """(frame, keyframe) pairs inside 0..max_frames-1, sorted; later duplicates win."""
         by_frame: dict[int, Keyframe] = {}
         for keyframe in self.keyframes:
-            frame = keyframe.key.resolve(max_frames - 1, seed)
+            frame = keyframe.key.resolve(max_frames - 1, seed, clock)
             if 0 <= frame < max_frames:
                 by_frame[frame] = keyframe
             else:
@@ -138,15 +192,24 @@ class Schedule:
         return sorted(by_frame.items())
 
     def evaluate(
-        self, max_frames: int, seed: int = 0, interpolation: str = "linear"
+        self,
+        max_frames: int,
+        seed: int = 0,
+        interpolation: str = "linear",
+        series: Mapping[str, Sequence[float]] | None = None,
+        clock: KeyClock | None = None,
     ) -> list[float]:
-        """One float per frame 0..max_frames-1 (Deforum semantics, see the module doc)."""
+        """One float per frame 0..max_frames-1 (Deforum semantics, see the module doc).
+
+        `series` holds one value per frame for every extra variable the expressions read
+        (`names` minus t, max_f, s); `clock` resolves time keys (``2s``, ``4b``)."""
         if interpolation not in INTERPOLATIONS:
             raise ScheduleError(
                 f"{self.field}: unknown interpolation {interpolation!r}; "
                 f"expected one of {', '.join(INTERPOLATIONS)}"
             )
-        keys = self.keys_in_range(max_frames, seed)
+        keys = self.keys_in_range(max_frames, seed, clock)
+        extra = self._series_checked(series or {}, max_frames)
         values: list[float | None] = [None] * max_frames
         for index, (frame, keyframe) in enumerate(keys):
             if keyframe.number is not None:
@@ -155,8 +218,10 @@ class Schedule:
             if keyframe.expr is None:
                 raise ScheduleError(f"{self.field}: this is a text schedule; use evaluate_text")
             end = keys[index + 1][0] if index + 1 < len(keys) else max_frames
+            names = [name for name in keyframe.expr.names if name in extra]
             for t in range(frame, end):
-                values[t] = keyframe.expr.evaluate(t, max_frames - 1, seed)
+                at_t = {name: extra[name][t] for name in names}
+                values[t] = keyframe.expr.evaluate(t, max_frames - 1, seed, at_t)
         # Hold the first value backwards and the last forwards (Deforum pins frames 0 and -1).
         if values[0] is None:
             values[0] = values[keys[0][0]]
@@ -171,9 +236,26 @@ class Schedule:
                 )
         return filled
 
-    def evaluate_text(self, max_frames: int, seed: int = 0) -> list[str]:
+    def _series_checked(
+        self, series: Mapping[str, Sequence[float]], max_frames: int
+    ) -> Mapping[str, Sequence[float]]:
+        """`series`, after checking that it covers every extra name read, at every frame."""
+        for name in sorted(self.names() - set(VARIABLES)):
+            if name not in series:
+                raise ScheduleError(
+                    f"{self.field}: {self.source!r} reads {name!r}, which has no values here"
+                )
+            if len(series[name]) < max_frames:
+                raise ValueError(
+                    f"series {name!r} has {len(series[name])} values, not {max_frames}"
+                )
+        return series
+
+    def evaluate_text(
+        self, max_frames: int, seed: int = 0, clock: KeyClock | None = None
+    ) -> list[str]:
         """One string per frame: each key's text held until the next key (never interpolated)."""
-        keys = self.keys_in_range(max_frames, seed)
+        keys = self.keys_in_range(max_frames, seed, clock)
         values, index = [], 0
         for frame in range(max_frames):
             while index + 1 < len(keys) and keys[index + 1][0] <= frame:
@@ -182,8 +264,15 @@ class Schedule:
         return values
 
 
-def parse_schedule(text: str, field: str = "schedule", numeric: bool = True) -> Schedule:
-    """Parse a schedule string; raise `ScheduleError` with a caret on any syntax problem."""
+def parse_schedule(
+    text: str,
+    field: str = "schedule",
+    numeric: bool = True,
+    variables: tuple[str, ...] = VARIABLES,
+) -> Schedule:
+    """Parse a schedule string; raise `ScheduleError` with a caret on any syntax problem.
+    Expressions may read `variables` (t, max_f, s, plus any per-frame series the caller
+    will give to `Schedule.evaluate`)."""
     if not isinstance(text, str):
         raise ScheduleError(f'{field}: expected a schedule string such as "0:(1.0)", got {text!r}')
     if len(text) > MAX_SCHEDULE_CHARS:
@@ -192,7 +281,7 @@ def parse_schedule(text: str, field: str = "schedule", numeric: bool = True) -> 
             f"expected at most {MAX_SCHEDULE_CHARS:,}: use fewer keys, or an expression"
         )
     entries = _Scanner(text, field).entries()
-    keyframes = [_compile_entry(text, field, entry, numeric) for entry in entries]
+    keyframes = [_compile_entry(text, field, entry, numeric, variables) for entry in entries]
     return Schedule(field, text, tuple(keyframes))
 
 
@@ -323,7 +412,9 @@ class _Scanner:
         return pos
 
 
-def _compile_entry(text: str, field: str, entry: _Entry, numeric: bool) -> Keyframe:
+def _compile_entry(
+    text: str, field: str, entry: _Entry, numeric: bool, variables: tuple[str, ...]
+) -> Keyframe:
     key = compile_key(entry.key_text, field, text, entry.key_column)
     value = entry.value_text.strip()
     column = entry.value_column + len(entry.value_text) - len(entry.value_text.lstrip())
@@ -348,7 +439,7 @@ def _compile_entry(text: str, field: str, entry: _Entry, numeric: bool) -> Keyfr
         )
     if number is not None:
         return Keyframe(key, value, column, number=number)
-    expr = compile_expression(entry.value_text, field, VARIABLES, text, entry.value_column)
+    expr = compile_expression(entry.value_text, field, variables, text, entry.value_column)
     return Keyframe(key, value, column, expr=expr)
 
 
