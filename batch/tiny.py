@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -31,20 +32,31 @@ def cache_root() -> Path:
 def tiny_model_dir() -> Path:
     """Return the folder of `builtin:tiny`, building it on first use (atomic, race-safe)."""
     target = cache_root() / f"builtin-tiny-v{TINY_VERSION}"
-    if (target / "model_index.json").exists():
+    return build_once(
+        target, lambda out: build_tiny_pipeline().save_pretrained(out, safe_serialization=True)
+    )
+
+
+def build_once(
+    target: Path, build: Callable[[Path], None], marker: str = "model_index.json"
+) -> Path:
+    """`target`, made by `build(staging)` in a staging folder renamed into place on first use;
+    a folder holding `marker` is complete. Race-safe: a process that loses the rename keeps the
+    winner's folder."""
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        build_tiny_pipeline().save_pretrained(staging, safe_serialization=True)
+        build(staging)
         try:
             os.rename(staging, target)  # another process may have won the race: fine
         except OSError:
-            if not (target / "model_index.json").exists():
+            if not (target / marker).exists():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("built builtin:tiny into %s", target)
+    logger.info("built %s", target)
     return target
 
 
