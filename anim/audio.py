@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sdfleet.anim.schedule import KeyClock
 from sdfleet.batch.errors import ConfigError
@@ -62,6 +62,16 @@ class AudioSpec(BaseModel):
     mux: bool = Field(True, description="also the video's soundtrack")
     bpm: float | None = Field(None, gt=0, le=1000, description="fixed beat grid, no tracking")
     beat_offset_s: float = Field(0.0, ge=0, description="time of beat 0 on the bpm grid")
+
+    @field_validator("file")
+    @classmethod
+    def _from_job_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative path is read from the job file's folder (`load_animation_job` passes it
+        as the validation context)."""
+        base = (info.context or {}).get("base_dir")
+        if value is None or base is None or Path(value).is_absolute():
+            return value
+        return str(Path(base) / value)
 
     @model_validator(mode="before")
     @classmethod

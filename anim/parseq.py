@@ -26,6 +26,7 @@ as Deforum's 2D mode ignores them; so are fields no Deforum schedule reads.
 API:
     ParseqSpec                                      (the job's ``parseq:`` field)
     load_parseq(spec, max_frames, fps) -> ParseqFrames   (ConfigError naming file, frame, field)
+    unsupported_fields(rendered_frames) -> list[str]
     ParseqFrames.series / .seeds / .prompts
 """
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sdfleet.batch.errors import ConfigError
 
@@ -92,6 +93,16 @@ class ParseqSpec(BaseModel):
         (), description="Parseq fields sdfleet cannot honour, rendered without them"
     )
 
+    @field_validator("file")
+    @classmethod
+    def _from_job_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative path is read from the job file's folder (`load_animation_job` passes it
+        as the validation context)."""
+        base = (info.context or {}).get("base_dir")
+        if value is None or base is None or Path(value).is_absolute():
+            return value
+        return str(Path(base) / value)
+
     @model_validator(mode="before")
     @classmethod
     def _file_only(cls, value: Any) -> Any:
@@ -127,9 +138,9 @@ def load_parseq(spec: ParseqSpec, max_frames: int, fps: float | None = None) -> 
     first = frames[0]
     # 2. refused fields, unless accepted by name
     refused = [
-        f"{name} ({reason})"
-        for name, reason in UNSUPPORTED.items()
-        if _changes_picture(name, frames) and name not in spec.accept_differences
+        f"{name} ({UNSUPPORTED[name]})"
+        for name in unsupported_fields(frames)
+        if name not in spec.accept_differences
     ]
     if refused:
         raise ConfigError(
@@ -211,8 +222,14 @@ def managed_fields(first: dict[str, Any], use_deltas: bool) -> dict[str, str]:
     return {column: field for column, field in columns.items() if first.get(column) is not None}
 
 
-def _changes_picture(name: str, frames: list[dict[str, Any]]) -> bool:
-    values = [frame.get(name) for frame in frames if frame.get(name) is not None]
+def unsupported_fields(frames: list[Any]) -> list[str]:
+    """The fields of `frames` (rendered_frames) that Deforum would use and sdfleet cannot
+    honour (`UNSUPPORTED`): set in some frame, and for subseed_strength other than 0."""
+    return [name for name in UNSUPPORTED if _changes_picture(name, frames)]
+
+
+def _changes_picture(name: str, frames: list[Any]) -> bool:
+    values = [f.get(name) for f in frames if isinstance(f, dict) and f.get(name) is not None]
     if name == "subseed_strength":
         return any(value != 0 for value in values)
     return bool(values)

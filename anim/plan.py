@@ -43,7 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from sdfleet.anim.prompts import frame_prompts, resolve_prompt_keys
+from sdfleet.anim.inputs import ScheduleInputs, schedule_inputs
+from sdfleet.anim.prompts import FramePrompt, frame_prompts, resolve_prompt_keys, split_negative
 from sdfleet.anim.rules import evaluate_schedules
 from sdfleet.anim.seeds import frame_seeds, seeds_at
 
@@ -93,10 +94,15 @@ class FrameRecord:
     tween_prev: int | None
     tween_next: int | None
     tween_weight: float | None
+    audio: dict[str, float] | None = None  # the audio series at this frame (``audio:``)
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-serialisable) with the fields in declaration order."""
-        return asdict(self)
+        """A plain dict (JSON-serialisable) with the fields in declaration order; ``audio``
+        only when the job has audio (plans of other jobs are as before)."""
+        record = asdict(self)
+        if record["audio"] is None:
+            del record["audio"]
+        return record
 
 
 def diffused_frames(max_frames: int, cadence: int) -> list[bool]:
@@ -107,19 +113,29 @@ def diffused_frames(max_frames: int, cadence: int) -> list[bool]:
 def compile_plan(job: AnimationJob) -> list[FrameRecord]:
     """The per-frame plan of `job` (one clip; for `clips` compile each `resolve_clips` job)."""
     n, walk = job.max_frames, job.animation_mode == "interpolation"
-    # 1. schedules, evaluated and range-checked for every frame
-    values = evaluate_schedules(job)
+    # 1. schedules, evaluated and range-checked for every frame (with audio and Parseq)
+    inputs = schedule_inputs(job)
+    values = evaluate_schedules(job, inputs)
     seed_schedule = values.pop("seed_schedule", None)
-    # 2. prompts (keys resolved once, shared with the walk)
+    parseq = inputs.parseq
+    behavior = "schedule" if parseq is not None and parseq.seeds else job.seed_behavior
+    # 2. prompts (keys resolved once, shared with the walk); Parseq's per frame replace them
     keys = resolve_prompt_keys(
-        job.prompts, n, job.seed, job.animation_prompts_positive, job.animation_prompts_negative
+        job.prompts,
+        n,
+        job.seed,
+        job.animation_prompts_positive,
+        job.animation_prompts_negative,
+        clock=inputs.clock,
     )
     prompts = frame_prompts(keys, n, job.transition)
+    if parseq is not None and parseq.prompts:
+        prompts = [FramePrompt(*split_negative(text)) for text in parseq.prompts]
     # 3. which frames are diffused; seeds, tween and walk positions
     if walk and job.diffusion_cadence > 1:
         logger.info("diffusion_cadence %d is not used by walks", job.diffusion_cadence)
     diffused = [True] * n if walk else diffused_frames(n, job.diffusion_cadence)
-    seeds = frame_seeds(job.seed_behavior, job.seed, diffused, job.seed_iter_N, seed_schedule)
+    seeds = frame_seeds(behavior, job.seed, diffused, job.seed_iter_N, seed_schedule)
     tweens = tween_positions(diffused)
     walk_keys = sorted({0, n - 1, *(key.frame for key in keys)})
     walks = walk_positions(job, walk_keys, seed_schedule) if walk else [(None, None, None)] * n
@@ -136,9 +152,16 @@ def compile_plan(job: AnimationJob) -> list[FrameRecord]:
             perspective_flip=job.enable_perspective_flip,
             **dict(zip(("tween_prev", "tween_next", "tween_weight"), tweens[frame], strict=True)),
             **{_record_name(field): series[frame] for field, series in values.items()},
+            audio=_audio_at(inputs, frame),
         )
         for frame in range(n)
     ]
+
+
+def _audio_at(inputs: ScheduleInputs, frame: int) -> dict[str, float] | None:
+    if inputs.audio is None:
+        return None
+    return {name: series[frame] for name, series in inputs.audio.values.items()}
 
 
 def _record_name(field: str) -> str:
@@ -235,11 +258,18 @@ _WALK_COLUMNS: list[Column] = [
 ]
 
 
+def _audio_columns(records: Sequence[FrameRecord]) -> list[Column]:
+    """One column per audio series when the plan has them (``audio:``)."""
+    names = list(records[0].audio or {}) if records else []
+    return [(name, lambda r, name=name: _number((r.audio or {})[name])) for name in names]
+
+
 def format_table(records: Sequence[FrameRecord]) -> str:
     """A readable per-frame table: numbers right-aligned, the prompt last (truncated)."""
     columns = list(_COLUMNS)
     if any(record.seed_a is not None for record in records):
         columns[3:3] = _WALK_COLUMNS
+    columns += _audio_columns(records)
     header = [name for name, _ in columns]
     rows = [[cell(record) for _, cell in columns] for record in records]
     widths = [max([len(name)] + [len(row[i]) for row in rows]) for i, name in enumerate(header)]

@@ -18,7 +18,8 @@ Transitions:
 
 API:
     split_negative(text) -> (positive, negative)
-    resolve_prompt_keys(prompts, max_frames, seed=0, positive="", negative="") -> list[PromptKey]
+    resolve_prompt_keys(prompts, max_frames, seed=0, positive="", negative="", clock=None)
+        -> list[PromptKey]   (`clock`: keys in seconds or beats, see `anim.schedule.KeyClock`)
     frame_prompts(keys, max_frames, transition="cut") -> list[FramePrompt]
     plan_prompts(prompts, max_frames, seed=0, transition="cut", positive="", negative="")
 """
@@ -30,7 +31,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sdfleet.anim.schedule import compile_key
+from sdfleet.anim.schedule import KeyClock, compile_key
 from sdfleet.batch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,10 @@ def resolve_prompt_keys(
     positive: str = "",
     negative: str = "",
     field: str = "prompts",
+    clock: KeyClock | None = None,
 ) -> list[PromptKey]:
-    """Prompt keys inside the clip, sorted by frame; raise `ConfigError` if none is."""
+    """Prompt keys inside the clip, sorted by frame; raise `ConfigError` if none is. `clock`
+    places keys written as times (``2s``, ``4b``)."""
     positive, negative_in_positive = split_negative(positive)
     negative = join_texts(negative_in_positive, split_negative("--neg " + negative)[1])
     by_frame: dict[int, PromptKey] = {}
@@ -87,7 +90,7 @@ def resolve_prompt_keys(
         key_field = f"{field}[{raw_key!r}]"
         if not isinstance(text, str):
             raise ConfigError(f"{key_field}: expected prompt text, got {text!r}")
-        frame = compile_key(str(raw_key), key_field).resolve(max_frames - 1, seed)
+        frame = compile_key(str(raw_key), key_field).resolve(max_frames - 1, seed, clock)
         if not 0 <= frame < max_frames:
             logger.debug("%s -> frame %d is outside the clip; ignored", key_field, frame)
             continue

@@ -5,9 +5,13 @@ takes the per-frame values from `evaluate_schedules`. Values are checked, never 
 
 API:
     ScheduleRule, SCHEDULE_RULES    (field -> what its values may be, and the fix to suggest)
-    evaluate_schedules(job) -> dict[str, list[float]]   (per-frame values by field name; integer
-                                                         fields hold ints; raises ScheduleError)
-    evaluate_field(job, field) -> list[float]           (one field; raises ScheduleError)
+    evaluate_schedules(job, inputs=None) -> dict[str, list[float]]   (per-frame values by field
+                                    name; integer fields hold ints; raises ScheduleError)
+    evaluate_field(job, field, inputs=None) -> list[float]   (one field; raises ScheduleError)
+
+`inputs` (`anim.inputs.schedule_inputs`: the clip's clock, audio series, Parseq values) are read
+from the job's files when not given. A Parseq document's seeds take the place of
+``seed_schedule`` (as in Deforum, whatever the seed_behavior).
     check_job(job) -> list[str]     (every problem with the job's values; may be empty)
 
 A job here is anything with the fields of `ScheduledJob` (the animation job is one): this
@@ -20,21 +24,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sdfleet.anim.inputs import InputsJob, ScheduleInputs, field_values, schedule_inputs
 from sdfleet.anim.prompts import resolve_prompt_keys
-from sdfleet.anim.schedule import parse_schedule
 from sdfleet.anim.seeds import scheduled_seed
 from sdfleet.batch.errors import ConfigError, ScheduleError
 
 
-class ScheduledJob(Protocol):
+class ScheduledJob(InputsJob, Protocol):
     """The fields of an animation job that schedules are evaluated with (`anim.spec`)."""
 
-    max_frames: int
-    seed: int
     seed_behavior: str
     prompts: Mapping[str, str]
-
-    def interpolation_for(self, field: str) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,33 @@ SCHEDULE_RULES: dict[str, ScheduleRule] = {
 # fmt: on
 
 
-def evaluate_schedules(job: ScheduledJob) -> dict[str, list[float]]:
+def evaluate_schedules(
+    job: ScheduledJob, inputs: ScheduleInputs | None = None
+) -> dict[str, list[float]]:
     """Every schedule in `SCHEDULE_RULES` (plus ``seed_schedule`` when seed_behavior is
-    ``schedule``) evaluated for every frame; raises `ScheduleError` on the first problem."""
-    values = {field: evaluate_field(job, field) for field in SCHEDULE_RULES}
-    if job.seed_behavior == "schedule":
-        values["seed_schedule"] = evaluate_field(job, "seed_schedule")
+    ``schedule`` or Parseq sets seeds) evaluated for every frame; raises `ScheduleError` on the
+    first problem."""
+    inputs = inputs or schedule_inputs(job)
+    values = {field: evaluate_field(job, field, inputs) for field in SCHEDULE_RULES}
+    if _seeds_scheduled(job, inputs):
+        values["seed_schedule"] = evaluate_field(job, "seed_schedule", inputs)
     return values
 
 
-def evaluate_field(job: ScheduledJob, field: str) -> list[float]:
+def _seeds_scheduled(job: ScheduledJob, inputs: ScheduleInputs) -> bool:
+    parseq_seeds = inputs.parseq is not None and inputs.parseq.seeds is not None
+    return job.seed_behavior == "schedule" or parseq_seeds
+
+
+def evaluate_field(
+    job: ScheduledJob, field: str, inputs: ScheduleInputs | None = None
+) -> list[float]:
     """One schedule field over the whole clip, checked against its rule at every frame."""
-    schedule = parse_schedule(getattr(job, field), field)
-    values = schedule.evaluate(job.max_frames, job.seed, job.interpolation_for(field))
+    inputs = inputs or schedule_inputs(job)
+    if field == "seed_schedule" and inputs.parseq is not None and inputs.parseq.seeds:
+        values = list(inputs.parseq.seeds)
+    else:
+        values = field_values(job, field, inputs)
     if field == "seed_schedule":
         for frame, value in enumerate(values):
             scheduled_seed(value, job.seed, frame, field)
@@ -122,15 +136,19 @@ def evaluate_field(job: ScheduledJob, field: str) -> list[float]:
 
 def check_job(job: ScheduledJob) -> list[str]:
     """Every problem found by evaluating the job's schedules and prompt keys (may be empty)."""
+    try:
+        inputs = schedule_inputs(job)
+    except ConfigError as err:  # an unreadable sound or Parseq file: the schedules cannot tell
+        return [str(err)]
     problems = []
-    fields = [*SCHEDULE_RULES, *(["seed_schedule"] * (job.seed_behavior == "schedule"))]
+    fields = [*SCHEDULE_RULES, *(["seed_schedule"] * _seeds_scheduled(job, inputs))]
     for field in fields:
         try:
-            evaluate_field(job, field)
+            evaluate_field(job, field, inputs)
         except ScheduleError as err:
             problems.append(str(err))
     try:
-        resolve_prompt_keys(job.prompts, job.max_frames, job.seed)
+        resolve_prompt_keys(job.prompts, job.max_frames, job.seed, clock=inputs.clock)
     except ConfigError as err:
         problems.append(str(err))
     return problems

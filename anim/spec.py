@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -41,6 +42,9 @@ from pydantic import (
     model_validator,
 )
 
+from sdfleet.anim.audio import AudioSpec
+from sdfleet.anim.inputs import SCHEDULE_VARIABLES
+from sdfleet.anim.parseq import ParseqSpec
 from sdfleet.anim.rules import SCHEDULE_RULES, check_job
 from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
@@ -167,6 +171,9 @@ class AnimationJob(BaseModel):
     width: int = Field(512, ge=8, le=8192, validation_alias=AliasChoices("width", "W"))
     height: int = Field(512, ge=8, le=8192, validation_alias=AliasChoices("height", "H"))
     init_image: str | None = None
+    # what schedules read besides their text (anim.audio, anim.parseq)
+    audio: AudioSpec | None = Field(None, description="sound file whose series drive schedules")
+    parseq: ParseqSpec | None = Field(None, description="Parseq JSON overriding per-frame values")
     # seeds
     seed: int = Field(42, ge=0, le=SEED_MAX)
     seed_behavior: Literal["iter", "fixed", "random", "ladder", "alternate", "schedule"] = "iter"
@@ -230,6 +237,17 @@ class AnimationJob(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _mux_audio(self) -> AnimationJob:
+        """``audio:`` is also the soundtrack unless mux is off, another soundtrack is set, or
+        the video is a gif (which has no sound)."""
+        video = self.video
+        if self.audio is None or not self.audio.mux or video.soundtrack or video.format == "gif":
+            return self
+        return self.model_copy(
+            update={"video": video.model_copy(update={"soundtrack": self.audio.file})}
+        )
+
     @field_validator("seed", mode="before")
     @classmethod
     def _fixed_seed(cls, value: Any) -> Any:
@@ -256,7 +274,7 @@ class AnimationJob(BaseModel):
     @classmethod
     def _parse_schedule(cls, value: str, info: ValidationInfo) -> str:
         try:
-            parse_schedule(value, info.field_name)
+            parse_schedule(value, info.field_name, variables=SCHEDULE_VARIABLES)
         except ScheduleError as err:
             raise ValueError(str(err)) from None
         return value
@@ -315,6 +333,9 @@ def resolve_clip(job: AnimationJob, clip: Mapping[str, Any]) -> AnimationJob:
     base = job.model_dump(exclude={"clips"})
     aliases = {"W": "width", "H": "height"}
     overrides = {aliases.get(key, key): value for key, value in clip.items() if key != "id"}
+    if "audio" in overrides and "video" not in overrides and job.audio is not None:
+        if job.video.soundtrack == job.audio.file:  # muxed from the base's audio: not the clip's
+            base["video"]["soundtrack"] = None
     return AnimationJob.model_validate({**base, **overrides})
 
 
@@ -324,7 +345,7 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping of job fields, got {type(data).__name__}")
     try:
-        job = AnimationJob.model_validate(dict(data))
+        job = AnimationJob.model_validate(dict(data), context={"base_dir": _job_folder(source)})
     except ValidationError as err:
         raise ConfigError(_report(source, _describe_errors(err))) from None
     # 2. values over the whole clip, for the base job and for every clip
@@ -340,6 +361,12 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
     if problems:
         raise ConfigError(_report(source, problems))
     return job
+
+
+def _job_folder(source: str) -> Path:
+    """Where relative ``audio``/``parseq`` files are read from: the job file's folder (for a
+    job that is no file, such as ``<job>``, the working folder)."""
+    return Path(source).parent
 
 
 def _describe_errors(err: ValidationError, prefix: str = "") -> list[str]:
@@ -367,7 +394,8 @@ def _describe_errors(err: ValidationError, prefix: str = "") -> list[str]:
 
 
 def _known_names(parent: list[str]) -> list[str]:
-    model = VideoSpec if parent[-1:] == ["video"] else AnimationJob
+    nested = {"video": VideoSpec, "audio": AudioSpec, "parseq": ParseqSpec}
+    model = nested.get(parent[-1] if parent else "", AnimationJob)
     return [*model.model_fields, *(["W", "H"] if model is AnimationJob else [])]
 
 

@@ -164,3 +164,63 @@ def test_the_audio_field_takes_a_path_or_a_mapping():
     assert AudioSpec.model_validate("song.wav") == AudioSpec(file="song.wav", mux=True)
     with pytest.raises(ValueError, match="give its tempo as bpm"):
         AudioSpec(file="a.wav", beat_offset_s=0.5)
+
+
+# -- in a job: validated when it loads, the plan follows the sound ----------------------------
+
+
+def audio_job(folder, **fields):
+    from sdfleet.anim.spec import load_animation_job
+
+    data = {"kind": "animation", "max_frames": 60, "fps": 10, "prompts": {0: "a drum"}, **fields}
+    return load_animation_job(data, source=str(folder / "job.yaml"))
+
+
+def test_a_clips_zoom_follows_the_pulses_of_its_sound(pulse_wav):
+    from sdfleet.anim.plan import compile_plan, format_table
+
+    job = audio_job(pulse_wav.parent, audio="pulse.wav", zoom="0:(1 + 0.05*rms)")
+    assert job.audio.file == str(pulse_wav)  # relative to the job file's folder
+    assert job.video.soundtrack == str(pulse_wav)  # muxed by default
+    plan = compile_plan(job)
+    on, off = on_off_frames(10, 6)
+    assert all(plan[i].zoom > 1.04 for i in on) and all(plan[i].zoom < 1.0025 for i in off)
+    assert plan[12].audio["rms"] == pytest.approx((plan[12].zoom - 1) / 0.05)
+    assert "rms" in plan[0].to_dict()["audio"] and " treble " in format_table(plan[:3])
+
+
+def test_keys_in_beats_move_with_the_beats_when_fps_changes(pulse_wav):
+    from sdfleet.anim.plan import compile_plan
+
+    frames = {}
+    for fps in (10, 20):
+        job = audio_job(
+            pulse_wav.parent,
+            audio={"file": "pulse.wav", "bpm": 60, "mux": False},
+            fps=fps,
+            max_frames=6 * fps,
+            angle="0:(0), 3b:(30), 4b:(30)",
+            prompts={"0": "a", "2b": "b"},
+        )
+        assert job.video.soundtrack is None
+        plan = compile_plan(job)
+        frames[fps] = (
+            next(r.frame for r in plan if r.angle == 30),
+            next(r.frame for r in plan if r.prompt == "b"),
+        )
+    assert frames == {10: (30, 20), 20: (60, 40)}  # beats 3 and 2 at 60 bpm: 3 s and 2 s
+
+
+def test_bad_audio_input_is_refused_when_the_job_loads(tmp_path):
+    silent = tmp_path / "silent.wav"
+    soundfile.write(silent, np.zeros(RATE, dtype=np.float32), RATE)
+    with pytest.raises(ConfigError, match="silent.wav' is silent"):
+        audio_job(tmp_path, audio="silent.wav", zoom="0:(1 + rms)")
+    with pytest.raises(ConfigError, match="zoom: key '4b' is in beats.*add `audio"):
+        audio_job(tmp_path, zoom="0:(1), 4b:(1.1)")
+    with pytest.raises(ConfigError, match="reads the audio series bass, rms.*add `audio"):
+        audio_job(tmp_path, angle="0:(rms + bass)")
+    with pytest.raises(ConfigError, match=r"prompts\['8b'\]: key '8b' is in beats"):
+        audio_job(tmp_path, prompts={"0": "a", "8b": "b"})
+    with pytest.raises(ConfigError, match=r"unknown name 'rmss' \(did you mean 'rms'\?\)"):
+        audio_job(tmp_path, zoom="0:(1 + rmss)")

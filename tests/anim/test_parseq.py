@@ -129,3 +129,42 @@ def test_the_field_takes_a_file_or_a_document_once():
         ParseqSpec(file="p.json", manifest={"rendered_frames": []})
     with pytest.raises(ConfigError, match="cannot read 'nowhere.json'"):
         load_parseq(ParseqSpec(file="nowhere.json"), 1)
+
+
+# -- in a job -----------------------------------------------------------------------------------
+
+
+def parseq_job(**fields):
+    from sdfleet.anim.spec import load_animation_job
+
+    data = {"kind": "animation", "max_frames": 11, "diffusion_cadence": 1, **fields}
+    return load_animation_job(data, source=str(PARSEQ.parent / "job.yaml"))
+
+
+def test_the_plan_takes_parseqs_values_and_keeps_the_rest():
+    from sdfleet.anim.plan import compile_plan
+
+    rows = DOCUMENT["rendered_frames"]
+    job = parseq_job(
+        parseq={"file": "parseq.json", "accept_differences": ["subseed_strength"]},
+        zoom="0:(1.01)",
+        seed_behavior="fixed",
+    )
+    plan = compile_plan(job)
+    assert [r.angle for r in plan] == pytest.approx([row["angle_delta"] for row in rows])
+    assert [r.seed for r in plan] == [int(row["seed"]) for row in rows]  # 55, 55, ..., 56
+    assert {r.zoom for r in plan} == {1.01}  # not in the document: the job's schedule
+    assert plan[0].prompt == "Parseq prompt!" and plan[0].negative_prompt == "neg parseq prompt!"
+
+
+def test_parseq_values_are_checked_like_schedules():
+    rows = [{"frame": i, "strength": 1.5} for i in range(2)]
+    with pytest.raises(ConfigError, match="strength_schedule: gives 1.5 at frame 0"):
+        parseq_job(max_frames=2, parseq={"manifest": {"rendered_frames": rows}})
+
+
+def test_a_parseq_document_for_another_clip_length_is_refused_at_load():
+    with pytest.raises(ConfigError, match="parseq.json: rendered_frames holds frames 0..10"):
+        parseq_job(max_frames=30, parseq={"file": "parseq.json", "accept_differences": ACCEPT})
+    with pytest.raises(ConfigError, match="drives 2D clips"):
+        parseq_job(animation_mode="interpolation", parseq={"file": "parseq.json"})
