@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sdfleet.batch.manifest import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.outputs import OutputDir, encode_image, results_table, sha256_hex
+from sdfleet.batch.request import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
 
 logger = logging.getLogger(__name__)
 

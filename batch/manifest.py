@@ -1,45 +1,40 @@
-"""Parquet manifests: read, validate every row before any model loads, expand to requests.
+"""Manifest validation: every row checked before any model loads, every bad row at once.
 
-Pure: pyarrow only, no torch. The schema is documented in manifests/SCHEMA.md.
+`validate_manifest` streams the manifest's files (`batch.sources`), checks each row against
+the job's defaults (`row_problems`) and uniqueness of ids and output names, and raises one
+ManifestError listing the problems, each naming the file, row, column, value and fix. Rows that
+pass are expanded by `batch.request.expand_row`. Pure: pyarrow only, no torch. The schema is
+documented in manifests/SCHEMA.md.
 """
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 import re
 import string
 from array import array
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sdfleet.batch.errors import ManifestError
-from sdfleet.batch.outputs import URI as _URI
 from sdfleet.batch.outputs import output_name
-from sdfleet.batch.schedulers import check_scheduler_name
-from sdfleet.batch.seeds import SEED_MAX, derive_seed
-
-KNOWN_COLUMNS = (
-    "id",
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "num_inference_steps",
-    "guidance_scale",
-    "width",
-    "height",
-    "num_images",
-    "init_image",
-    "strength",
-    "scheduler",
+from sdfleet.batch.paths import is_uri, resolve_path
+from sdfleet.batch.request import (
+    KNOWN_COLUMNS,
+    RowDefaults,
+    num_images,
+    row_value,
+    template_values,
 )
+from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.batch.seeds import SEED_MAX
+from sdfleet.batch.sources import iter_manifest_rows, open_manifest_file
+
 MAX_SIDE_PX = 4096
 MIN_SIDE_PX = 16
 MAX_STEPS = 1000
@@ -48,60 +43,9 @@ _UNSAFE_ID = re.compile(r'[/\\<>:"|?*\x00-\x1f\x7f]')
 
 
 @dataclass(frozen=True)
-class RowDefaults:
-    """Job-level values that fill a row's missing (null or absent) fields."""
-
-    prompt: str | None = None
-    prompt_template: str | None = None  # e.g. "{prompt}, {style} style": formats row columns
-    negative_prompt: str = ""
-    seed: int | None = None  # None: derive_seed(job_seed, id, variant)
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.5
-    width: int = 512
-    height: int = 512
-    num_images: int = 1
-    strength: float = 0.75
-    scheduler: str | None = None
-
-
-@dataclass(frozen=True)
-class GenRequest:
-    """One output image to make: a manifest row resolved with defaults, for one variant."""
-
-    row_id: str
-    variant: int
-    output_name: str  # file stem: <id> or <id>_<k>
-    prompt: str
-    negative_prompt: str
-    seed: int
-    num_inference_steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    scheduler: str | None
-    init_image: bytes | str | None = None
-    strength: float | None = None
-    carried: dict[str, Any] = field(default_factory=dict, compare=False)
-
-    @property
-    def mode(self) -> str:
-        return "txt2img" if self.init_image is None else "img2img"
-
-    def group_key(self) -> tuple:
-        """Rows with equal keys can share one pipeline call (diffusers takes these as scalars)."""
-        return (
-            self.mode,
-            self.width,
-            self.height,
-            self.num_inference_steps,
-            self.scheduler,
-            self.guidance_scale,
-            self.strength,
-        )
-
-
-@dataclass(frozen=True)
 class Problem:
+    """One bad value of one row: where it is, what it is, and the fix."""
+
     source: str
     index: int
     row_id: Any
@@ -116,117 +60,7 @@ class Problem:
         return f"{where}: {shown} - {self.fix}"
 
 
-def _local_manifest_path(spec: str, base_dir: Path | None) -> Path:
-    """The spec as an absolute path (Ray workers may run in another directory)."""
-    path = Path(os.path.expanduser(spec))
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    return path.resolve()
-
-
-def _is_glob(spec: str) -> bool:
-    return any(ch in spec for ch in "*?[")
-
-
-def find_manifest_files(spec: str, base_dir: Path | None = None) -> list[str]:
-    """A Parquet file, a folder of them, or a glob; relative paths are from `base_dir`. A
-    name that exists is taken as it is, even with glob characters in it (``run[1].parquet``)."""
-    if _URI.match(spec):
-        return _find_remote_files(spec)
-    path = _local_manifest_path(spec, base_dir)
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-    elif path.is_file():
-        files = [str(path)]
-    elif _is_glob(spec):  # only the spec's own characters are a pattern, not base_dir's
-        prefix = "" if Path(spec).is_absolute() or base_dir is None else f"{base_dir}/"
-        pattern = glob.escape(prefix) + os.path.expanduser(spec)
-        files = sorted(str(Path(f).resolve()) for f in glob.glob(pattern, recursive=True))
-    else:
-        files = []
-    if not files:
-        raise ManifestError(
-            f"manifest: {spec!r} matches no Parquet file (looked at {path}); give a .parquet "
-            "file, a folder holding .parquet files, or a glob such as 'data/*.parquet'."
-        )
-    return files
-
-
-def manifest_folder(spec: str, base_dir: Path | None = None) -> str | None:
-    """The folder that relative init_image paths are read from: the manifest's folder (the
-    folder itself when the manifest is one; a file's folder; a glob's folder before its first
-    pattern character). None for remote manifests (s3://, ...): give init_image as URIs."""
-    if _URI.match(spec):
-        if not spec.startswith("file://"):
-            return None
-        spec, base_dir = spec.removeprefix("file://"), None
-    path = _local_manifest_path(spec, base_dir)
-    if path.is_dir():
-        return str(path)
-    if path.is_file() or not _is_glob(spec):
-        return str(path.parent)
-    fixed = []
-    for part in Path(os.path.expanduser(spec)).parts:
-        if _is_glob(part):
-            break
-        fixed.append(part)
-    return str(_local_manifest_path(str(Path(*fixed)) if fixed else ".", base_dir))
-
-
-def check_out_outside_manifest(spec: str, base_dir: Path | None, out: str) -> None:
-    """A folder manifest reads every .parquet below it, so OUT (its results) cannot be there."""
-    if _URI.match(spec) or "://" in out:
-        return
-    folder = _local_manifest_path(spec, base_dir)
-    if folder.is_dir() and Path(out).resolve().is_relative_to(folder):
-        raise ManifestError(
-            f"--out {out!r} is inside the manifest folder {str(folder)!r}: a rerun would read "
-            "OUT's results/*.parquet as manifest rows. Put OUT outside that folder, or point "
-            "manifest at the Parquet files themselves (a file or a glob)."
-        )
-
-
-def _find_remote_files(uri: str) -> list[str]:
-    """A file or folder on any pyarrow filesystem (s3://, gs://, file://...)."""
-    from pyarrow import fs
-
-    try:
-        filesystem, path = fs.FileSystem.from_uri(uri)
-        info = filesystem.get_file_info(path)
-        if info.type == fs.FileType.Directory:
-            found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-            paths = sorted(i.path for i in found if i.path.endswith(".parquet"))
-        else:
-            paths = [path] if info.type == fs.FileType.File else []
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ManifestError(f"manifest: cannot list {uri!r}: {exc}") from exc
-    if not paths:
-        raise ManifestError(f"manifest: {uri!r} matches no Parquet file; give a file or a folder")
-    scheme = uri.split("://", 1)[0]
-    return [f"{scheme}://{p}" if scheme != "file" else f"file://{p}" for p in paths]
-
-
-def open_parquet(path: str) -> pq.ParquetFile:
-    if _URI.match(path):
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        return pq.ParquetFile(filesystem.open_input_file(inner))
-    return pq.ParquetFile(path)
-
-
-def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tuple[str, int, dict]]:
-    """Yield (file, index-in-file, row dict) streaming, without loading whole files."""
-    for path in files:
-        try:
-            parquet = open_parquet(path)
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ManifestError(f"manifest: cannot read {path!r} as Parquet: {exc}") from exc
-        index = 0
-        for record_batch in parquet.iter_batches(batch_size=batch_rows):
-            for row in record_batch.to_pylist():
-                yield path, index, row
-                index += 1
+Issue = tuple[str, Any, str]  # (column, value, fix) of one row, before it knows its place
 
 
 def validate_manifest(
@@ -262,10 +96,7 @@ def check_columns(files: list[str]) -> None:
     reserved = set(result_types()) - set(KNOWN_COLUMNS)
     first_seen: dict[str, tuple[pa.DataType, str]] = {}
     for path in files:
-        try:
-            schema = open_parquet(path).schema_arrow
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ManifestError(f"manifest: cannot read {path!r} as Parquet: {exc}") from exc
+        schema = open_manifest_file(path).schema_arrow
         clash = sorted(reserved & set(schema.names))
         if clash:
             raise ManifestError(
@@ -309,14 +140,14 @@ def _scan_rows(
     """One pass over every row: its own problems, then (if it has none) uniqueness."""
     scan = _Scan(unique)
     for source, index, row in iter_manifest_rows(files):
-        row_problems = check_row(row, defaults, source, index, base_dir)
+        problems = row_problems(row, defaults, source, index, base_dir)
         row_id = row.get("id")
-        if not row_problems:
-            count = _num_images(row, defaults)
-            row_problems = unique.check(row, count, source, index)
+        if not problems:
+            count = num_images(row, defaults)
+            problems = unique.problems(row, count, source, index)
             scan.outputs += count
-        scan.total_bad += bool(row_problems)
-        scan.problems.extend(row_problems[: max(0, max_problems - len(scan.problems))])
+        scan.total_bad += bool(problems)
+        scan.problems.extend(problems[: max(0, max_problems - len(scan.problems))])
         if isinstance(row_id, str):
             unique.add_id(row_id, source, index)
     return scan
@@ -342,7 +173,7 @@ class _Uniqueness:
         elif hash(row_id) in self.repeated[0]:
             self.seen_ids.setdefault(row_id, f"{source}#{index}")
 
-    def check(self, row: dict, count: int, source: str, index: int) -> list[Problem]:
+    def problems(self, row: dict, count: int, source: str, index: int) -> list[Problem]:
         row_id = row["id"]
         names = [output_name(row_id, variant, count) for variant in range(count)]
         if self.repeated is None:
@@ -373,12 +204,7 @@ def _repeated(hashes: array) -> set[int]:
     return set(values[counts > 1].tolist())
 
 
-def _num_images(row: dict, defaults: RowDefaults) -> int:
-    value = row.get("num_images")
-    return int(defaults.num_images if value is None else value)
-
-
-def check_row(
+def row_problems(
     row: dict,
     defaults: RowDefaults,
     source: str = "<manifest>",
@@ -386,185 +212,166 @@ def check_row(
     base_dir: Path | None = None,
 ) -> list[Problem]:
     """Every problem of one row, each naming the column, value and fix."""
-    row_id = row.get("id")
-    out: list[Problem] = []
-
-    def bad(column: str, value: Any, fix: str) -> None:
-        out.append(Problem(source, index, row_id, column, value, fix))
-
-    _check_id(row_id, bad)
-    _check_prompt(row, defaults, bad)
-    _check_numbers(row, defaults, bad)
-    _check_init_image(row, defaults, base_dir, bad)
-    scheduler = _value(row, defaults, "scheduler")
-    if scheduler is not None:
-        if not isinstance(scheduler, str) or (msg := check_scheduler_name(scheduler)):
-            bad("scheduler", scheduler, msg if isinstance(scheduler, str) else "use a name string")
-    return out
+    issues = [
+        *_id_issues(row.get("id")),
+        *_prompt_issues(row, defaults),
+        *_number_issues(row, defaults),
+        *_init_image_issues(row, defaults, base_dir),
+        *_scheduler_issues(row_value(row, defaults, "scheduler")),
+    ]
+    return [Problem(source, index, row.get("id"), *issue) for issue in issues]
 
 
-def _value(row: dict, defaults: RowDefaults, column: str) -> Any:
-    value = row.get(column)
-    return getattr(defaults, column) if value is None else value
-
-
-def _check_id(row_id: Any, bad) -> None:
+def _id_issues(row_id: Any) -> list[Issue]:
     if row_id is None or row_id == "":
-        bad("id", row_id, "every row needs a non-empty string id")
-    elif not isinstance(row_id, str):
-        bad("id", row_id, "ids must be strings; cast the column to string")
-    elif _UNSAFE_ID.search(row_id) or row_id.startswith(".") or row_id != row_id.strip():
-        bad(
-            "id",
-            row_id,
+        return [("id", row_id, "every row needs a non-empty string id")]
+    if not isinstance(row_id, str):
+        return [("id", row_id, "ids must be strings; cast the column to string")]
+    if _UNSAFE_ID.search(row_id) or row_id.startswith(".") or row_id != row_id.strip():
+        fix = (
             "ids name files: no '/', '\\', control characters, <>:\"|?*, leading "
-            "'.' or surrounding spaces; use letters, digits, '-', '_' and inner '.'",
+            "'.' or surrounding spaces; use letters, digits, '-', '_' and inner '.'"
         )
-    elif len(row_id) > 200:
-        bad("id", row_id, "ids name files: use at most 200 characters")
+        return [("id", row_id, fix)]
+    if len(row_id) > 200:
+        return [("id", row_id, "ids name files: use at most 200 characters")]
+    return []
 
 
-def _check_template(row: dict, template: str, defaults: RowDefaults, bad) -> None:
-    values = _template_values(row, defaults)
+def _template_issues(row: dict, template: str, defaults: RowDefaults) -> list[Issue]:
+    values = template_values(row, defaults)
     fields = _template_fields(template)
     for name in fields:
         if name not in values:
-            bad(
-                name,
-                None,
+            fix = (
                 f"prompt_template uses {{{name}}} but the manifest has no such "
-                "column; add it or change the template",
+                "column; add it or change the template"
             )
-            return
+            return [(name, None, fix)]
         if values[name] is None or (name == "prompt" and not str(values[name]).strip()):
-            bad(
-                name,
-                row.get(name),
+            fix = (
                 f"prompt_template uses {{{name}}}, which is empty in "
-                "this row; fill it (or give the job a default)",
+                "this row; fill it (or give the job a default)"
             )
-            return
+            return [(name, row.get(name), fix)]
     if not template.format_map(values).strip():
-        bad(
-            fields[0],
-            row.get(fields[0]),
-            f"prompt_template {template!r} makes a blank prompt from this row; fill its columns",
-        )
+        fix = f"prompt_template {template!r} makes a blank prompt from this row; fill its columns"
+        return [(fields[0], row.get(fields[0]), fix)]
+    return []
 
 
-def _check_prompt(row: dict, defaults: RowDefaults, bad) -> None:
-    prompt = _value(row, defaults, "prompt")
+def _prompt_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
+    issues: list[Issue] = []
+    prompt = row_value(row, defaults, "prompt")
     if defaults.prompt_template:
-        _check_template(row, defaults.prompt_template, defaults, bad)
+        issues += _template_issues(row, defaults.prompt_template, defaults)
     elif not isinstance(prompt, str) or not prompt.strip():
-        bad(
-            "prompt", row.get("prompt"), "give a prompt in the row or a default `prompt` in the job"
-        )
+        fix = "give a prompt in the row or a default `prompt` in the job"
+        issues.append(("prompt", row.get("prompt"), fix))
     negative = row.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
-        bad("negative_prompt", negative, "negative_prompt must be a string")
-
-
-def _template_values(row: dict, defaults: RowDefaults) -> dict:
-    """The row's columns, with the job's default for a known column the row leaves empty (a
-    template's {prompt} is the job's `defaults.prompt` where the row has none)."""
-    filled = {
-        name: getattr(defaults, name)
-        for name in KNOWN_COLUMNS
-        if row.get(name) is None and getattr(defaults, name, None) is not None
-    }
-    return {**row, **filled}
+        issues.append(("negative_prompt", negative, "negative_prompt must be a string"))
+    return issues
 
 
 def _template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
-def check_prompt_template(template: str) -> str | None:
-    """None if `template` is plain `{column}` fields and text, else what is wrong and the fix."""
+def prompt_template_problems(template: str) -> list[str]:
+    """What is wrong with a job's prompt_template and the fix ([] when it is plain
+    `{column}` fields and text)."""
     try:
         fields = list(string.Formatter().parse(template))
     except ValueError as exc:
-        return f"{exc} in {template!r}; write fields as {{column}} and a literal brace as {{{{"
+        return [f"{exc} in {template!r}; write fields as {{column}} and a literal brace as {{{{"]
     for _, name, spec, conversion in fields:
         if name is not None and (not name.isidentifier() or spec or conversion):
-            return (
+            return [
                 f"field {{{name}}} in {template!r} is not a plain column name; use "
                 "{column} only (no attributes, indexes, formats or conversions)"
-            )
+            ]
     if not any(name for _, name, _, _ in fields):
-        return f"{template!r} names no column; use e.g. '{{prompt}}, {{style}} style'"
-    return None
+        return [f"{template!r} names no column; use e.g. '{{prompt}}, {{style}} style'"]
+    return []
 
 
-def _check_numbers(row: dict, defaults: RowDefaults, bad) -> None:
+def _side_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
+    issues: list[Issue] = []
     for side in ("width", "height"):
-        v = _value(row, defaults, side)
+        v = row_value(row, defaults, side)
         if not _is_int(v) or not MIN_SIDE_PX <= v <= MAX_SIDE_PX or v % 8:
-            bad(
-                side,
-                v,
-                f"use a multiple of 8 between {MIN_SIDE_PX} and {MAX_SIDE_PX}"
-                + (
-                    f", e.g. {min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / 8) * 8))}"
-                    if _is_int(v)
-                    else ""
-                ),
-            )
-    steps = _value(row, defaults, "num_inference_steps")
+            fix = f"use a multiple of 8 between {MIN_SIDE_PX} and {MAX_SIDE_PX}"
+            if _is_int(v):
+                fix += f", e.g. {min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / 8) * 8))}"
+            issues.append((side, v, fix))
+    return issues
+
+
+def _number_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
+    issues = _side_issues(row, defaults)
+    steps = row_value(row, defaults, "num_inference_steps")
     if not _is_int(steps) or not 1 <= steps <= MAX_STEPS:
-        bad("num_inference_steps", steps, f"use a whole number from 1 to {MAX_STEPS}")
-    count = _value(row, defaults, "num_images")
+        issues.append(("num_inference_steps", steps, f"use a whole number from 1 to {MAX_STEPS}"))
+    count = row_value(row, defaults, "num_images")
     if not _is_int(count) or not 1 <= count <= MAX_IMAGES_PER_ROW:
-        bad("num_images", count, f"use a whole number from 1 to {MAX_IMAGES_PER_ROW}")
-    cfg = _value(row, defaults, "guidance_scale")
+        fix = f"use a whole number from 1 to {MAX_IMAGES_PER_ROW}"
+        issues.append(("num_images", count, fix))
+    cfg = row_value(row, defaults, "guidance_scale")
     if not _is_number(cfg) or not 0 <= cfg <= 100:
-        bad("guidance_scale", cfg, "use a number from 0 to 100 (7.5 is typical)")
+        issues.append(("guidance_scale", cfg, "use a number from 0 to 100 (7.5 is typical)"))
     seed = row.get("seed")
     if seed is not None and (not _is_int(seed) or not (seed == -1 or 0 <= seed <= SEED_MAX)):
-        bad("seed", seed, f"use a whole number from 0 to {SEED_MAX}, or -1/null to derive one")
+        fix = f"use a whole number from 0 to {SEED_MAX}, or -1/null to derive one"
+        issues.append(("seed", seed, fix))
+    return issues
 
 
-def _check_init_image(row: dict, defaults: RowDefaults, base_dir: Path | None, bad) -> None:
+def _strength_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
+    strength = row_value(row, defaults, "strength")
+    steps = row_value(row, defaults, "num_inference_steps")
+    if not _is_number(strength) or not 0 < strength <= 1:
+        fix = "img2img strength is the share denoised: use 0 < strength <= 1"
+        return [("strength", strength, fix)]
+    if _is_int(steps) and steps >= 1 and int(steps * strength) < 1:
+        # diffusers runs int(steps * strength) steps; none would be an error mid-batch
+        fix = (
+            f"with num_inference_steps {steps} img2img would run int({steps} x {strength}) "
+            f"= 0 steps: use strength >= {1 / steps:.3g} or num_inference_steps >= "
+            f"{math.ceil(1 / strength)}"
+        )
+        return [("strength", strength, fix)]
+    return []
+
+
+def _init_image_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
     image = row.get("init_image")
-    if image is not None:
-        strength = _value(row, defaults, "strength")
-        steps = _value(row, defaults, "num_inference_steps")
-        if not _is_number(strength) or not 0 < strength <= 1:
-            bad(
-                "strength",
-                strength,
-                "img2img strength is the share denoised: use 0 < strength <= 1",
-            )
-        elif _is_int(steps) and steps >= 1 and int(steps * strength) < 1:
-            # diffusers runs int(steps * strength) steps; none would be an error mid-batch
-            bad(
-                "strength",
-                strength,
-                f"with num_inference_steps {steps} img2img would run int({steps} x {strength}) "
-                f"= 0 steps: use strength >= {1 / steps:.3g} or num_inference_steps >= "
-                f"{math.ceil(1 / strength)}",
-            )
-    if image is None or isinstance(image, bytes):
+    if image is None:
+        return []
+    issues = _strength_issues(row, defaults)
+    if isinstance(image, bytes):
         if image == b"":
-            bad("init_image", image, "empty bytes; give the encoded image or a path")
-        return
-    if not isinstance(image, str):
-        bad("init_image", image, "give encoded image bytes or a path/URI string")
-    elif not _URI.match(image):
-        path = resolve_local_path(image, base_dir)
+            issues.append(("init_image", image, "empty bytes; give the encoded image or a path"))
+    elif not isinstance(image, str):
+        issues.append(("init_image", image, "give encoded image bytes or a path/URI string"))
+    elif not is_uri(image):
+        path = resolve_path(image, base_dir)
         if not path.is_file() or not os.access(path, os.R_OK):
-            bad(
-                "init_image",
-                image,
+            fix = (
                 f"no readable file at {path}; fix the path (relative paths "
-                "are from the manifest's folder)",
+                "are from the manifest's folder)"
             )
+            issues.append(("init_image", image, fix))
+    return issues
 
 
-def resolve_local_path(value: str, base_dir: Path | None) -> Path:
-    path = Path(os.path.expanduser(value))
-    return path if path.is_absolute() or base_dir is None else base_dir / path
+def _scheduler_issues(scheduler: Any) -> list[Issue]:
+    if scheduler is None:
+        return []
+    if not isinstance(scheduler, str):
+        return [("scheduler", scheduler, "use a name string")]
+    message = check_scheduler_name(scheduler)
+    return [("scheduler", scheduler, message)] if message else []
 
 
 def _is_int(value: Any) -> bool:
@@ -576,58 +383,3 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
-
-
-def expand_row(
-    row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path | None = None
-) -> list[GenRequest]:
-    """One GenRequest per variant; the row must have passed `check_row`."""
-    count = _num_images(row, defaults)
-    carried = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS}
-    prompt = _value(row, defaults, "prompt")
-    if defaults.prompt_template:
-        prompt = defaults.prompt_template.format_map(_template_values(row, defaults))
-    image = row.get("init_image")
-    if isinstance(image, str) and not _URI.match(image):
-        image = str(resolve_local_path(image, base_dir))
-    base = GenRequest(
-        row_id=row["id"],
-        variant=0,
-        output_name="",
-        prompt=prompt,
-        negative_prompt=_value(row, defaults, "negative_prompt") or "",
-        seed=0,
-        num_inference_steps=int(_value(row, defaults, "num_inference_steps")),
-        guidance_scale=float(_value(row, defaults, "guidance_scale")),
-        width=int(_value(row, defaults, "width")),
-        height=int(_value(row, defaults, "height")),
-        scheduler=_value(row, defaults, "scheduler"),
-        init_image=image,
-        strength=float(_value(row, defaults, "strength")) if image is not None else None,
-        carried=carried,
-    )
-    return [
-        replace(
-            base,
-            variant=k,
-            output_name=output_name(row["id"], k, count),
-            seed=_row_seed(row, defaults, job_seed, k),
-        )
-        for k in range(count)
-    ]
-
-
-def _row_seed(row: dict, defaults: RowDefaults, job_seed: int, variant: int) -> int:
-    """A row seed s gives variants s, s+1, ...; no seed derives one per (id, variant)."""
-    seed = row.get("seed")
-    if seed is None or seed == -1:
-        seed = defaults.seed
-        if seed is None:
-            return derive_seed(job_seed, row["id"], variant)
-    return (int(seed) + variant) & SEED_MAX
-
-
-def table_from_rows(rows: list[dict]) -> pa.Table:
-    """Rows -> Table over the union of their keys (`from_pylist` alone reads row 0's keys only)."""
-    names = list(dict.fromkeys(key for row in rows for key in row))
-    return pa.Table.from_pylist([{name: row.get(name) for name in names} for row in rows])

@@ -10,12 +10,12 @@ import hashlib
 import io
 import json
 import posixpath
-import re
 from dataclasses import dataclass
 from typing import Any
 
+from sdfleet.batch.paths import is_local, is_uri, join_uri, local_path, write_atomic
+
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
-URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")  # scheme://...
 
 
 def output_name(row_id: str, variant: int, num_images: int) -> str:
@@ -31,35 +31,28 @@ class OutputDir:
 
     def filesystem(self):
         """(pyarrow FileSystem, root path) - built on demand so the object pickles cleanly."""
-        from pyarrow import fs
-
-        if URI.match(self.uri) and not self.uri.startswith("file://"):
-            return fs.FileSystem.from_uri(self.uri)
-        local = self.uri.removeprefix("file://")
         import os
 
-        return fs.LocalFileSystem(), os.path.abspath(local)
+        from pyarrow import fs
+
+        if not self.is_local():
+            return fs.FileSystem.from_uri(self.uri)
+        return fs.LocalFileSystem(), os.path.abspath(local_path(self.uri))
 
     def is_local(self) -> bool:
-        return not URI.match(self.uri) or self.uri.startswith("file://")
+        return is_local(self.uri)
 
     def child_uri(self, name: str) -> str:
         """OUT/name in the form OUT was given (a URI stays a URI, so Ray nodes can reach it)."""
-        if "://" in self.uri:
-            return f"{self.uri.rstrip('/')}/{name}"
-        return self.path(name)
+        return join_uri(self.uri, name) if is_uri(self.uri) else self.path(name)
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.filesystem()[1], *parts)
 
     def write_bytes(self, relative: str, data: bytes) -> None:
+        """OUT/relative, atomically (`batch.paths.write_atomic`: a reader never sees half)."""
         filesystem, root = self.filesystem()
-        full = posixpath.join(root, relative)
-        filesystem.create_dir(posixpath.dirname(full), recursive=True)
-        tmp = f"{full}.tmp"
-        with filesystem.open_output_stream(tmp) as stream:
-            stream.write(data)
-        filesystem.move(tmp, full)  # a reader never sees half a file
+        write_atomic(posixpath.join(root, relative), data, filesystem)
 
     def read_bytes(self, relative: str) -> bytes:
         filesystem, root = self.filesystem()

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdfleet.batch.errors import GenerationError
-from sdfleet.batch.manifest import GenRequest
 from sdfleet.batch.models import ModelSpec, Pipelines, load_pipelines
+from sdfleet.batch.request import GenRequest
 
 logger = logging.getLogger(__name__)
 

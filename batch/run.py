@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
-from sdfleet.batch.manifest import open_parquet
 from sdfleet.batch.outputs import OutputDir, parquet_files, write_json
+from sdfleet.batch.sources import open_parquet
 
 logger = logging.getLogger(__name__)
 

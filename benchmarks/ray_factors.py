@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
-from sdfleet.batch.manifest import RowDefaults
 from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.request import RowDefaults
 
 
 class TimedGenerateBatch(GenerateBatch):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sdfleet.batch.manifest import table_from_rows
+from sdfleet.batch.sources import table_from_rows
 
 PRODUCTS = [
     ("sku-1001", "a ceramic coffee mug", "kitchen"),

@@ -12,15 +12,11 @@ import yaml
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, ModelError
-from sdfleet.batch.manifest import (
-    check_out_outside_manifest,
-    find_manifest_files,
-    manifest_folder,
-    validate_manifest,
-)
+from sdfleet.batch.manifest import validate_manifest
 from sdfleet.batch.models import ModelSpec, relative_to, resolve_model_source
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.run import Progress, RunStats, run_local, summarize
+from sdfleet.batch.sources import check_out_outside_manifest, find_manifest_files, manifest_folder
 from sdfleet.jobs.console import progress_bar, report_batch
 from sdfleet.jobs.spec import BatchJob
 

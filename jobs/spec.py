@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sdfleet.batch.errors import ConfigError, suggest_name
-from sdfleet.batch.manifest import MAX_STEPS, RowDefaults, check_prompt_template
+from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
+from sdfleet.batch.request import RowDefaults
 from sdfleet.batch.schedulers import check_scheduler_name
 from sdfleet.jobs.yaml_files import read_yaml_file
 
@@ -46,8 +47,8 @@ class Defaults(Strict):
     @field_validator("prompt_template")
     @classmethod
     def _plain_template(cls, value: str | None) -> str | None:
-        if value is not None and (msg := check_prompt_template(value)):
-            raise ValueError(msg)
+        if value is not None and (problems := prompt_template_problems(value)):
+            raise ValueError("; ".join(problems))
         return value
 
 

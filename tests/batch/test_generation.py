@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdfleet.batch.manifest import GenRequest, RowDefaults, expand_row
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.replica import Replica, to_pil
+from sdfleet.batch.request import GenRequest, RowDefaults, expand_row
 from sdfleet.jobs.examples import shape_image_png
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=4, guidance_scale=5.0)

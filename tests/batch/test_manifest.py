@@ -8,17 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from sdfleet.batch.errors import ManifestError
-from sdfleet.batch.manifest import (
-    RowDefaults,
+from sdfleet.batch.manifest import prompt_template_problems, row_problems, validate_manifest
+from sdfleet.batch.request import RowDefaults, expand_row
+from sdfleet.batch.seeds import derive_seed
+from sdfleet.batch.sources import (
     check_out_outside_manifest,
-    check_row,
-    expand_row,
     find_manifest_files,
     manifest_folder,
     table_from_rows,
-    validate_manifest,
 )
-from sdfleet.batch.seeds import derive_seed
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=4)
 
@@ -152,7 +150,7 @@ def test_relative_init_image_paths_resolve_from_manifest_folder(tmp_path):
 
 
 def test_good_row_has_no_problems():
-    assert check_row({"id": "fine.v2", "prompt": "ok", "width": 512}, DEFAULTS) == []
+    assert row_problems({"id": "fine.v2", "prompt": "ok", "width": 512}, DEFAULTS) == []
 
 
 def test_manifest_file_folder_and_glob(tmp_path):
@@ -236,10 +234,9 @@ def test_prompt_template_rows_with_an_empty_field_are_reported(tmp_path):
     ],
 )
 def test_bad_prompt_templates_are_refused(template, fragment):
-    from sdfleet.batch.manifest import check_prompt_template
-
-    assert fragment in check_prompt_template(template)
-    assert check_prompt_template("{prompt}, {style} style, {{braces}}") is None
+    (problem,) = prompt_template_problems(template)
+    assert fragment in problem
+    assert prompt_template_problems("{prompt}, {style} style, {{braces}}") == []
 
 
 def test_template_that_makes_a_blank_prompt_is_refused(tmp_path):

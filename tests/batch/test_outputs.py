@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
-from sdfleet.batch.manifest import RowDefaults, table_from_rows
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.outputs import (
     OutputDir,
@@ -20,6 +19,8 @@ from sdfleet.batch.outputs import (
     read_png_metadata,
     read_user_comment,
 )
+from sdfleet.batch.request import RowDefaults
+from sdfleet.batch.sources import table_from_rows
 from sdfleet.jobs.examples import shape_image_png
 
 DEFAULTS = RowDefaults(width=64, height=64, num_inference_steps=2, guidance_scale=4.0)

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from sdfleet.batch.errors import ConfigError
-from sdfleet.batch.manifest import table_from_rows
 from sdfleet.batch.pool import NodeResources, check_shared_storage, plan_pool
+from sdfleet.batch.sources import table_from_rows
 from sdfleet.jobs.cli import main
 from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
 from tests.batch.faults import faulty_actor

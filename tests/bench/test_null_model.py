@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from sdfleet.batch.manifest import table_from_rows
 from sdfleet.batch.null_model import NULL_SIZE_PX, NullPipeline
 from sdfleet.batch.schedulers import make_scheduler
+from sdfleet.batch.sources import table_from_rows
 from sdfleet.jobs.cli import main
 
 

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sdfleet.batch.manifest import table_from_rows
+from sdfleet.batch.sources import table_from_rows
 from sdfleet.jobs.cli import main
 from sdfleet.jobs.examples import shape_image_png
 from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED, exit_status
