@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -52,6 +51,7 @@ from sdfleet.anim.state import (
 from sdfleet.anim.video import EncodeOptions, encode_frames, read_rgb
 from sdfleet.anim.walk import render_walk_frames
 from sdfleet.batch.outputs import encode_image
+from sdfleet.batch.paths import is_uri, resolve_path, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -111,18 +111,6 @@ def fingerprint(job: AnimationJob, plan: Sequence[FrameRecord]) -> str:
     return digest.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync and rename: a reader (or a resume) never sees half a
-    file, and a frame is on disk before the state that counts it (fsynced too) is written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
 def read_status(paths: ClipPaths) -> dict[str, Any] | None:
     try:
         return json.loads(paths.status.read_text())
@@ -162,9 +150,9 @@ def with_absolute_paths(job: AnimationJob, base_dir: Path) -> AnimationJob:
     (the job file's or the clip manifest's folder); URIs and absolute paths are kept."""
 
     def absolute(value: str | None) -> str | None:
-        if value is None or "://" in value or Path(value).is_absolute():
+        if value is None or is_uri(value) or Path(value).is_absolute():
             return value
-        return str((base_dir / value).resolve())
+        return str(resolve_path(value, base_dir).resolve())
 
     from sdfleet.batch.models import relative_to
 
@@ -335,7 +323,8 @@ def write_frames(
     frames: Iterator[Frame],
     progress: Progress | None,
 ) -> None:
-    """Write each frame (atomically), then the state that follows it, while the next frame
+    """Write each frame (atomically, fsynced: `batch.paths.write_atomic`; a frame is on disk
+    before the state that counts it), then the state that follows it, while the next frame
     renders (`FrameWriter`); every frame rendered is written, even when a later one fails."""
     with FrameWriter(paths, job, plan, progress) as writer:
         for index, image, state in frames:

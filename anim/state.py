@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 
 from sdfleet.anim.colour import ColourReference
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.paths import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +112,7 @@ def write_state_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     are a snapshot (the colour reference is copied), so they may be written later."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(buffer.getvalue())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def saved_frames(path: Path) -> int:
