@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdfleet.batch.infotext import InfotextModel
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.outputs import OutputDir, encode_image, results_table, sha256_hex
 from sdfleet.batch.request import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
@@ -48,6 +49,10 @@ class GenerateBatch:
         self.out = OutputDir(config.out_uri)
         self.replica = Replica(
             config.model, config.batch_size, config.pad_batches, config.cpu_threads
+        )
+        # the model's own scheduler, before any row swaps it: the infotext names it
+        self.infotext_model = InfotextModel.of_loaded(
+            config.model, self.replica.pipes.txt2img.scheduler
         )
         if progress is not None:
             progress.loaded.remote(self.replica.load_seconds)
@@ -94,7 +99,11 @@ class GenerateBatch:
             return row | {"status": "error", "error": result.error}
         try:
             data = encode_image(
-                result.image, self.config.image_format, params, self.config.image_quality
+                result.image,
+                self.config.image_format,
+                params,
+                self.config.image_quality,
+                self.infotext_model,
             )
             relative = f"images/{request.output_name}.{self.config.image_format}"
             self.out.write_bytes(relative, data)

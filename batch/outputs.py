@@ -13,6 +13,12 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from sdfleet.batch.infotext import (
+    InfotextModel,
+    exif_user_comment,
+    generation_fields,
+    infotext,
+)
 from sdfleet.batch.paths import is_local, is_uri, join_uri, local_path, write_atomic
 
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
@@ -77,45 +83,30 @@ def parquet_files(folder_uri: str) -> tuple[Any, list[str]]:
     return filesystem, [info.path for info in found if info.path.endswith(".parquet")]
 
 
-def a1111_parameters(params: dict[str, Any]) -> str:
-    """The `parameters` text A1111 writes, so existing tools (PNG Info, civitai) read it."""
-    lines = [params["prompt"]]
-    if params.get("negative_prompt"):
-        lines.append(f"Negative prompt: {params['negative_prompt']}")
-    fields = [
-        f"Steps: {params['num_inference_steps']}",
-        f"Sampler: {params.get('scheduler') or 'default'}",
-        f"CFG scale: {params['guidance_scale']}",
-        f"Seed: {params['seed']}",
-        f"Size: {params['width']}x{params['height']}",
-        f"Model: {params['model']}",
-    ]
-    if params.get("strength") is not None:
-        fields.append(f"Denoising strength: {params['strength']}")
-    lines.append(", ".join(fields))
-    return "\n".join(lines)
+def a1111_parameters(params: dict[str, Any], model: InfotextModel | None = None) -> str:
+    """The `parameters` text A1111 writes (`batch.infotext`), so PNG Info, civitai and other
+    A1111 readers read it; `model`: what the replica knows of its loaded model."""
+    fields = generation_fields(params, model)
+    return infotext(params["prompt"], params.get("negative_prompt"), fields)
 
 
-def encode_image(image, fmt: str, params: dict[str, Any], quality: int = 95) -> bytes:
-    """Encode a PIL image; PNG gets `parameters` (A1111) and `sdfleet` (JSON of the row) chunks."""
+def encode_image(
+    image, fmt: str, params: dict[str, Any], quality: int = 95, model: InfotextModel | None = None
+) -> bytes:
+    """Encode a PIL image with A1111's parameters: PNG in a `parameters` text chunk (plus an
+    `sdfleet` chunk, JSON of the row), JPEG/WEBP in the Exif UserComment, as A1111 writes it."""
     from PIL import PngImagePlugin
 
     buffer = io.BytesIO()
     pil_format = IMAGE_FORMATS[fmt]
+    text = a1111_parameters(params, model)
     if pil_format == "PNG":
         info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", a1111_parameters(params))
+        info.add_text("parameters", text)
         info.add_itxt("sdfleet", json.dumps(params, default=str, sort_keys=True))
         image.save(buffer, format="PNG", pnginfo=info)
     else:
-        # A1111 keeps the parameters of jpg/webp in the Exif UserComment, UTF-16 with a
-        # "UNICODE" header (what piexif writes), so non-ASCII prompts survive.
-        from PIL import ExifTags
-
-        exif = image.getexif()
-        text = a1111_parameters(params).encode("utf-16-be")
-        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.UserComment] = b"UNICODE\x00" + text
-        image.save(buffer, format=pil_format, quality=quality, exif=exif)
+        image.save(buffer, format=pil_format, quality=quality, exif=exif_user_comment(text))
     return buffer.getvalue()
 
 

@@ -70,7 +70,7 @@ def test_png_metadata_reads_back(tiny_dir, tmp_path):
     data = (tmp_path / "out" / "images" / "b.png").read_bytes()
     meta = read_png_metadata(data)
     assert meta["parameters"].splitlines()[0] == "a dog"
-    assert "Steps: 2, Sampler: default, CFG scale: 4.0, Seed: 3, Size: 64x64" in meta["parameters"]
+    assert "Steps: 2, Sampler: Euler, CFG scale: 4.0, Seed: 3, Size: 64x64" in meta["parameters"]
     assert meta["sdfleet"]["seed"] == 3 and meta["sdfleet"]["model"] == "builtin:tiny"
     assert meta["sdfleet"]["mode"] == "txt2img"
 
@@ -93,7 +93,7 @@ def test_a1111_parameters_with_negative_and_strength():
     assert text.splitlines() == [
         "p",
         "Negative prompt: n",
-        "Steps: 4, Sampler: euler, CFG scale: 7.0, Seed: 1, Size: 8x16, Model: m, "
+        "Steps: 4, Sampler: Euler, CFG scale: 7.0, Seed: 1, Size: 8x16, Model: m, "
         "Denoising strength: 0.5",
     ]
 

@@ -1,0 +1,240 @@
+"""Our outputs read by the tools people read them with: A1111's infotext rules (with piexif for
+JPEG/WEBP, see `a1111_rules`) and Hugging Face `datasets`."""
+
+from __future__ import annotations
+
+import hashlib
+
+import piexif
+import piexif.helper
+import pytest
+from PIL import Image
+
+from sdfleet.batch.infotext import (
+    A1111_SAMPLERS,
+    InfotextModel,
+    SamplerLabels,
+    exif_user_comment,
+    model_name,
+    named_sampler_fields,
+    quote,
+    sampler_fields,
+)
+from sdfleet.batch.outputs import a1111_parameters, encode_image
+from sdfleet.batch.schedulers import SCHEDULERS
+from tests.batch import a1111_rules
+
+# What each of our scheduler names is in A1111 once pasted: (sampler, schedule actually used).
+# The model's own spacing is A1111's "uniform"; DDIM/PLMS/UniPC/LCM take no schedule there.
+IN_A1111 = {
+    "euler": ("Euler", "uniform"),
+    "euler_a": ("Euler a", "uniform"),
+    "heun": ("Heun", "uniform"),
+    "ddim": ("DDIM", "uniform"),
+    "pndm": ("PLMS", "uniform"),
+    "dpmpp_2m": ("DPM++ 2M", "uniform"),  # A1111's own default for DPM++ 2M is Karras
+    "dpmpp_2m_karras": ("DPM++ 2M", "karras"),
+    "dpmpp_sde_2m": ("DPM++ 2M SDE", "uniform"),  # A1111's own default: Exponential
+    "unipc": ("UniPC", "uniform"),
+    "lcm": ("LCM", "uniform"),
+}
+NOT_IN_A1111 = {"ddpm": "DDPM", "deis": "DEIS", "tcd": "TCD"}
+
+PARAMS = {
+    "prompt": "a red cube, studio light: soft",
+    "negative_prompt": "blurry, low quality",
+    "seed": 1234,
+    "num_inference_steps": 12,
+    "guidance_scale": 6.5,
+    "width": 64,
+    "height": 48,
+    "scheduler": None,
+    "strength": None,
+    "mode": "txt2img",
+    "init_image": None,
+    "model": "/models/sd/v1-5-pruned-emaonly.safetensors",
+}
+
+
+def test_every_scheduler_name_is_covered_by_the_tables():
+    assert set(IN_A1111) | set(NOT_IN_A1111) == set(SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", sorted(IN_A1111))
+def test_pasted_sampler_is_the_one_that_ran(name):
+    fields = a1111_rules.parse(a1111_parameters(PARAMS | {"scheduler": name}))
+    assert a1111_rules.pasted_sampler(fields) == IN_A1111[name]
+
+
+@pytest.mark.parametrize("name", sorted(NOT_IN_A1111))
+def test_schedulers_a1111_lacks_keep_their_own_name(name):
+    fields = named_sampler_fields(name)
+    assert fields == {"Sampler": NOT_IN_A1111[name]}
+    assert fields["Sampler"] not in a1111_rules.SAMPLERS  # A1111 falls back to its default
+
+
+def test_labels_follow_the_scheduler_that_runs_on_the_model():
+    """A model whose own scheduler uses Karras sigmas passes them on to schedulers built from
+    its config (diffusers `from_config`), and the label says so."""
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
+
+    karras = SamplerLabels(DPMSolverMultistepScheduler(use_karras_sigmas=True))
+    assert karras.fields(None) == {"Sampler": "DPM++ 2M", "Schedule type": "Karras"}
+    assert karras.fields("euler") == {"Sampler": "Euler", "Schedule type": "Karras"}
+    assert karras.fields("ddim") == {"Sampler": "DDIM"}  # DDIM has no sigma flags
+    sd15 = SamplerLabels(PNDMScheduler(skip_prk_steps=True))
+    assert sd15.fields(None) == {"Sampler": "PLMS"}
+    assert sd15.fields("dpmpp_2m") == {"Sampler": "DPM++ 2M", "Schedule type": "Uniform"}
+    assert SamplerLabels(EulerDiscreteScheduler()).fields("euler_a") == {"Sampler": "Euler a"}
+
+
+def test_every_a1111_label_we_write_is_an_a1111_sampler():
+    assert set(A1111_SAMPLERS.values()) <= set(a1111_rules.SAMPLERS)
+    config = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+    assert sampler_fields("DPMSolverMultistepScheduler", config)["Sampler"] == "DPM++ 3M SDE"
+
+
+@pytest.mark.parametrize(
+    "value,written",
+    [
+        ("plain", "plain"),
+        ("a, b", '"a, b"'),
+        ("key: v", '"key: v"'),
+        ("two\nlines", '"two\\nlines"'),
+        ('say "hi", now', '"say \\"hi\\", now"'),
+        ("café, ☕", '"café, ☕"'),
+        (7.5, "7.5"),
+    ],
+)
+def test_values_are_quoted_as_a1111_quotes_them(value, written):
+    assert quote(value) == written
+
+
+@pytest.mark.parametrize(
+    "model,name",
+    [
+        ("/models/sd/v1-5-pruned-emaonly.safetensors", "v1-5-pruned-emaonly"),
+        ("~/ckpt/dreamshaper_8.ckpt", "dreamshaper_8"),
+        ("builtin:tiny", "builtin:tiny"),
+        ("stabilityai/sdxl-turbo", "stabilityai/sdxl-turbo"),
+    ],
+)
+def test_model_name_drops_the_folder(model, name):
+    assert model_name(model) == name
+
+
+def test_model_name_of_a_diffusers_folder_is_the_folder_name(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    assert model_name(str(folder) + "/") == "my-model"
+
+
+def test_exif_block_is_what_piexif_and_so_a1111_read():
+    text = "café ☕, 東京\nNegative prompt: x\nSteps: 2, Sampler: Euler, Seed: 1"
+    block = exif_user_comment(text)
+    raw = piexif.load(block)["Exif"][piexif.ExifIFD.UserComment]
+    assert isinstance(raw, bytes)  # type UNDEFINED; type BYTE would come back as a tuple
+    assert raw == piexif.helper.UserComment.dump(text, encoding="unicode")
+    assert piexif.helper.UserComment.load(raw) == text
+    ours = piexif.load(block)
+    theirs = piexif.load(piexif.dump({"Exif": {piexif.ExifIFD.UserComment: raw}}))
+    assert ours["Exif"] == theirs["Exif"] and ours["0th"].keys() == theirs["0th"].keys()
+
+
+def expected_fields(params: dict, model: InfotextModel | None = None) -> dict[str, str]:
+    """What A1111's parser must give back for `params`, written out independently."""
+    fields = {
+        "Prompt": params["prompt"],
+        "Negative prompt": params["negative_prompt"],
+        "Steps": str(params["num_inference_steps"]),
+        "CFG scale": str(params["guidance_scale"]),
+        "Seed": str(params["seed"]),
+        "Size-1": str(params["width"]),
+        "Size-2": str(params["height"]),
+        "Model": model.name if model else "v1-5-pruned-emaonly",
+    }
+    if model and model.hash:
+        fields["Model hash"] = model.hash
+    if params["strength"] is not None:
+        fields["Denoising strength"] = str(params["strength"])
+    return fields
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_round_trip_field_by_field(fmt, name):
+    params = PARAMS | {"scheduler": name, "strength": 0.6, "mode": "img2img"}
+    params["negative_prompt"] = "blurry,\nsecond line: still negative"
+    data = encode_image(Image.new("RGB", (8, 8), "red"), fmt, params)
+    fields = a1111_rules.parse(a1111_rules.read_parameters(data))
+    sampler_keys = {"Sampler", "Schedule type"}
+    assert {k: v for k, v in fields.items() if k not in sampler_keys} == expected_fields(params)
+    assert {k: fields[k] for k in sampler_keys & fields.keys()} == named_sampler_fields(name)
+
+
+def test_no_scheduler_and_no_model_writes_no_sampler():
+    """Without a loaded model the model's own scheduler is unknown: no Sampler rather than a
+    made-up one (A1111 keeps its current sampler); the actor always knows it."""
+    fields = a1111_rules.parse(a1111_parameters(PARAMS))
+    assert "Sampler" not in fields and fields["Steps"] == "12"
+    assert "default" not in a1111_parameters(PARAMS)
+
+
+def test_model_hash_is_a1111s_short_hash(tmp_path):
+    from sdfleet.batch.infotext import model_hash
+    from sdfleet.batch.models import ModelSpec
+
+    checkpoint = tmp_path / "m.safetensors"
+    header = b'{"__metadata__":{}}'
+    checkpoint.write_bytes(len(header).to_bytes(8, "little") + header)
+    expected = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
+    assert model_hash(ModelSpec(model=str(checkpoint))) == expected
+    assert model_hash(ModelSpec(model="builtin:null")) is None
+
+
+def test_model_hash_of_a_diffusers_folder_is_its_unet_weights(tmp_path):
+    from sdfleet.batch.infotext import model_hash
+    from sdfleet.batch.models import ModelSpec
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    weights = tmp_path / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"weights")
+    assert model_hash(ModelSpec(model=str(tmp_path))) == hashlib.sha256(b"weights").hexdigest()[:10]
+
+
+def test_jpeg_exif_fits_a_long_prompt():
+    params = PARAMS | {"prompt": "a long prompt, " * 500}
+    data = encode_image(Image.new("RGB", (8, 8)), "jpg", params)
+    assert (
+        a1111_rules.parse(a1111_rules.read_parameters(data))["Prompt"] == params["prompt"].strip()
+    )
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_actor_outputs_name_the_model_its_hash_and_its_own_scheduler(tiny_dir, tmp_path, fmt):
+    from sdfleet.batch.actor import GenerateBatch, RunConfig
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.request import RowDefaults
+    from sdfleet.batch.sources import table_from_rows
+
+    defaults = RowDefaults(width=64, height=64, num_inference_steps=2, guidance_scale=4.0)
+    config = RunConfig(
+        model=ModelSpec(), defaults=defaults, out_uri=str(tmp_path), image_format=fmt
+    )
+    rows = [
+        {"id": "own", "prompt": "a cat, sitting", "negative_prompt": "dog: no", "seed": 9},
+        {"id": "named", "prompt": "a cat", "seed": 9, "scheduler": "dpmpp_2m_karras"},
+    ]
+    table = GenerateBatch(config)(table_from_rows(rows))
+    unet = tiny_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    unet_hash = hashlib.sha256(unet.read_bytes()).hexdigest()[:10]
+    own, named = (
+        a1111_rules.parse(a1111_rules.read_parameters((tmp_path / path).read_bytes()))
+        for path in table.column("image_path").to_pylist()
+    )
+    assert own["Prompt"] == "a cat, sitting" and own["Negative prompt"] == "dog: no"
+    assert own["Model"] == "builtin:tiny" and own["Model hash"] == unet_hash
+    assert own["Steps"] == "2" and own["Seed"] == "9" and own["Size-1"] == "64"
+    assert a1111_rules.pasted_sampler(own) == ("Euler", "uniform")  # tiny's own scheduler
+    assert a1111_rules.pasted_sampler(named) == ("DPM++ 2M", "karras")
