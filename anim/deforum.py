@@ -257,8 +257,9 @@ def _sampler(s: dict[str, Any], out: DeforumImport) -> None:
 def _seed(s: dict[str, Any], out: DeforumImport, seed: int | None) -> None:
     value = s["seed"]
     if value in (-1, None, "-1"):
+        how = "given" if seed is not None else "drawn"
         value = seed if seed is not None else secrets.randbelow(SEED_MODULUS)
-        out.notes.append(f"seed -1 (random): seed {value} drawn and recorded")
+        out.notes.append(f"seed -1 (random): seed {value} {how} and recorded")
     out.job["seed"] = value
 
 

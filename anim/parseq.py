@@ -101,7 +101,7 @@ class ParseqSpec(BaseModel):
         base = (info.context or {}).get("base_dir")
         if value is None or base is None or Path(value).is_absolute():
             return value
-        return str(Path(base) / value)
+        return str((Path(base) / value).absolute())
 
     @model_validator(mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""The `sdfleet` command line: run, validate, plan, demo, and the commands other installed
+"""The `sdfleet` command line: run, validate, plan (of job files or Deforum settings files),
+import-deforum, demo, and the commands other installed
 packages contribute (`sdfleet bench`)."""
 
 from __future__ import annotations
@@ -9,6 +10,12 @@ import sys
 from pathlib import Path
 
 from sdfleet.batch.errors import PipelineError, SdfleetError
+from sdfleet.jobs.deforum_cli import (
+    add_deforum_arguments,
+    add_import_parser,
+    cmd_import_deforum,
+    load_cli_job,
+)
 from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_ROWS_FAILED
 
 logger = logging.getLogger("sdfleet")
@@ -35,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print an animation job's per-frame plan")
     plan.add_argument("job", type=Path)
     plan.add_argument("--json", action="store_true", help="JSON Lines, one object per frame")
+    add_deforum_arguments(run, validate, plan)  # a Deforum settings file is a job too
+    add_import_parser(sub)
     demo = sub.add_parser("demo", help="run the demo on builtin:tiny (no network)")
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--executor", choices=["ray", "local"], default=None)
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
         "validate": cmd_validate,
         "plan": cmd_plan,
         "demo": cmd_demo,
+        "import-deforum": cmd_import_deforum,
     }
     try:
         handler = commands.get(args.command) or args.handler  # a contributed command
@@ -91,9 +101,7 @@ def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
 
 
 def cmd_validate(args) -> int:
-    from sdfleet.jobs.spec import load_job
-
-    job = load_job(args.job)
+    job = load_cli_job(args)
     if job.kind == "animation":
         from sdfleet.jobs.anim_runner import validate_animation_job
 
@@ -113,9 +121,8 @@ def cmd_validate(args) -> int:
 def cmd_plan(args) -> int:
     from sdfleet.anim.plan import format_table, plan_to_jsonl
     from sdfleet.jobs.anim_runner import plan_animation_job
-    from sdfleet.jobs.spec import load_job
 
-    job = load_job(args.job)
+    job = load_cli_job(args)
     if job.kind != "animation":
         print(
             f"sdfleet: error: {args.job} is a {job.kind} job; `plan` is for animation jobs",
@@ -128,9 +135,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from sdfleet.jobs.spec import load_job
-
-    job = load_job(args.job)
+    job = load_cli_job(args)
     if job.kind == "animation":
         from sdfleet.jobs.anim_runner import run_animation_job
 

@@ -224,3 +224,14 @@ def test_bad_audio_input_is_refused_when_the_job_loads(tmp_path):
         audio_job(tmp_path, prompts={"0": "a", "8b": "b"})
     with pytest.raises(ConfigError, match=r"unknown name 'rmss' \(did you mean 'rms'\?\)"):
         audio_job(tmp_path, zoom="0:(1 + rmss)")
+
+
+def test_a_relative_job_path_gives_absolute_sound_paths(pulse_wav, monkeypatch):
+    from sdfleet.anim.spec import load_animation_job
+
+    monkeypatch.chdir(pulse_wav.parent.parent)
+    job = load_animation_job(
+        {"kind": "animation", "max_frames": 4, "audio": "pulse.wav"},
+        source=f"{pulse_wav.parent.name}/job.yaml",
+    )
+    assert job.audio.file == str(pulse_wav) == job.video.soundtrack

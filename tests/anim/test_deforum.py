@@ -194,7 +194,7 @@ def test_seed_minus_one_draws_a_seed_and_records_it():
     drawn = {import_settings(settings, "s").job["seed"] for _ in range(3)}
     assert len(drawn) > 1 and all(0 <= seed < 2**32 for seed in drawn)
     result = import_settings(settings, "s", seed=99)
-    assert result.job["seed"] == 99 and "seed 99 drawn and recorded" in result.notes[0]
+    assert result.job["seed"] == 99 and "seed 99 given and recorded" in result.notes[0]
     assert yaml.safe_load(job_yaml(result))["seed"] == 99
 
 
