@@ -20,7 +20,7 @@ from sdfleet.batch.errors import ModelError
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-BUILTINS = ("builtin:tiny", "builtin:null")
+BUILTINS = ("builtin:tiny", "builtin:shapes", "builtin:null")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -195,9 +195,11 @@ def quiet_loading() -> None:
 
 def _load_txt2img(source: ModelSource, spec: ModelSpec, dtype: Any):
     if source.kind == "builtin":
+        from sdfleet.batch.shapes import shapes_model_dir
         from sdfleet.batch.tiny import tiny_model_dir
 
-        return _from_pretrained(str(tiny_model_dir()), spec, dtype, local_only=True)
+        folder = shapes_model_dir() if source.location == "builtin:shapes" else tiny_model_dir()
+        return _from_pretrained(str(folder), spec, dtype, local_only=True)
     if source.kind == "folder":
         return _from_pretrained(source.location, spec, dtype, local_only=True)
     if source.kind == "single_file":

@@ -1,4 +1,4 @@
-"""The synthetic captioned world `builtin:shapes` is trained on: one flat shape on a flat background.
+"""The synthetic captioned world `builtin:shapes` learns: one flat shape on a flat background.
 
 Pure (numpy + PIL). A scene is drawn from a seed: a shape kind, its colour, a background colour, a
 size and a position, each with a small jitter so the model sees more than a grid of pictures. The
