@@ -44,6 +44,14 @@ from sdfleet.anim.spec import AnimationJob, load_animation_job, resolve_clips
 from sdfleet.batch.errors import ConfigError
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.pool import NodeResources, check_shared_storage, holds_gpu
+from sdfleet.batch.ray_context import (
+    RayFailure,
+    alive_nodes,
+    connect,
+    pipeline_settings,
+    ray_data,
+    ray_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +208,13 @@ def status_row(
 # ---------------------------------------------------------------------------- executors
 
 
+# A clip is one block, so Ray Data sees progress only when a whole clip finishes: the stall
+# timeout bounds the longest clip (Ray 2.60's own default, which clip runs had before), and the
+# pool has the batch executor's default time to load its models.
+CLIP_STALL_TIMEOUT_S = 1800.0
+CLIP_START_TIMEOUT_S = 600.0
+
+
 def run_clips_local(
     tasks: Sequence[ClipTask],
     header: Mapping[str, str] | None = None,
@@ -221,10 +236,14 @@ def run_clips_ray(
     replicas: int | None = None,
     num_cpus: float = 1.0,
     out: str | None = None,
+    stall_timeout_s: float = CLIP_STALL_TIMEOUT_S,
+    start_timeout_s: float = CLIP_START_TIMEOUT_S,
 ) -> list[dict[str, Any]]:
     """Unfinished clips on a Ray actor pool (joined, or a local cluster started here). `out`
     is OUT as the user wrote it (default: the first clip's folder), checked against the
-    cluster's machines by `check_clip_storage`."""
+    cluster's machines by `check_clip_storage`. The run stops when no clip finishes for
+    `stall_timeout_s` or the pool is not up within `start_timeout_s` (`batch.ray_context`);
+    what finished is kept and a rerun continues the rest."""
     import ray
 
     # 1. what is left to do; nothing starts for a finished run
@@ -236,26 +255,43 @@ def run_clips_ray(
     device = model_spec(todo[0].job).device
     plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus, out, device)
     # 3. one block per clip, one clip per actor call
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
-    rendered = dataset.map_batches(
-        RenderClips,
-        fn_constructor_kwargs={
-            "model": model_spec(todo[0].job),
-            "header": dict(header or {}),
-            "cpu_threads": threads,
-        },
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-        batch_size=1,
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
-    )
-    try:
-        rendered.take_all()
-    except Exception as exc:  # noqa: BLE001 - the statuses below say which clips are left
-        logger.error("the Ray run stopped: %s: %s", type(exc).__name__, exc)
+    with ray_data(pipeline_settings(stall_timeout_s, start_timeout_s)):
+        dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
+        rendered = dataset.map_batches(
+            RenderClips,
+            fn_constructor_kwargs={
+                "model": model_spec(todo[0].job),
+                "header": dict(header or {}),
+                "cpu_threads": threads,
+            },
+            compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+            batch_size=1,
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+        )
+        try:
+            rendered.take_all()
+        except Exception as exc:  # noqa: BLE001 - the statuses below say which clips are left
+            logger.error("%s", stopped_message(exc, stall_timeout_s, start_timeout_s))
     # 4. statuses, from the clips' own files
     return collect_statuses(tasks)
+
+
+def stopped_message(exc: BaseException, stall_timeout_s: float, start_timeout_s: float) -> str:
+    """Why a Ray clip run stopped, in words (`batch.ray_context.ray_failure`)."""
+    failure = ray_failure(exc)
+    if failure is RayFailure.STALLED:
+        return (
+            f"no clip finished for {stall_timeout_s:g} s and the Ray run was stopped (a clip "
+            "is one unit of progress: a longer clip needs a larger stall_timeout_s); finished "
+            "clips are kept and a rerun continues the others from their saved state"
+        )
+    if failure is RayFailure.POOL_NOT_STARTED:
+        return (
+            f"the clip actors did not start within {start_timeout_s:g} s: the cluster cannot "
+            "host the pool (see `ray status`)"
+        )
+    return f"the Ray run stopped: {type(exc).__name__}: {exc}"
 
 
 CLIP_STORAGE_FIX = (
@@ -283,7 +319,7 @@ def plan_clip_pool(
     never more actors than clips. Returns (PoolPlan, torch threads per CPU replica, None
     meaning every core of its machine)."""
     from sdfleet.batch.pool import plan_pool
-    from sdfleet.batch.ray_runner import alive_nodes, connect, cpu_threads_per_replica
+    from sdfleet.batch.ray_runner import cpu_threads_per_replica
 
     connect(address)
     nodes = alive_nodes()

@@ -8,17 +8,23 @@ read_parquet -> repartition(rows per block) -> [checkpoint filter: drop committe
 from __future__ import annotations
 
 import logging
-import math
-import os
 import threading
 import time
 from dataclasses import replace
 from typing import Any
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
-from sdfleet.batch.errors import ConfigError, PipelineError
+from sdfleet.batch.errors import PipelineError
 from sdfleet.batch.outputs import OutputDir, parquet_files
-from sdfleet.batch.pool import NodeResources, PoolPlan, check_shared_storage, holds_gpu, plan_pool
+from sdfleet.batch.pool import PoolPlan, check_shared_storage, holds_gpu, plan_pool
+from sdfleet.batch.ray_context import (
+    RayFailure,
+    alive_nodes,
+    connect,
+    pipeline_settings,
+    ray_data,
+    ray_failure,
+)
 from sdfleet.batch.run import Progress, RunStats
 
 logger = logging.getLogger(__name__)
@@ -69,10 +75,11 @@ def run_ray(
     counter = ProgressCounter.options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
     done_before = count_checkpointed_ids(checkpoint)
     started = time.time()
-    configure_data_context(checkpoint, options)
-    dataset = build_pipeline(config, files, plan, options, counter, actor_class)
-    with poll_progress(counter, progress):
-        execute(dataset, out, options)
+    settings = pipeline_settings(
+        options.stall_timeout_s, options.min_replicas_timeout_s, checkpoint_path=checkpoint
+    )
+    with ray_data(settings), poll_progress(counter, progress):
+        execute(build_pipeline(config, files, plan, options, counter, actor_class), out, options)
     # 4. what this run did: pool start (actors + model load), then steady generation
     report = ray.get(counter.report.remote())
     ready = report["first_ready"] or started
@@ -82,35 +89,6 @@ def run_ray(
     stats.generated_outputs = report["outputs"]
     stats.model_load_seconds = report["load_seconds"]
     stats.skipped_rows = done_before
-
-
-def connect(address: str | None) -> None:
-    """Join `address` / RAY_ADDRESS, or start a local instance; reuse an initialised one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local instance
-    # A local instance gets one logical CPU more than the machine has: Ray Data's light tasks
-    # (file listing, reads, the checkpoint filter, writes) need slots of their own beside the
-    # replica, which uses every core through torch threads, or the pipeline deadlocks.
-    num_cpus = None if address else (os.cpu_count() or 1) + 1
-    try:
-        ray.init(
-            address=address,
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            log_to_driver=True,
-        )
-    except ConnectionError as exc:
-        raise ConfigError(
-            f"cannot join the Ray cluster at {address!r}: {exc}. Check the "
-            "address (ray status on the head prints it) or drop --address to "
-            "start a local instance."
-        ) from exc
 
 
 def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int | None:
@@ -139,47 +117,12 @@ def count_checkpointed_ids(checkpoint_uri: str) -> int:
     return len(pc.unique(pa.chunked_array([c for i in ids for c in i.chunks], pa.string())))
 
 
-def alive_nodes() -> list[NodeResources]:
-    import ray
-
-    return [
-        NodeResources(
-            node_id=n["NodeID"],
-            address=n["NodeManagerAddress"],
-            cpus=n["Resources"].get("CPU", 0.0),
-            gpus=n["Resources"].get("GPU", 0.0),
-        )
-        for n in ray.nodes()
-        if n["Alive"]
-    ]
-
-
 def on_this_node():
     """Keep driver-side helpers on the driver's node: a worker node may go away mid-run."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-
-
-def configure_data_context(checkpoint_path: str, options: Any) -> None:
-    import ray.data
-    from ray.data.checkpoint import CheckpointConfig
-
-    # Ray Data logs every execution start/finish at INFO and warns that its own bars are off
-    # (the CLI draws one bar with images/s); keep its warnings about real trouble.
-    for name in ("ray.data", "ray.data._internal.progress"):
-        logging.getLogger(name).setLevel(logging.WARNING if name == "ray.data" else logging.ERROR)
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.checkpoint_config = CheckpointConfig(
-        id_column="id", checkpoint_path=checkpoint_path, delete_checkpoint_on_success=False
-    )
-    ctx.execution_no_progress_timeout_s = options.stall_timeout_s
-    ctx.wait_for_min_actors_s = math.ceil(options.min_replicas_timeout_s)  # Ray: whole s, 0=off
-    ctx.max_errored_blocks = 0  # never drop a block silently: rows fail inside the actor
-    ctx.enable_progress_bars = False  # the CLI shows one bar with images/s and ETA
-    ctx.print_on_execution_start = False
 
 
 def build_pipeline(
@@ -212,17 +155,18 @@ def execute(dataset, out: OutputDir, options: Any) -> None:
     try:
         dataset.write_parquet(out.path("results"), filesystem=out.filesystem()[0])
     except Exception as exc:
-        text = f"{type(exc).__name__}: {exc}"
-        if "ExecutionTimeoutError" in text or "no progress" in text.lower():
+        failure = ray_failure(exc)
+        said = f"{type(exc).__name__}: {exc}"
+        if failure is RayFailure.STALLED:
             raise PipelineError(
                 f"the pipeline made no progress for {options.stall_timeout_s:g} s "
                 f"(ray.stall_timeout_s) and was stopped; committed rows are kept, run the same "
-                f"command again to resume. Ray said: {text.splitlines()[0][:300]}"
+                f"command again to resume. Ray said: {said.splitlines()[0][:300]}"
             ) from exc
-        if "timed out while starting actors" in text.lower():  # Ray 2.60's GetTimeoutError
+        if failure is RayFailure.POOL_NOT_STARTED:
             raise PipelineError(
                 f"the replica pool did not start within {options.min_replicas_timeout_s:g} s "
-                f"(ray.min_replicas_timeout_s): the cluster cannot host it. {text[:300]}"
+                f"(ray.min_replicas_timeout_s): the cluster cannot host it. {said[:300]}"
             ) from exc
         raise
 

@@ -175,7 +175,7 @@ def run_plain_ray(work: Workload, folder: Path, repeat: int) -> Sample:
 def sdfleet_pool_plan() -> Any:
     """The pool `sdfleet run` plans on this cluster with a job's default `ray:` options."""
     from sdfleet.batch.pool import plan_pool
-    from sdfleet.batch.ray_runner import alive_nodes
+    from sdfleet.batch.ray_context import alive_nodes
     from sdfleet.jobs.spec import RayOptions
 
     options = RayOptions()
@@ -188,7 +188,7 @@ def sdfleet_pool_plan() -> Any:
     )
 
 
-# What sdfleet's ray executor sets on the driver's DataContext (batch.ray_runner); plain Ray
+# What sdfleet's ray executor sets on the driver's DataContext (batch.ray_context); plain Ray
 # Data runs with Ray's defaults for these, except that neither shows progress bars.
 _SDFLEET_CONTEXT_FIELDS = (
     "checkpoint_config",

@@ -43,7 +43,7 @@ def run_variant(
     import ray.data
 
     from sdfleet.batch.pool import plan_pool
-    from sdfleet.batch.ray_runner import alive_nodes, configure_data_context
+    from sdfleet.batch.ray_context import alive_nodes, pipeline_settings, ray_data
     from sdfleet.bench.contenders import replicas_startup_s, use_default_data_context
     from sdfleet.jobs.spec import RayOptions
 
@@ -55,23 +55,26 @@ def run_variant(
         defaults=RowDefaults(width=64, height=64, num_inference_steps=4),
     )
     use_default_data_context()
-    if checkpoint:
-        configure_data_context(str(out / "_checkpoint"), RayOptions())
-    log = out.with_suffix(".calls")
-    since = time.time()
-    dataset = ray.data.read_parquet(str(manifest))
-    if rows_per_block:
-        dataset = dataset.repartition(target_num_rows_per_block=rows_per_block)
-    dataset = dataset.map_batches(
-        TimedGenerateBatch,
-        fn_constructor_kwargs={"config": config, "log_path": str(log)},
-        batch_size=rows_per_block or 4,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
-        num_cpus=plan.num_cpus,
-        num_gpus=plan.num_gpus,
+    options = RayOptions()  # with the checkpoint: every setting sdfleet's executor makes
+    settings = pipeline_settings(
+        options.stall_timeout_s, options.min_replicas_timeout_s, str(out / "_checkpoint")
     )
-    dataset.write_parquet(str(out / "results"))
+    with ray_data(settings if checkpoint else {}):
+        log = out.with_suffix(".calls")
+        since = time.time()
+        dataset = ray.data.read_parquet(str(manifest))
+        if rows_per_block:
+            dataset = dataset.repartition(target_num_rows_per_block=rows_per_block)
+        dataset = dataset.map_batches(
+            TimedGenerateBatch,
+            fn_constructor_kwargs={"config": config, "log_path": str(log)},
+            batch_size=rows_per_block or 4,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+            num_cpus=plan.num_cpus,
+            num_gpus=plan.num_gpus,
+        )
+        dataset.write_parquet(str(out / "results"))
     ended = time.time()
     calls = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
     ready = since + (replicas_startup_s(since) or 0.0)

@@ -163,7 +163,7 @@ def write_bench_manifest(path: Path, rows: int) -> Path:
 
 def start_ray() -> float:
     """Start (or join) Ray once, before any timing, the way `sdfleet run` does."""
-    from sdfleet.batch.ray_runner import connect
+    from sdfleet.batch.ray_context import connect
 
     started = time.perf_counter()
     connect(None)

@@ -206,10 +206,10 @@ def test_clip_outputs_on_a_cluster_of_machines_must_be_a_shared_mount(tmp_path, 
     check_clip_storage(TWO_MACHINES, "file:///mnt/clips")
     check_clip_storage(TWO_MACHINES[:1], "out/clips")  # one machine: any folder
     # run_clips_ray checks it once it knows the cluster, before any actor starts
-    from sdfleet.batch import ray_runner
+    from sdfleet.anim import ray_clips
 
-    monkeypatch.setattr(ray_runner, "connect", lambda address: None)
-    monkeypatch.setattr(ray_runner, "alive_nodes", lambda: TWO_MACHINES)
+    monkeypatch.setattr(ray_clips, "connect", lambda address: None)
+    monkeypatch.setattr(ray_clips, "alive_nodes", lambda: TWO_MACHINES)
     tasks = clip_tasks(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"out='{tmp_path}'")):
         run_clips_ray(tasks, out=str(tmp_path))

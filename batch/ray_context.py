@@ -1,0 +1,157 @@
+"""The Ray connection and Ray Data's settings, for both executors (batch rows and clips).
+
+- `connect` joins a cluster (``--address`` / ``RAY_ADDRESS``) or starts a private local one.
+- `pipeline_settings` is the one stall policy: how long a pipeline may make no progress, how
+  long its actor pool may take to start (model loads included), no dropped blocks, no bars.
+- `ray_data` applies such settings to the process-wide `DataContext` for one run and puts
+  back every field it changed on exit (and Ray Data's log levels), so a batch run never leaves
+  its checkpoint or timeouts to a clip run that follows in the same process.
+- `ray_failure` is the one place that recognises Ray's failures (checked against Ray 2.60,
+  see tests/batch/test_ray_context.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.pool import NodeResources
+
+logger = logging.getLogger(__name__)
+
+# Ray Data logs every execution start/finish at INFO and warns that its own bars are off (the
+# CLI draws one bar); keep its warnings about real trouble.
+QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+
+
+def connect(address: str | None) -> None:
+    """Join `address` / RAY_ADDRESS, or start a local instance; reuse an initialised one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local instance
+    # A local instance gets one logical CPU more than the machine has: Ray Data's light tasks
+    # (file listing, reads, the checkpoint filter, writes) need slots of their own beside the
+    # replica, which uses every core through torch threads, or the pipeline deadlocks.
+    num_cpus = None if address else (os.cpu_count() or 1) + 1
+    try:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"cannot join the Ray cluster at {address!r}: {exc}. Check the "
+            "address (ray status on the head prints it) or drop --address to "
+            "start a local instance."
+        ) from exc
+
+
+def alive_nodes() -> list[NodeResources]:
+    import ray
+
+    return [
+        NodeResources(
+            node_id=n["NodeID"],
+            address=n["NodeManagerAddress"],
+            cpus=n["Resources"].get("CPU", 0.0),
+            gpus=n["Resources"].get("GPU", 0.0),
+        )
+        for n in ray.nodes()
+        if n["Alive"]
+    ]
+
+
+def pipeline_settings(
+    stall_timeout_s: float, start_timeout_s: float, checkpoint_path: str | None = None
+) -> dict[str, Any]:
+    """DataContext fields for one sdfleet pipeline: stopped after `stall_timeout_s` without
+    progress, and when its actor pool is not up within `start_timeout_s`; with
+    `checkpoint_path`, committed ids are recorded there and skipped on a rerun."""
+    settings: dict[str, Any] = {
+        "execution_no_progress_timeout_s": stall_timeout_s,
+        "wait_for_min_actors_s": math.ceil(start_timeout_s),  # Ray: whole seconds, 0 = off
+        "max_errored_blocks": 0,  # never drop a block silently: rows fail inside the actor
+        "enable_progress_bars": False,  # the CLI shows one bar with images/s and ETA
+        "print_on_execution_start": False,
+    }
+    if checkpoint_path is not None:
+        from ray.data.checkpoint import CheckpointConfig
+
+        settings["checkpoint_config"] = CheckpointConfig(
+            id_column="id", checkpoint_path=checkpoint_path, delete_checkpoint_on_success=False
+        )
+    return settings
+
+
+@contextmanager
+def ray_data(settings: Mapping[str, Any]) -> Iterator[Any]:
+    """Set `settings` on the current DataContext (and quiet Ray Data's INFO logs) while the
+    block runs; every field and log level is put back as it was on exit, error or not.
+    Datasets must be built inside the block: they copy the context when they are made."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    unknown = [name for name in settings if not hasattr(context, name)]
+    if unknown:  # a typo would otherwise set a new attribute Ray never reads
+        raise ValueError(f"DataContext has no field(s) {unknown} (ray {ray.__version__})")
+    saved = {name: getattr(context, name) for name in settings}
+    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    try:
+        for name, value in settings.items():
+            setattr(context, name, value)
+        for name, level in QUIET_LOGGERS.items():
+            logging.getLogger(name).setLevel(level)
+        yield context
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class RayFailure(enum.Enum):
+    """What stopped a Ray Data run, as far as sdfleet tells them apart."""
+
+    STALLED = "stalled"  # no progress for execution_no_progress_timeout_s
+    POOL_NOT_STARTED = "pool_not_started"  # actors not up within wait_for_min_actors_s
+    OTHER = "other"
+
+
+def ray_failure(exc: BaseException) -> RayFailure:
+    """Which failure `exc` (or an exception it was raised from) is.
+
+    Ray 2.60 raises `ray.data.exceptions.ExecutionTimeoutError` for a stall, and a
+    `ray.exceptions.GetTimeoutError` saying "Timed out while starting actors" when the pool
+    does not start (the type alone is also any ``ray.get`` timeout, hence the message).
+    """
+    from ray.data.exceptions import ExecutionTimeoutError
+    from ray.exceptions import GetTimeoutError
+
+    for link in _chain(exc):
+        if isinstance(link, ExecutionTimeoutError):
+            return RayFailure.STALLED
+        if isinstance(link, GetTimeoutError) and "starting actors" in str(link).lower():
+            return RayFailure.POOL_NOT_STARTED
+    return RayFailure.OTHER
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
