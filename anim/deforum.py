@@ -332,9 +332,6 @@ def _prompts(s: dict[str, Any], given: dict[str, Any], out: DeforumImport) -> No
 
 def _video(s: dict[str, Any], out: DeforumImport) -> None:
     video: dict[str, Any] = {}
-    if s.get("make_gif") is True:
-        video["format"] = "gif"
-        out.notes.append("make_gif: the video is a GIF (rerun with video.format: mp4 for an MP4)")
     track, path = s.get("add_soundtrack"), s.get("soundtrack_path") or ""
     if track is True or track == "File":
         if "://" in path:
@@ -343,6 +340,11 @@ def _video(s: dict[str, Any], out: DeforumImport) -> None:
             video["soundtrack"] = path
     elif track == "Init Video":
         _refuse(out, "add_soundtrack", track, "there is no init video to take the sound from")
+    if s.get("make_gif") is True and "soundtrack" in video:  # Deforum writes both; one here
+        out.notes.append("make_gif: the video is an MP4 with the soundtrack (a gif has no sound)")
+    elif s.get("make_gif") is True:
+        video["format"] = "gif"
+        out.notes.append("make_gif: the video is a GIF (rerun with video.format: mp4 for an MP4)")
     if video:
         out.job["video"] = video
 

@@ -289,6 +289,9 @@ def test_soundtrack_gif_and_model_map(tmp_path):
     assert result.job["model"] == "model.safetensors" and result.differences == []
     gif = import_settings({**settings, "make_gif": True, "add_soundtrack": "None"}, "s")
     assert gif.job["video"] == {"format": "gif"}
+    both = import_settings({**settings, "make_gif": True}, "s", base_dir=tmp_path)
+    assert both.job["video"] == {"soundtrack": "song.mp3"}  # a gif has no sound: the MP4
+    assert "a gif has no sound" in both.notes[-1]
     assert import_settings(settings, "s", model="other/model").job["model"] == "other/model"
 
 
