@@ -50,14 +50,13 @@ from sdfleet.anim.state import (
 )
 from sdfleet.anim.video import EncodeOptions, encode_frames, read_rgb
 from sdfleet.anim.walk import render_walk_frames
+from sdfleet.batch.fingerprint import fingerprint as settings_fingerprint
 from sdfleet.batch.outputs import encode_image
 from sdfleet.batch.paths import is_uri, resolve_path, write_atomic
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]  # called with the number of frames just written
-# Fields that do not change a single pixel: a resume may differ in them.
-OUTPUT_ONLY_FIELDS = {"video", "contact_sheet_every", "clips", "fps"}
 
 
 class FrameModel(Protocol):
@@ -104,11 +103,9 @@ class ClipPaths:
 
 
 def fingerprint(job: AnimationJob, plan: Sequence[FrameRecord]) -> str:
-    """sha256 of the plan and of every job field that changes pixels."""
-    settings = job.model_dump(mode="json", exclude=OUTPUT_ONLY_FIELDS)
-    digest = hashlib.sha256(plan_to_jsonl(plan).encode())
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    return digest.hexdigest()
+    """sha256 of the plan and of every job field that changes pixels (all but
+    `batch.fingerprint.OUTPUT_ONLY_FIELDS`, the list the batch resume check uses too)."""
+    return settings_fingerprint(job.model_dump(mode="json"), plan_to_jsonl(plan))
 
 
 def read_status(paths: ClipPaths) -> dict[str, Any] | None:

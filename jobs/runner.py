@@ -12,6 +12,7 @@ import yaml
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, ModelError
+from sdfleet.batch.fingerprint import settings_changes
 from sdfleet.batch.manifest import validate_manifest
 from sdfleet.batch.models import ModelSpec, relative_to, resolve_model_source
 from sdfleet.batch.outputs import OutputDir, parquet_files
@@ -98,22 +99,6 @@ def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:
     )
 
 
-# Job fields that change pixels or file names: a rerun into the same OUT must not change them.
-PIXEL_FIELDS = (
-    "model",
-    "model_config",
-    "scheduler",
-    "device",
-    "dtype",
-    "seed",
-    "defaults",
-    "batch_size",
-    "pad_batches",
-    "cpu_threads",
-    "output",
-)
-
-
 def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
     """Resuming into OUT is only safe with the settings (and executor) that started it. A run
     that committed no row yet (it failed first) binds nothing: its job.yaml is replaced."""
@@ -122,16 +107,9 @@ def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
     if not out.exists("job.yaml") or not committed:
         return
     before = yaml.safe_load(out.read_bytes("job.yaml")) or {}
-    now = job.model_dump(mode="json", by_alias=True)
-    changed = [
-        f"{k}: {before.get('job', {}).get(k)!r} -> {now.get(k)!r}"
-        for k in PIXEL_FIELDS
-        if before.get("job", {}).get(k) != now.get(k)
-    ]
-    # the record of finished rows: another one would make every row again, next to the old
-    was = (before.get("job", {}).get("ray") or {}).get("checkpoint_path")
-    if was != now["ray"]["checkpoint_path"]:
-        changed.append(f"ray.checkpoint_path: {was!r} -> {now['ray']['checkpoint_path']!r}")
+    # every setting but the output-only ones (ray.checkpoint_path counts: another record of
+    # finished rows would make every row again, next to the old)
+    changed = settings_changes(before.get("job") or {}, job.model_dump(mode="json", by_alias=True))
     if changed:
         raise ConfigError(
             f"{out.uri} holds results of a different job (changed {'; '.join(changed)}); a "
