@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdfleet.batch.errors import ModelError
+from sdfleet.batch.paths import is_uri, resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ class ModelSource:
 def relative_to(name: str | None, base_dir: Path) -> str | None:
     """A model path written relative to the job file, made absolute when it exists there;
     builtins, hub ids and absolute paths are returned unchanged."""
-    if not name or name.startswith("builtin:") or "://" in name or Path(name).is_absolute():
+    if not name or name.startswith("builtin:") or is_uri(name) or Path(name).is_absolute():
         return name
-    candidate = base_dir / os.path.expanduser(name)
+    candidate = resolve_path(name, base_dir)
     return str(candidate.resolve()) if candidate.exists() else name
 
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.paths import is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def check_shared_storage(
     hosts = {n.address for n in nodes}
     if len(hosts) <= 1:
         return
-    local = {name: p for name, p in paths.items() if p and "://" not in p}
+    local = {name: p for name, p in paths.items() if p and not is_uri(p)}
     if local:
         shown = ", ".join(f"{k}={v!r}" for k, v in local.items())
         raise ConfigError(

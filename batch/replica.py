@@ -19,6 +19,7 @@ from typing import Any
 
 from sdfleet.batch.errors import GenerationError
 from sdfleet.batch.models import ModelSpec, Pipelines, load_pipelines
+from sdfleet.batch.paths import is_uri
 from sdfleet.batch.request import GenRequest
 
 logger = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def read_image(source: bytes | str, width: int, height: int):
 
     if isinstance(source, bytes):
         data = source
-    elif "://" in str(source):
+    elif is_uri(str(source)):
         from pyarrow import fs
 
         filesystem, path = fs.FileSystem.from_uri(str(source))
