@@ -1,0 +1,146 @@
+"""Rows' prompts and LoRAs checked and resolved without a model: names, paths, weights, fit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdfleet.batch.adapter_files import AdapterFileError, BaseDims, file_hash
+from sdfleet.batch.prompt_checks import (
+    AdapterContext,
+    LoraEntry,
+    check_embedding,
+    parse_lora_column,
+    resolve_lora,
+    row_loras,
+    row_prompt_issues,
+)
+from sdfleet.batch.tiny_adapters import save_tensors, to_kohya
+
+TINY = BaseDims(32, (32,))
+XL = BaseDims(64, (32, 32))
+
+
+def _lora(cross: int, te: int, seed: int, te2: bool = False) -> dict:
+    """A LoRA-shaped state dict (diffusers layout) with the given widths, no model needed."""
+    g = torch.Generator().manual_seed(seed)
+    state = {
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": (4, cross),
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": (64, 4),
+        "text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight": (4, te),
+        "text_encoder.encoder.layers.0.self_attn.q_proj.lora_B.weight": (te, 4),
+    }
+    if te2:
+        state["text_encoder_2.encoder.layers.0.self_attn.q_proj.lora_A.weight"] = (4, te)
+        state["text_encoder_2.encoder.layers.0.self_attn.q_proj.lora_B.weight"] = (te, 4)
+    return {k: torch.randn(shape, generator=g) for k, shape in state.items()}
+
+
+@pytest.fixture
+def lora_dir(tmp_path):
+    folder = tmp_path / "loras"
+    save_tensors(_lora(32, 32, 1), folder / "brand.safetensors")
+    save_tensors(to_kohya(_lora(32, 32, 2)), folder / "styles" / "soft.safetensors")
+    save_tensors(_lora(64, 32, 3, te2=True), folder / "xl_style.safetensors")
+    return folder
+
+
+def ctx(lora_dir=None, **extra) -> AdapterContext:
+    return AdapterContext(
+        model="builtin:tiny", base=TINY, lora_dir=str(lora_dir) if lora_dir else None, **extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, []),
+        ("brand", [LoraEntry("brand", 1.0, 1.0)]),
+        ("brand:0.8, soft:-0.5", [LoraEntry("brand", 0.8, 0.8), LoraEntry("soft", -0.5, -0.5)]),
+        (["brand:0.5", "soft"], [LoraEntry("brand", 0.5, 0.5), LoraEntry("soft", 1.0, 1.0)]),
+        ("/x/brand.safetensors", [LoraEntry("/x/brand.safetensors", 1.0, 1.0)]),
+        ("/x/brand.safetensors:0.3", [LoraEntry("/x/brand.safetensors", 0.3, 0.3)]),
+        (" , brand ,", [LoraEntry("brand", 1.0, 1.0)]),
+    ],
+)
+def test_lora_column(value, expected):
+    assert parse_lora_column(value) == expected
+
+
+@pytest.mark.parametrize("value", ["brand:nan", "brand:inf", "brand:strong", 3, [1]])
+def test_bad_lora_column(value):
+    with pytest.raises(AdapterFileError):
+        parse_lora_column(value)
+
+
+def test_names_resolve_in_lora_dir_recursively(lora_dir):
+    use = resolve_lora(LoraEntry("soft", 0.5, 0.5), ctx(lora_dir), None)
+    assert use.path == str((lora_dir / "styles" / "soft.safetensors").resolve())
+    assert use.sha256 == file_hash(use.path) and use.name == "soft"
+
+
+def test_row_set_is_job_then_column_then_tags_and_later_wins(lora_dir):
+    context = ctx(lora_dir)
+    job = (resolve_lora(LoraEntry("brand", 1.0, 1.0), context, None),)
+    context = ctx(lora_dir, loras=job)
+    uses = row_loras("a mug <lora:soft:0.7> <lora:brand:0.2>", "soft:0.3", context)
+    assert [(u.name, u.unet_weight) for u in uses] == [("soft", 0.7), ("brand", 0.2)]
+    assert [u.name for u in row_loras("a mug", None, context)] == ["brand"]
+
+
+def test_paths_are_relative_to_the_given_folder(lora_dir):
+    uses = row_loras("x", "loras/brand.safetensors:0.5", ctx(), base_dir=lora_dir.parent)
+    assert uses[0].path == str((lora_dir / "brand.safetensors").resolve())
+
+
+@pytest.mark.parametrize(
+    ("prompt", "negative", "column", "where", "fragment"),
+    [
+        ("a (mug", "", None, "prompt", "never closed"),
+        ("a mug", "blurry)", None, "negative_prompt", "closes nothing"),
+        ("a mug", "<lora:brand:1>", None, "negative_prompt", "move it"),
+        ("a mug <lora:brnd:1>", "", None, "prompt", "did you mean 'brand'"),
+        ("a mug", "", "missing", "loras", "not in"),
+        ("a mug", "", "xl_style", "loras", "is a LoRA for width 64"),
+        ("a mug", "", "brand:nan", "loras", "not a finite number"),
+        ("a mug <lora:brand:nan>", "", None, "prompt", "not a finite number"),
+        ("a mug", "", "/nope/x.safetensors", "loras", "does not exist"),
+    ],
+)
+def test_row_issues_name_the_column(lora_dir, prompt, negative, column, where, fragment):
+    issues = row_prompt_issues(prompt, negative, column, ctx(lora_dir))
+    assert len(issues) == 1, issues
+    assert issues[0][0] == where and fragment in issues[0][2], issues
+
+
+def test_a_name_without_lora_dir_says_to_set_it():
+    (issue,) = row_prompt_issues("a <lora:brand:1>", "", None, ctx())
+    assert "set `lora_dir:`" in issue[2]
+
+
+def test_plain_syntax_reads_no_tags(lora_dir):
+    context = AdapterContext(syntax="plain", base=TINY, lora_dir=str(lora_dir))
+    assert row_prompt_issues("a (mug <lora:nope:1>", "x)", None, context) == []
+    assert row_loras("a <lora:brand:1>", None, context) == ()
+
+
+def test_pickled_lora_needs_allow_pickle(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"x": torch.zeros(1)}, path)
+    (issue,) = row_prompt_issues("a", "", str(path), ctx())
+    assert "allow_pickle" in issue[2]
+    assert row_loras("a", str(path), ctx(allow_pickle=True))[0].path == str(path.resolve())
+
+
+def test_fit_is_skipped_when_the_base_cannot_be_read(lora_dir):
+    context = AdapterContext(model="org/hub-model", base=None, lora_dir=str(lora_dir))
+    assert row_prompt_issues("a", "", "xl_style", context) == []
+
+
+def test_embeddings(tmp_path):
+    good = save_tensors({"emb_params": torch.zeros(2, 32)}, tmp_path / "glossy.safetensors")
+    assert check_embedding(good, "glossy", ctx()).sha256 == file_hash(good)
+    with pytest.raises(AdapterFileError, match="needs 32/32"):
+        check_embedding(good, "glossy", AdapterContext(model="xl", base=XL))
+    with pytest.raises(AdapterFileError, match="one word"):
+        check_embedding(good, "(glossy)", ctx())
