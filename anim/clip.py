@@ -38,6 +38,7 @@ from PIL import Image
 
 from sdfleet.anim.colour import from_uint8
 from sdfleet.anim.contact_sheet import make_contact_sheet
+from sdfleet.anim.interpolate import interpolated_frames
 from sdfleet.anim.plan import FrameRecord, compile_plan, plan_to_jsonl
 from sdfleet.anim.render import ChainOptions, Frame, render_frames
 from sdfleet.anim.spec import AnimationJob
@@ -210,16 +211,21 @@ def iter_clip_frames(
 
 
 def encode_clip_video(paths: ClipPaths, job: AnimationJob) -> Path:
-    """Stream frames 0..max_frames-1 to ffmpeg, one at a time; the frame count is verified."""
+    """Stream frames 0..max_frames-1 to ffmpeg, one at a time; the frame count is verified.
+    With ``video.interpolate`` k, the frames between them come from `anim.interpolate` (kept
+    in OUT/interpolated_x<k>/) and the video plays k times as many frames at k x fps."""
+    factor = job.video.interpolate
     options = EncodeOptions(
-        fps=job.fps,
+        fps=job.fps * factor,
         format=job.video.format,
         crf=job.video.crf,
         preset=job.video.preset,
         soundtrack=job.video.soundtrack,
     )
     frames = (read_rgb(paths.frame(index)) for index in range(job.max_frames))
-    return encode_frames(frames, paths.video, options, frame_count=job.max_frames)
+    if factor > 1:
+        frames = interpolated_frames(frames, factor, paths.root / f"interpolated_x{factor}")
+    return encode_frames(frames, paths.video, options, frame_count=job.max_frames * factor)
 
 
 # ---------------------------------------------------------------------------- the clip

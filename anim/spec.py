@@ -135,6 +135,9 @@ class VideoSpec(BaseModel):
     crf: int = Field(17, ge=0, le=63, description="quality: lower is better; mp4 allows 0..51")
     preset: Annotated[str, Field(pattern="^(" + "|".join(X264_PRESETS) + ")$")] = "slow"
     soundtrack: str | None = Field(None, description="audio file muxed with -shortest")
+    interpolate: int = Field(
+        1, ge=1, le=8, description="frames per rendered frame, by optical flow (anim.interpolate)"
+    )
 
     @model_validator(mode="after")
     def _check_encoder(self) -> VideoSpec:

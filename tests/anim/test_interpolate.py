@@ -61,3 +61,45 @@ def test_a_second_pass_reads_the_frames_written_before(tmp_path, monkeypatch):
 def test_frames_of_other_shapes_are_a_caller_bug():
     with pytest.raises(ValueError, match="one shape"):
         interpolate_pair(blob(10, 32), blob(10, 64), 2)
+
+
+def test_a_clip_encodes_its_interpolated_frames_and_the_stage_resumes(tiny_dir, tmp_path):
+    import yaml
+
+    from sdfleet.anim.video import probe_video
+    from sdfleet.jobs.cli import main
+
+    job = {
+        "kind": "animation",
+        "W": 64,
+        "H": 64,
+        "fps": 6,
+        "max_frames": 4,
+        "steps_schedule": "0:(2)",
+        "zoom": "0:(1.1)",
+        "prompts": {"0": "a lantern"},
+        "video": {"preset": "veryfast", "interpolate": 2},
+    }
+    path = tmp_path / "clip.yaml"
+    path.write_text(yaml.safe_dump(job))
+    out = tmp_path / "out"
+    argv = ["run", str(path), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    facts = probe_video(out / "clip.mp4")
+    assert (facts["frames"], facts["fps"]) == (8, 12)  # twice the frames, as long as before
+    between = {p.name: p.stat().st_mtime_ns for p in (out / "interpolated_x2").iterdir()}
+    assert len(between) == 3
+    rendered = {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()}
+    # the video lost (a kill while encoding): encoded again from the frames kept on disk
+    (out / "clip.mp4").unlink()
+    assert main(argv) == 0 and probe_video(out / "clip.mp4")["frames"] == 8
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "interpolated_x2").iterdir()} == between
+    # another factor (and container): encoded again, nothing rendered again
+    video = {"preset": "veryfast", "interpolate": 4, "format": "webm"}
+    path.write_text(yaml.safe_dump({**job, "video": video}))
+    assert main(argv) == 0
+    assert (probe_video(out / "clip.webm")["frames"], len(list(out.glob("interpolated_x4/*")))) == (
+        16,
+        9,
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "frames").iterdir()} == rendered
