@@ -18,6 +18,8 @@ key is which, and Deforum's defaults for keys a file leaves out):
 - ``add_soundtrack: File`` + ``soundtrack_path`` -> ``video.soundtrack``; ``make_gif`` -> the
   video is a GIF (Deforum writes it besides the MP4; rerun with ``video.format: mp4`` to
   re-encode the same frames); ``parseq_manifest`` -> ``parseq`` (`anim.parseq`);
+  ``frame_interpolation_x_amount`` -> ``video.interpolate`` once the engine's difference (optical
+  flow, not RIFE/FILM) is accepted;
 - ``sd_model_name`` -> the checkpoint of that name beside the settings file, or ``model``.
 
 Keys that change the picture and cannot be honoured (3D mode, face restoration, masks,
@@ -340,6 +342,9 @@ def _video(s: dict[str, Any], out: DeforumImport) -> None:
             video["soundtrack"] = path
     elif track == "Init Video":
         _refuse(out, "add_soundtrack", track, "there is no init video to take the sound from")
+    engine, amount = s.get("frame_interpolation_engine"), s.get("frame_interpolation_x_amount")
+    if engine not in (None, "None") and isinstance(amount, int) and amount > 1:
+        video["interpolate"] = min(amount, 8)  # refused by its gate unless accepted
     if s.get("make_gif") is True and "soundtrack" in video:  # Deforum writes both; one here
         out.notes.append("make_gif: the video is an MP4 with the soundtrack (a gif has no sound)")
     elif s.get("make_gif") is True:

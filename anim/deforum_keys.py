@@ -230,7 +230,8 @@ GATES: dict[str, tuple[Callable[[Settings], bool], str]] = {
     "r_upscale_video": (_on("r_upscale_video"), "Real-ESRGAN upscaling is not available"),
     "frame_interpolation_engine": (
         _not("frame_interpolation_engine", "None", None),
-        "RIFE/FILM frame interpolation is not available",
+        "RIFE/FILM are not available; the frames are interpolated by optical flow instead "
+        "(video.interpolate = frame_interpolation_x_amount, at the same duration, no slow-mo)",
     ),
 }
 

@@ -293,6 +293,13 @@ def test_soundtrack_gif_and_model_map(tmp_path):
     assert both.job["video"] == {"soundtrack": "song.mp3"}  # a gif has no sound: the MP4
     assert "a gif has no sound" in both.notes[-1]
     assert import_settings(settings, "s", model="other/model").job["model"] == "other/model"
+    rife = import_settings(
+        {**settings, "frame_interpolation_engine": "RIFE v4.6", "frame_interpolation_x_amount": 3},
+        "s",
+        base_dir=tmp_path,
+    )
+    assert rife.job["video"]["interpolate"] == 3
+    assert [d.key for d in rife.differences] == ["frame_interpolation_engine"]
 
 
 def test_an_init_image_keeps_deforums_strength_on_frame_0():
