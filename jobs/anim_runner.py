@@ -39,6 +39,7 @@ from sdfleet.anim.ray_clips import (
 from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.models import resolve_model_source
+from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path
 from sdfleet.batch.schedulers import SCHEDULERS, check_scheduler_name
 from sdfleet.jobs.console import progress_bar, report_clips
 from sdfleet.jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
@@ -115,15 +116,13 @@ def clip_root(out: str) -> Path:
     """OUT as a folder: a local path, or file:///... for a mount that every node of a cluster
     sees at the same place (`anim.ray_clips.check_clip_storage`). Object-store URIs are
     refused: a clip writes its frames and resume state as files while it renders."""
-    if out.startswith("file://"):
-        return Path(out.removeprefix("file://"))
-    if "://" in out:
+    if not is_local(out):
         raise ConfigError(
             f"--out {out!r}: animation outputs are folders (a clip writes its frames and resume "
             "state as files while it renders); use a local folder, or file:///mnt/... for a "
             "network mount every node shares, and copy finished clips to object storage after"
         )
-    return Path(out)
+    return Path(local_path(out))
 
 
 def animation_tasks(job: AnimationJob, job_path: Path, out: str) -> list[ClipTask]:
@@ -132,8 +131,7 @@ def animation_tasks(job: AnimationJob, job_path: Path, out: str) -> list[ClipTas
     job_path = Path(job_path)
     base_dir, root = job_path.parent, clip_root(out)
     if job.clips_manifest:
-        manifest = Path(job.clips_manifest)
-        manifest = manifest if manifest.is_absolute() else base_dir / manifest
+        manifest = resolve_path(job.clips_manifest, base_dir)
         base = with_absolute_paths(job.model_copy(update={"clips_manifest": None}), base_dir)
         clips = read_clip_manifest(manifest, base)
         return [ClipTask(clip_id, clip_job, root / clip_id) for clip_id, clip_job in clips]
@@ -175,7 +173,7 @@ def clip_problems(job: AnimationJob) -> list[str]:
     if message := check_scheduler_name(job.scheduler):
         problems.append(f"scheduler: {message}{suggest_name(job.scheduler, SCHEDULERS)}")
     for field, value in (("init_image", job.init_image), ("soundtrack", job.video.soundtrack)):
-        if value is not None and "://" not in value and not Path(value).is_file():
+        if value is not None and not is_uri(value) and not Path(value).is_file():
             problems.append(
                 f"{field}: {value!r} does not exist; fix the path (relative paths "
                 "are from the job file's folder)"

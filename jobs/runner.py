@@ -16,6 +16,7 @@ from sdfleet.batch.fingerprint import settings_changes
 from sdfleet.batch.manifest import validate_manifest
 from sdfleet.batch.models import ModelSpec, relative_to, resolve_model_source
 from sdfleet.batch.outputs import OutputDir, parquet_files
+from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.run import Progress, RunStats, run_local, summarize
 from sdfleet.batch.sources import check_out_outside_manifest, find_manifest_files, manifest_folder
 from sdfleet.jobs.console import progress_bar, report_batch
@@ -46,7 +47,7 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
     except ModelError as exc:
         raise ModelError(f"{job_path}: {exc}") from None
     out = out_uri or str(Path("out") / (job.name or job_path.stem))
-    out = out if "://" in out else str(Path(out).resolve())  # actors may run elsewhere
+    out = out if is_uri(out) else str(resolve_path(out).resolve())  # actors may run elsewhere
     check_out(OutputDir(out))
     check_out_outside_manifest(job.manifest, job_path.parent, out)  # before reading it
     files = find_manifest_files(job.manifest, base_dir=job_path.parent)
