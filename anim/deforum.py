@@ -56,6 +56,7 @@ from sdfleet.anim.schedule import parse_schedule
 from sdfleet.anim.seeds import SEED_MODULUS
 from sdfleet.anim.spec import AnimationJob, load_animation_job
 from sdfleet.batch.errors import ConfigError, ScheduleError
+from sdfleet.batch.paths import is_uri
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ def _init(s: dict[str, Any], out: DeforumImport) -> None:
     image = s.get("init_image")
     if s.get("use_init") is not True or image in (None, "", "None"):
         return
-    if "://" in str(image):
+    if is_uri(str(image)):
         _refuse(out, "init_image", image, "sdfleet downloads nothing; save it and give its path")
         return
     out.job["init_image"] = image
@@ -336,7 +337,7 @@ def _video(s: dict[str, Any], out: DeforumImport) -> None:
     video: dict[str, Any] = {}
     track, path = s.get("add_soundtrack"), s.get("soundtrack_path") or ""
     if track is True or track == "File":
-        if "://" in path:
+        if is_uri(path):
             _refuse(out, "soundtrack_path", path, "sdfleet downloads nothing; give a local file")
         elif path:
             video["soundtrack"] = path

@@ -42,6 +42,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.paths import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,9 @@ class ParseqSpec(BaseModel):
         """A relative path is read from the job file's folder (`load_animation_job` passes it
         as the validation context)."""
         base = (info.context or {}).get("base_dir")
-        if value is None or base is None or Path(value).is_absolute():
+        if value is None or base is None:
             return value
-        return str((Path(base) / value).absolute())
+        return str(resolve_path(value, base).absolute())
 
     @model_validator(mode="before")
     @classmethod

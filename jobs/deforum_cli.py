@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path
 
 ACCEPT_HELP = "Deforum settings files: render without the settings sdfleet cannot honour"
 MODEL_HELP = "Deforum settings files: the checkpoint for sd_model_name (file or folder)"
@@ -65,7 +66,9 @@ def load_cli_job(args: argparse.Namespace):
 
 def recorded_seed(out: str, settings: Path) -> int | None:
     """The seed OUT/job.yaml recorded when it was rendered from `settings`, else None."""
-    record = Path(out.removeprefix("file://")) / "job.yaml"
+    if not is_local(out):
+        return None  # no record to read: an animation OUT is a local folder
+    record = Path(local_path(out)) / "job.yaml"
     try:
         text = record.read_text(encoding="utf-8")
     except OSError:
@@ -109,7 +112,7 @@ def absolute_paths(job: dict[str, Any], base: Path) -> dict[str, Any]:
     for a job file written elsewhere."""
 
     def absolute(value: str) -> str:
-        return value if "://" in value or Path(value).is_absolute() else str(base.resolve() / value)
+        return value if is_uri(value) else str(resolve_path(value, base.resolve()))
 
     fields: dict[str, Any] = {}
     if job.get("init_image"):
