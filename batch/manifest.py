@@ -31,7 +31,7 @@ from sdfleet.batch.request import (
     row_value,
     template_values,
 )
-from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.batch.schedulers import scheduler_name_problems
 from sdfleet.batch.seeds import SEED_MAX
 from sdfleet.batch.sources import iter_manifest_rows, open_manifest_file
 
@@ -370,8 +370,7 @@ def _scheduler_issues(scheduler: Any) -> list[Issue]:
         return []
     if not isinstance(scheduler, str):
         return [("scheduler", scheduler, "use a name string")]
-    message = check_scheduler_name(scheduler)
-    return [("scheduler", scheduler, message)] if message else []
+    return [("scheduler", scheduler, message) for message in scheduler_name_problems(scheduler)]
 
 
 def _is_int(value: Any) -> bool:

@@ -25,11 +25,12 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def check_scheduler_name(name: str) -> str | None:
-    """Return None if `name` is known, else a message naming the choices."""
+def scheduler_name_problems(name: str) -> list[str]:
+    """What is wrong with a scheduler name: [] for a known one, else a message naming the
+    choices."""
     if name in SCHEDULERS:
-        return None
-    return f"unknown scheduler {name!r}; choose one of: {', '.join(sorted(SCHEDULERS))}"
+        return []
+    return [f"unknown scheduler {name!r}; choose one of: {', '.join(sorted(SCHEDULERS))}"]
 
 
 def make_scheduler(name: str, base_config: Any):

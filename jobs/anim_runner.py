@@ -40,7 +40,7 @@ from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.models import resolve_model_source
 from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path
-from sdfleet.batch.schedulers import SCHEDULERS, check_scheduler_name
+from sdfleet.batch.schedulers import SCHEDULERS, scheduler_name_problems
 from sdfleet.jobs.console import progress_bar, report_clips
 from sdfleet.jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
 
@@ -170,7 +170,7 @@ def check_clips(tasks: list[ClipTask], in_out: bool = True) -> None:
 def clip_problems(job: AnimationJob) -> list[str]:
     """What is wrong with one clip's scheduler or files."""
     problems = []
-    if message := check_scheduler_name(job.scheduler):
+    for message in scheduler_name_problems(job.scheduler):
         problems.append(f"scheduler: {message}{suggest_name(job.scheduler, SCHEDULERS)}")
     for field, value in (("init_image", job.init_image), ("soundtrack", job.video.soundtrack)):
         if value is not None and not is_uri(value) and not Path(value).is_file():

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
 from sdfleet.batch.request import RowDefaults
-from sdfleet.batch.schedulers import check_scheduler_name
+from sdfleet.batch.schedulers import scheduler_name_problems
 from sdfleet.jobs.yaml_files import read_yaml_file
 
 
@@ -40,8 +40,8 @@ class Defaults(Strict):
     @field_validator("scheduler")
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and (msg := check_scheduler_name(value)):
-            raise ValueError(msg)
+        if value is not None and (problems := scheduler_name_problems(value)):
+            raise ValueError("; ".join(problems))
         return value
 
     @field_validator("prompt_template")
