@@ -1,6 +1,6 @@
 """What each schedule of an animation job may take, checked at every frame of the clip.
 
-`anim.spec` checks a job with `check_job` when it loads (every problem at once); `anim.plan`
+`anim.spec` checks a job with `job_problems` when it loads (every problem at once); `anim.plan`
 takes the per-frame values from `evaluate_schedules`. Values are checked, never clamped.
 
 API:
@@ -12,7 +12,7 @@ API:
 `inputs` (`anim.inputs.schedule_inputs`: the clip's clock, audio series, Parseq values) are read
 from the job's files when not given. A Parseq document's seeds take the place of
 ``seed_schedule`` (as in Deforum, whatever the seed_behavior).
-    check_job(job) -> list[str]     (every problem with the job's values; may be empty)
+    job_problems(job) -> list[str]  (every problem with the job's values; may be empty)
 
 A job here is anything with the fields of `ScheduledJob` (the animation job is one): this
 module sits below `anim.spec`, which imports it.
@@ -134,7 +134,7 @@ def evaluate_field(
     return checked
 
 
-def check_job(job: ScheduledJob) -> list[str]:
+def job_problems(job: ScheduledJob) -> list[str]:
     """Every problem found by evaluating the job's schedules and prompt keys (may be empty)."""
     try:
         inputs = schedule_inputs(job)

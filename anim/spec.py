@@ -17,7 +17,7 @@ API:
     resolve_clips(job) -> list[tuple[str, AnimationJob]]       (one job per entry of `clips`)
     resolve_clip(job, clip) -> AnimationJob
 
-Schedule value rules (`SCHEDULE_RULES`) and the whole-clip checks (`check_job`) live in
+Schedule value rules (`SCHEDULE_RULES`) and the whole-clip checks (`job_problems`) live in
 `anim.rules`, which also evaluates the values for the plan (`anim.plan`).
 """
 
@@ -45,7 +45,7 @@ from pydantic import (
 from sdfleet.anim.audio import AudioSpec
 from sdfleet.anim.inputs import SCHEDULE_VARIABLES
 from sdfleet.anim.parseq import ParseqSpec
-from sdfleet.anim.rules import SCHEDULE_RULES, check_job
+from sdfleet.anim.rules import SCHEDULE_RULES, job_problems
 from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS, EncodeOptions
@@ -352,7 +352,7 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
     except ValidationError as err:
         raise ConfigError(_report(source, _describe_errors(err))) from None
     # 2. values over the whole clip, for the base job and for every clip
-    problems = check_job(job)
+    problems = job_problems(job)
     for index, clip in enumerate(job.clips or ()):
         prefix = f"clips[{index}] ({clip['id']})"
         try:
@@ -360,7 +360,7 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
         except ValidationError as err:
             problems += _describe_errors(err, prefix)
             continue
-        problems += [f"{prefix}.{problem}" for problem in check_job(clip_job)]
+        problems += [f"{prefix}.{problem}" for problem in job_problems(clip_job)]
     if problems:
         raise ConfigError(_report(source, problems))
     return job
