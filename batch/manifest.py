@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
@@ -97,6 +98,8 @@ def check_columns(files: list[str]) -> None:
     first_seen: dict[str, tuple[pa.DataType, str]] = {}
     for path in files:
         schema = open_manifest_file(path).schema_arrow
+        if is_results(schema.names):  # an earlier run's results: its own columns are dropped
+            schema = pa.schema([f for f in schema if f.name not in reserved])
         clash = sorted(reserved & set(schema.names))
         if clash:
             raise ManifestError(
@@ -349,6 +352,14 @@ def _init_image_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) 
     if image is None:
         return []
     issues = _strength_issues(row, defaults)
+    if isinstance(image, dict):  # a datasets Image struct {bytes, path}
+        if image_source(image) is None:
+            fix = (
+                "an image {bytes, path} with neither; a failed row of an earlier run has no "
+                "image: keep only the rows whose status is 'ok'"
+            )
+            return [*issues, ("init_image", image, fix)]
+        image = image_source(image)
     if isinstance(image, bytes):
         if image == b"":
             issues.append(("init_image", image, "empty bytes; give the encoded image or a path"))

@@ -13,6 +13,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
+from sdfleet.batch.datasets_io import with_datasets_features
 from sdfleet.batch.infotext import (
     InfotextModel,
     exif_user_comment,
@@ -172,7 +173,8 @@ def result_types():
 
 def results_table(columns: dict[str, list], carried_types: dict[str, Any] | None = None):
     """A pyarrow Table with fixed types for result columns and the manifest's own types for
-    carried columns, so every part has one schema (an all-null chunk stays a string column)."""
+    carried columns, so every part has one schema (an all-null chunk stays a string column);
+    with an `image` column, the schema metadata that makes `datasets` read it as an Image."""
     import pyarrow as pa
 
     types = (carried_types or {}) | result_types()
@@ -180,4 +182,4 @@ def results_table(columns: dict[str, list], carried_types: dict[str, Any] | None
     for name, values in columns.items():
         arrays.append(pa.array(values, type=types.get(name)))
         names.append(name)
-    return pa.Table.from_arrays(arrays, names=names)
+    return with_datasets_features(pa.Table.from_arrays(arrays, names=names))

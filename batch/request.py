@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdfleet.batch.datasets_io import as_manifest_row, image_source
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.seeds import SEED_MAX, derive_seed
@@ -109,12 +110,13 @@ def expand_row(
     row: dict, defaults: RowDefaults, job_seed: int, base_dir: Path | None = None
 ) -> list[GenRequest]:
     """One GenRequest per variant; the row must have passed `batch.manifest.row_problems`."""
+    row = as_manifest_row(row)  # an earlier run's results: its images become init images
     count = num_images(row, defaults)
     carried = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS}
     prompt = row_value(row, defaults, "prompt")
     if defaults.prompt_template:
         prompt = defaults.prompt_template.format_map(template_values(row, defaults))
-    image = row.get("init_image")
+    image = image_source(row.get("init_image"))  # a datasets {bytes, path} struct too
     if isinstance(image, str) and not is_uri(image):
         image = str(resolve_path(image, base_dir))  # relative: from the manifest's folder
     base = GenRequest(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sdfleet.batch.datasets_io import as_manifest_row
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, uri_scheme
 
@@ -129,7 +130,7 @@ def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tup
         index = 0
         for record_batch in open_manifest_file(path).iter_batches(batch_size=batch_rows):
             for row in record_batch.to_pylist():
-                yield path, index, row
+                yield path, index, as_manifest_row(row)  # an earlier run's results too
                 index += 1
 
 

@@ -238,3 +238,145 @@ def test_actor_outputs_name_the_model_its_hash_and_its_own_scheduler(tiny_dir, t
     assert own["Steps"] == "2" and own["Seed"] == "9" and own["Size-1"] == "64"
     assert a1111_rules.pasted_sampler(own) == ("Euler", "uniform")  # tiny's own scheduler
     assert a1111_rules.pasted_sampler(named) == ("DPM++ 2M", "karras")
+
+
+# --- Hugging Face datasets -------------------------------------------------------------------
+
+
+def write_job(folder, manifest: str, **fields):
+    import yaml
+
+    job = {
+        "manifest": manifest,
+        "executor": "local",
+        "seed": 3,
+        "defaults": {"num_inference_steps": 2, "width": 64, "height": 64, "strength": 0.5},
+        "output": {"embed_image_bytes": True},
+    } | fields
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def run_job(job, out, *extra: str) -> int:
+    from sdfleet.jobs.cli import main
+
+    return main(["run", str(job), "--out", str(out), "--no-progress", *extra])
+
+
+def txt2img_run(tmp_path, **fields):
+    """A finished txt2img run into tmp_path/first (two rows, a carried label)."""
+    import pyarrow.parquet as pq
+
+    from sdfleet.batch.sources import table_from_rows
+
+    rows = [{"id": "cat", "prompt": "a cat", "label": 1}, {"id": "dog", "prompt": "a dog"}]
+    pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
+    out = tmp_path / "first"
+    assert run_job(write_job(tmp_path, "m.parquet", **fields), out) == 0
+    return out
+
+
+def load_results(out, cache):
+    from datasets import load_dataset
+
+    files = str(out / "results" / "*.parquet")
+    return load_dataset("parquet", data_files=files, split="train", cache_dir=str(cache))
+
+
+def test_results_load_in_datasets_as_images(tiny_dir, tmp_path):
+    from datasets import Image as ImageFeature
+    from datasets import Value
+
+    out = txt2img_run(tmp_path)
+    dataset = load_results(out, tmp_path / "hf-cache")
+    assert isinstance(dataset.features["image"], ImageFeature)
+    assert dataset.features["seed"] == Value("int64")
+    assert dataset.features["label"] == Value("int64")  # carried, its own type
+    first = dataset[0]
+    assert isinstance(first["image"], Image.Image) and first["image"].size == (64, 64)
+    on_disk = Image.open(out / first["image_path"])
+    assert first["image"].convert("RGB").tobytes() == on_disk.convert("RGB").tobytes()
+
+
+def test_results_without_image_column_have_no_datasets_metadata():
+    from sdfleet.batch.outputs import results_table
+
+    assert results_table({"id": ["a"], "prompt": ["p"]}).schema.metadata is None
+    table = results_table({"id": ["a"], "image": [None]})
+    assert b"huggingface" in table.schema.metadata
+
+
+def test_a_datasets_image_struct_is_an_init_image(tmp_path):
+    from sdfleet.batch.manifest import row_problems
+    from sdfleet.batch.request import RowDefaults, expand_row
+    from sdfleet.jobs.examples import shape_image_png
+
+    png = shape_image_png(0)
+    (tmp_path / "src.png").write_bytes(png)
+    defaults = RowDefaults(num_inference_steps=4, strength=0.5)
+    by_bytes = {"id": "b", "prompt": "p", "init_image": {"bytes": png, "path": "x.png"}}
+    by_path = {"id": "p", "prompt": "p", "init_image": {"bytes": None, "path": "src.png"}}
+    neither = {"id": "n", "prompt": "p", "init_image": {"bytes": None, "path": None}}
+    assert row_problems(by_bytes, defaults, base_dir=tmp_path) == []
+    assert row_problems(by_path, defaults, base_dir=tmp_path) == []
+    (problem,) = row_problems(neither, defaults, base_dir=tmp_path)
+    assert problem.column == "init_image" and "status is 'ok'" in problem.fix
+    assert expand_row(by_bytes, defaults, 0)[0].init_image == png
+    request = expand_row(by_path, defaults, 0, tmp_path)[0]
+    assert request.init_image == str(tmp_path / "src.png") and request.mode == "img2img"
+
+
+@pytest.mark.parametrize("embed", [True, False])
+def test_img2img_job_from_an_earlier_runs_results(tiny_dir, tmp_path, embed):
+    """The results folder of one run is the manifest of the next: each output becomes an
+    init image; prompts and carried columns come along, the new job's settings apply."""
+    import pyarrow.parquet as pq
+
+    first = txt2img_run(tmp_path, output={"embed_image_bytes": embed})
+    second_dir = tmp_path / "second-job"
+    second_dir.mkdir()
+    job = write_job(second_dir, str(first / "results" / "*.parquet"), seed=8)
+    assert run_job(job, tmp_path / "second") == 0
+    rows = sorted(pq.read_table(tmp_path / "second" / "results").to_pylist(), key=lambda r: r["id"])
+    assert [(r["id"], r["mode"], r["status"]) for r in rows] == [
+        ("cat", "img2img", "ok"),
+        ("dog", "img2img", "ok"),
+    ]
+    assert [r["label"] for r in rows] == [1, None] and rows[0]["prompt"] == "a cat"
+    assert rows[0]["strength"] == 0.5  # the new job's setting
+    if not embed:  # the init image is the earlier output file itself
+        assert rows[0]["init_image"] == str(first / "results" / ".." / "images" / "cat.png")
+
+
+def test_an_earlier_runs_failed_rows_are_refused_with_the_fix(tiny_dir, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    first = txt2img_run(tmp_path)
+    part = next((first / "results").glob("*.parquet"))
+    table = pq.read_table(part)
+    failed = table.to_pylist()
+    failed[1] |= {"status": "error", "error": "boom", "image": None, "image_path": None}
+    pq.write_table(table.from_pylist(failed, schema=table.schema), part)
+    job = write_job(tmp_path, str(first / "results"))
+    from sdfleet.jobs.cli import main
+
+    assert main(["validate", str(job)]) == 2
+    assert "dog" in capsys.readouterr().err
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_results_load_in_datasets_as_images(tiny_dir, tmp_path):
+    """The Ray executor writes results through Ray Data's write_parquet: every part keeps the
+    metadata `datasets` reads."""
+    import pyarrow.parquet as pq
+    from datasets import Image as ImageFeature
+
+    out = txt2img_run(tmp_path, executor="ray", ray={"rows_per_block": 1})
+    parts = sorted((out / "results").glob("*.parquet"))
+    assert parts and all(b"huggingface" in pq.read_schema(p).metadata for p in parts)
+    dataset = load_results(out, tmp_path / "hf-cache")
+    assert isinstance(dataset.features["image"], ImageFeature)
+    assert sorted(row["id"] for row in dataset) == ["cat", "dog"]
+    assert all(isinstance(row["image"], Image.Image) for row in dataset)
