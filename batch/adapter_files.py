@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdfleet.batch.errors import ModelError
+
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 ADAPTER_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 MAX_HEADER_BYTES = 100_000_000
@@ -35,8 +37,9 @@ _DOWN_KEY = re.compile(r"(lora_A|lora[._]down)(\.default)?\.weight$")
 _TE_Q_KEY = re.compile(r"q_proj")
 
 
-class AdapterFileError(ValueError):
-    """An adapter file cannot be used; the message names the file and the fix."""
+class AdapterFileError(ModelError, ValueError):
+    """An adapter file cannot be used; the message names the file and the fix. A ModelError
+    for the CLI, and a ValueError so that job-model validators report it as a field error."""
 
 
 @dataclass(frozen=True)

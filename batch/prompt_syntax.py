@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from sdfleet.batch.errors import ConfigError
+
 PromptSyntax = Literal["a1111", "plain"]
 SYNTAXES: tuple[str, ...] = ("a1111", "plain")
 LORA_KINDS = ("lora", "lyco")
@@ -84,8 +86,9 @@ class ParsedPrompt:
         return all(f.weight == 1.0 and not f.is_break for f in self.fragments)
 
 
-class PromptSyntaxError(ValueError):
-    """A prompt cannot be read; `position` is the character offset of the cause."""
+class PromptSyntaxError(ConfigError, ValueError):
+    """A prompt cannot be read; `position` is the character offset of the cause. A ConfigError
+    for the CLI, and a ValueError so that job-model validators report it as a field error."""
 
     def __init__(self, message: str, position: int) -> None:
         super().__init__(message)
