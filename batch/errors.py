@@ -1,4 +1,16 @@
-"""One error hierarchy for sdfleet. Messages carry file, row/field, value and the fix."""
+"""One error hierarchy for sdfleet. Messages carry file, row/field, value and the fix.
+
+The contract, by name:
+
+- ``check_x(...)`` raises (an `SdfleetError` subclass) when x is bad and otherwise returns
+  None, or the value it checked.
+- ``x_problems(...)`` returns a list of problems, empty when x is fine, so a caller can report
+  every problem at once (a manifest's rows, an animation job's schedules).
+- Nothing returns ``str | None`` to mean "bad", and nothing reports through a callback.
+- Every failure a user can cause is an `SdfleetError` subclass: the CLI prints it in one line
+  and exits 2 (`PipelineError`: 1). `ValueError` and friends are for the caller's bugs (a
+  subclass may also be a ValueError, so pydantic validators report it as a field error).
+"""
 
 from __future__ import annotations
 
