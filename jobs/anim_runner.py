@@ -39,7 +39,7 @@ from sdfleet.anim.ray_clips import (
 from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.models import resolve_model_source
-from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path
+from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, write_atomic
 from sdfleet.batch.schedulers import SCHEDULERS, scheduler_name_problems
 from sdfleet.jobs.console import progress_bar, report_clips
 from sdfleet.jobs.runner import EXIT_OK, EXIT_ROWS_FAILED, versions
@@ -215,8 +215,7 @@ def write_summary(root: Path, rows: list[dict[str, Any]], executor: str, wall_s:
         "wall_s": round(wall_s, 3),
         "statuses": rows,
     }
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(root / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
 
 
 def run_demo_clip(out: Path, show_progress: bool = False) -> int:
