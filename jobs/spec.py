@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
+from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.request import RowDefaults
 from sdfleet.batch.schedulers import scheduler_name_problems
 from sdfleet.jobs.yaml_files import read_yaml_file
@@ -122,7 +123,7 @@ def read_job_file(path: str | Path) -> dict[str, Any]:
 
 def load_job(path: str | Path):
     """Read and validate a job file: a BatchJob, or an animation job for `kind: animation`."""
-    data = read_job_file(path)
+    data = batch_job_of_record(read_job_file(path))
     kind = data.get("kind", "batch")
     if kind == "animation":
         from sdfleet.anim.spec import load_animation_job
@@ -132,6 +133,49 @@ def load_job(path: str | Path):
         hint = suggest_name(str(kind), ["batch", "animation"])
         raise ConfigError(f"{path}: kind: {kind!r} is unknown{hint}; use 'batch' or 'animation'")
     return validate_model(BatchJob, data, str(path))
+
+
+# OUT/job.yaml of a batch run: the job under `job:`, next to where it came from and the versions
+RECORD_KEYS = {"job", "source", "versions"}
+RECORD_PATH_FIELDS = ("manifest", "model", "model_config")
+
+
+def batch_job_of_record(data: dict[str, Any]) -> dict[str, Any]:
+    """The job a batch run recorded in OUT/job.yaml (any other job file is returned as it is).
+    The record keeps the job as written; its relative paths are made absolute from the folder
+    of the job file it came from (`source`), so the record runs from anywhere."""
+    if not (RECORD_KEYS <= data.keys() and isinstance(data["job"], dict)):
+        return data
+    return with_absolute_paths(data["job"], record_base(data))
+
+
+def record_base(record: dict[str, Any]) -> Path | None:
+    """The folder of the job file a record came from (recorded absolute; an older, relative
+    `source` is taken from the current folder, where it was most likely run)."""
+    source = record.get("source")
+    return Path(str(source)).resolve().parent if source else None
+
+
+def with_absolute_paths(job: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
+    """A job dump with its relative `manifest`, `model` and `model_config` absolute from
+    base_dir (where they name something there); None leaves them as they are."""
+    if base_dir is None:
+        return job
+    fixed = dict(job)
+    for name in RECORD_PATH_FIELDS:
+        if isinstance(fixed.get(name), str):
+            fixed[name] = absolute_from(fixed[name], base_dir)
+    return fixed
+
+
+def absolute_from(value: str, base_dir: Path) -> str:
+    """A relative local path as an absolute one from base_dir; builtins, URIs, hub ids that
+    name no file there and absolute paths unchanged."""
+    if value.startswith("builtin:") or is_uri(value) or resolve_path(value).is_absolute():
+        return value
+    candidate = resolve_path(value, base_dir)
+    is_glob = any(mark in value for mark in "*?[")
+    return str(candidate.resolve()) if is_glob or candidate.exists() else value
 
 
 def validate_model(model_cls: type[BaseModel], data: dict[str, Any], source: str):
