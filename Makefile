@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# spandrel (upscalers) without its torchvision requirement: PyPI's torchvision does not load
+	# beside the CPU torch build, and sdfleet imports spandrel without it (batch/upscale.py)
+	$(BIN)/python -m pip install -q -c constraints.txt --no-deps spandrel
 	touch $(STAMP)
 
 install: $(STAMP)
