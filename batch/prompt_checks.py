@@ -35,6 +35,7 @@ from sdfleet.batch.adapter_files import (
     read_header,
 )
 from sdfleet.batch.adapters import EmbeddingUse, LoraUse
+from sdfleet.batch.paths import resolve_path
 from sdfleet.batch.prompt_syntax import PromptSyntax, parse_prompt, prompt_problems
 
 Issue = tuple[str, Any, str]  # (column, value, fix), as batch.manifest reports them
@@ -95,9 +96,7 @@ def resolve_lora(entry: LoraEntry, ctx: AdapterContext, base_dir: Path | None) -
 
 def _lora_path(ref: str, ctx: AdapterContext, base_dir: Path | None) -> Path:
     if _is_path(ref):
-        candidate = Path(os.path.expanduser(ref))
-        if not candidate.is_absolute() and base_dir is not None:
-            candidate = base_dir / candidate
+        candidate = resolve_path(ref, base_dir)
         return check_adapter_path(str(candidate), "LoRA", ctx.allow_pickle).resolve()
     if not ctx.lora_dir:
         raise AdapterFileError(
@@ -201,3 +200,53 @@ def row_prompt_issues(
             issues.append(("prompt", tag.tag, str(exc)))
             break
     return issues
+
+
+# ------------------------------------------------------------------------------- job level
+
+
+def job_loras(entries: Sequence[LoraEntry], ctx: AdapterContext, base_dir: Path | None):
+    """The job's `loras:` resolved; a ConfigError names `loras[i]` and the fix."""
+    from sdfleet.batch.errors import ConfigError
+
+    uses = []
+    for index, entry in enumerate(entries):
+        try:
+            uses.append(resolve_lora(entry, ctx, base_dir))
+        except AdapterFileError as exc:
+            raise ConfigError(f"loras[{index}]: {exc}") from None
+    return merged(uses)
+
+
+def job_embeddings(
+    refs: Sequence[str], folder: str | None, ctx: AdapterContext, base_dir: Path | None
+) -> tuple[EmbeddingUse, ...]:
+    """The job's `embeddings:` (paths, or names in `embedding_dir`) and every file in
+    `embedding_dir` (A1111 loads its whole embeddings folder), each called by its file stem."""
+    from sdfleet.batch.errors import ConfigError
+
+    library = adapter_library(folder) if folder else {}
+    chosen: dict[str, Path] = {}
+    for index, ref in enumerate(refs):
+        try:
+            if _is_path(ref):
+                path = resolve_path(ref, base_dir)
+            elif folder:
+                path = find_by_name(ref, library, "embedding", folder)
+            else:
+                raise AdapterFileError(
+                    f"embedding {ref!r} is a name, but the job sets no embedding_dir; set it, "
+                    "or give a path ending in .safetensors"
+                )
+            chosen[path.stem] = path
+        except AdapterFileError as exc:
+            raise ConfigError(f"embeddings[{index}]: {exc}") from None
+    for name, files in library.items():
+        chosen.setdefault(name, files[0])
+    uses = []
+    for name, path in sorted(chosen.items()):
+        try:
+            uses.append(check_embedding(path, name, ctx))
+        except AdapterFileError as exc:
+            raise ConfigError(f"embeddings: {exc}") from None
+    return tuple(uses)

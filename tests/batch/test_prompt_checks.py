@@ -144,3 +144,33 @@ def test_embeddings(tmp_path):
         check_embedding(good, "glossy", AdapterContext(model="xl", base=XL))
     with pytest.raises(AdapterFileError, match="one word"):
         check_embedding(good, "(glossy)", ctx())
+
+
+def test_job_loras_name_the_entry(lora_dir):
+    from sdfleet.batch.errors import ConfigError
+    from sdfleet.batch.prompt_checks import job_loras
+
+    entries = [LoraEntry("brand", 0.5, 0.5), LoraEntry("loras/soft.safetensors", 1.0, 1.0)]
+    with pytest.raises(ConfigError, match=r"loras\[1\]: .*does not exist"):
+        job_loras(entries, ctx(lora_dir), lora_dir.parent)
+    uses = job_loras(entries[:1] * 2, ctx(lora_dir), lora_dir.parent)
+    assert [u.name for u in uses] == ["brand"]
+
+
+def test_job_embeddings_from_list_and_folder(tmp_path):
+    from sdfleet.batch.errors import ConfigError
+    from sdfleet.batch.prompt_checks import job_embeddings
+
+    folder = tmp_path / "embeddings"
+    save_tensors({"emb_params": torch.zeros(2, 32)}, folder / "glossy.safetensors")
+    save_tensors({"emb_params": torch.ones(1, 32)}, folder / "matte.safetensors")
+    extra = save_tensors({"emb_params": torch.ones(1, 32)}, tmp_path / "other" / "neon.safetensors")
+    uses = job_embeddings(["other/neon.safetensors"], str(folder), ctx(), tmp_path)
+    assert [u.name for u in uses] == ["glossy", "matte", "neon"]
+    assert uses[2].path == str(extra.resolve())
+    with pytest.raises(ConfigError, match=r"embeddings\[0\]: .*did you mean 'glossy'"):
+        job_embeddings(["glosy"], str(folder), ctx(), tmp_path)
+    with pytest.raises(ConfigError, match="no embedding_dir"):
+        job_embeddings(["glossy"], None, ctx(), tmp_path)
+    with pytest.raises(ConfigError, match="needs 32/32"):
+        job_embeddings([], str(folder), AdapterContext(model="xl", base=XL), tmp_path)
