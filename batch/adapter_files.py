@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.errors import ModelError
+from sdfleet.batch.paths import resolve_path
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 ADAPTER_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -185,7 +185,7 @@ def embedding_fit_problems(header: AdapterHeader, base: BaseDims, model: str) ->
 
 def check_adapter_path(path: str, what: str, allow_pickle: bool) -> Path:
     """An existing adapter file that may be loaded; raises AdapterFileError with the fix."""
-    file = Path(os.path.expanduser(path))
+    file = resolve_path(path)
     if file.suffix.lower() not in ADAPTER_SUFFIXES:
         raise AdapterFileError(
             f"{what} {path!r} is not a .safetensors (or, with allow_pickle, .pt/.bin/.ckpt) file"
@@ -203,7 +203,7 @@ def check_adapter_path(path: str, what: str, allow_pickle: bool) -> Path:
 def adapter_library(folder: str | Path) -> dict[str, list[Path]]:
     """Adapter files under `folder` (searched recursively, as A1111 does) by file stem."""
     library: dict[str, list[Path]] = {}
-    for file in sorted(Path(os.path.expanduser(str(folder))).rglob("*")):
+    for file in sorted(resolve_path(folder).rglob("*")):
         if file.is_file() and file.suffix.lower() in ADAPTER_SUFFIXES:
             library.setdefault(file.stem, []).append(file)
     return library

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdfleet.batch.paths import resolve_path
+
 # diffusers scheduler class -> A1111 sampler label (A1111 1.10's sampler list)
 A1111_SAMPLERS = {
     "EulerDiscreteScheduler": "Euler",
@@ -193,7 +195,7 @@ def model_name(model: str) -> str:
     diffusers folder's name; builtins and hub ids as they are."""
     if model.startswith("builtin:"):
         return model
-    path = Path(os.path.expanduser(model))
+    path = resolve_path(model)
     if path.suffix.lower() in (".safetensors", ".ckpt", ".bin", ".pt", ".pth"):
         return path.stem
     if path.is_absolute() or path.exists() or model.startswith((".", "~")):

@@ -55,7 +55,7 @@ def relative_to(name: str | None, base_dir: Path) -> str | None:
 
 def resolve_model_source(spec: ModelSpec) -> ModelSource:
     """Classify `spec.model` and refuse what must not load; raises ModelError with the fix."""
-    if spec.model_config and not Path(os.path.expanduser(spec.model_config)).is_dir():
+    if spec.model_config and not resolve_path(spec.model_config).is_dir():
         raise ModelError(
             f"model_config: {spec.model_config!r} is not a folder; give a local diffusers "
             "folder of the checkpoint's architecture (the one holding model_index.json)."
@@ -67,7 +67,7 @@ def resolve_model_source(spec: ModelSpec) -> ModelSource:
                 f"model: unknown builtin {name!r}; choose one of {', '.join(BUILTINS)}"
             )
         return ModelSource("builtin", name)
-    path = Path(os.path.expanduser(name))
+    path = resolve_path(name)
     if path.suffix.lower() in PICKLE_SUFFIXES and not spec.allow_pickle:
         raise ModelError(
             f"model: {name!r} is a pickled checkpoint, which can run arbitrary code when loaded. "
