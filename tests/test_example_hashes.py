@@ -7,15 +7,19 @@ are frozen in `tests/data/examples_v0/` (the live examples move to other models 
 ``device: cpu`` and 2 torch threads: CPU kernels split work by thread count, which changes float
 rounding, so the recorded pixels are those of 2 threads.
 
-Whole files are compared. One part of them depends on where the repository lies: an img2img
-image's `sdfleet` text chunk names its absolute ``init_image`` path. That chunk is rewritten to the
-recorded location (its CRC recomputed) before hashing, so every other byte - pixels, compression,
-chunk order, the rest of the metadata - is still compared exactly.
+What is compared: whole files, with one part swapped first. The text chunks (A1111
+``parameters`` and the ``sdfleet`` JSON) are metadata that later work changes on purpose (the
+infotext format, new fields; `tests/batch/test_outputs.py` owns them), and they hold the absolute
+``init_image`` path of an img2img row. So every rendered PNG gets the text chunks it had at 573afac
+(`tests/data/example_image_metadata.json`, read from those files) in place of its own, and the
+result must hash to the recorded sha256: header, pixels, compression and chunk layout are
+compared byte for byte, and the recorded metadata is checked by the recorded hashes themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import zlib
@@ -26,9 +30,11 @@ import pytest
 DATA = Path(__file__).parent / "data"
 FROZEN = DATA / "examples_v0"
 JOBS = ("marketing", "augmentation", "anim_demo", "anim_walk", "anim_clips")
-RECORDED_MANIFESTS = b"/work/main/manifests"  # where the manifests were when the hashes were made
 RECORDED_THREADS = 2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+METADATA = (b"tEXt", b"iTXt", b"zTXt", b"eXIf")  # PNG chunks that hold text, not pixels
+
+Chunk = tuple[bytes, bytes]  # (type, payload)
 
 
 def recorded_hashes() -> dict[str, str]:
@@ -36,7 +42,16 @@ def recorded_hashes() -> dict[str, str]:
     return {path: digest for digest, path in (line.split() for line in lines if line.strip())}
 
 
-def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+def recorded_metadata() -> dict[str, list[Chunk]]:
+    """Per PNG, its metadata chunks at 573afac (payloads stored as latin-1 text: lossless)."""
+    data = json.loads((DATA / "example_image_metadata.json").read_text())
+    return {
+        path: [(kind.encode(), payload.encode("latin-1")) for kind, payload in chunks]
+        for path, chunks in data.items()
+    }
+
+
+def png_chunks(data: bytes) -> list[Chunk]:
     """(type, payload) of every chunk of a PNG file, in order."""
     assert data.startswith(PNG_SIGNATURE), "not a PNG file"
     chunks, offset = [], len(PNG_SIGNATURE)
@@ -48,7 +63,7 @@ def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return chunks
 
 
-def png_bytes(chunks: list[tuple[bytes, bytes]]) -> bytes:
+def png_bytes(chunks: list[Chunk]) -> bytes:
     parts = [PNG_SIGNATURE]
     for kind, payload in chunks:
         crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
@@ -56,41 +71,43 @@ def png_bytes(chunks: list[tuple[bytes, bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def relocated(data: bytes, here: bytes, recorded: bytes) -> bytes:
-    """The PNG with the path prefix `here` in its text chunks written as `recorded`."""
-    chunks = png_chunks(data)
-    text = (b"tEXt", b"iTXt")
-    moved = [(k, p.replace(here, recorded) if k in text else p) for k, p in chunks]
-    return data if moved == chunks else png_bytes(moved)
+def with_metadata(data: bytes, metadata: list[Chunk]) -> bytes:
+    """The PNG with its metadata chunks replaced by `metadata`, placed right after IHDR (where
+    PIL writes them)."""
+    kept = [chunk for chunk in png_chunks(data) if chunk[0] not in METADATA]
+    assert kept[0][0] == b"IHDR"
+    return png_bytes([kept[0], *metadata, *kept[1:]])
 
 
-def test_relocated_rewrites_only_the_text_chunk() -> None:
+def test_with_metadata_swaps_only_the_text_chunks() -> None:
     from io import BytesIO
 
     from PIL import Image, PngImagePlugin
 
-    buffers = []
-    for path in ("/here/manifests", "/there/manifests"):
+    files = []
+    for prompt in ("a cat", "a dog, with more words"):
         info = PngImagePlugin.PngInfo()
-        info.add_text("sdfleet", f'{{"init_image": "{path}/a.png"}}')
+        info.add_text("parameters", prompt)
+        info.add_text("sdfleet", json.dumps({"prompt": prompt}), zip=False)
         buffer = BytesIO()
         Image.new("RGB", (4, 4), (10, 20, 30)).save(buffer, format="PNG", pnginfo=info)
-        buffers.append(buffer.getvalue())
-    here, there = buffers
-    assert here != there
-    assert relocated(here, b"/here/manifests", b"/there/manifests") == there
-    assert relocated(there, b"/elsewhere", b"/x") == there  # nothing to move: unchanged
+        files.append(buffer.getvalue())
+    cat, dog = files
+    dog_metadata = [chunk for chunk in png_chunks(dog) if chunk[0] in METADATA]
+    assert cat != dog and len(dog_metadata) == 2
+    assert with_metadata(cat, dog_metadata) == dog
+    assert with_metadata(dog, dog_metadata) == dog
 
 
 def rendered_hashes(out: Path) -> dict[str, str]:
-    """sha256 per PNG under `out`, keyed like the recorded file (`<job>/<path>`)."""
-    here = str((FROZEN / "manifests").resolve()).encode()
-    return {
-        path.relative_to(out).as_posix(): hashlib.sha256(
-            relocated(path.read_bytes(), here, RECORDED_MANIFESTS)
-        ).hexdigest()
-        for path in sorted(out.rglob("*.png"))
-    }
+    """sha256 per PNG under `out` with its recorded metadata, keyed `<job>/<path>`."""
+    metadata = recorded_metadata()
+    hashes = {}
+    for path in sorted(out.rglob("*.png")):
+        key = path.relative_to(out).as_posix()
+        data = with_metadata(path.read_bytes(), metadata.get(key, []))
+        hashes[key] = hashlib.sha256(data).hexdigest()
+    return hashes
 
 
 @pytest.mark.slow
