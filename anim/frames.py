@@ -1,26 +1,28 @@
 """The diffusers step of the animation: plan records in, frames out (2D frames and walk batches).
 
 `PipelineFrames` is the ``step_fn`` of `anim.render` (one 2D frame: img2img, or txt2img for
-frame 0) and the batch step of `anim.walk` (txt2img frames with given initial noise). It wraps a
-loaded `batch.models.Pipelines` and never mutates it: the job's scheduler goes into pipelines
-derived with `from_pipe`, which share the weights.
+frame 0) and the batch step of `anim.walk` (txt2img frames with given initial noise). It makes no
+diffusers call itself: every frame is one `batch.sampler.Sampler` call (generators, the job's
+scheduler on a pipeline derived with `from_pipe`, the NaN check); on top of it this module
 
-- Prompts go in as embeddings. Each text is encoded once (cached); a record that blends prompts
-  (``blend_prompt`` at ``blend_weight``, walks and 2D ``prompt_transition: blend``) gets the lerp
-  of the two texts' embeddings, for the positive and for the negative prompt.
-- Each frame gets its own ``torch.Generator`` (CPU) seeded from ``record.seed``.
-- img2img ``strength`` (diffusers: the share denoised) is ``record.denoise`` = 1 - Deforum's
-  strength. diffusers runs ``int(steps * denoise)`` of the ``steps`` steps; when that is 0 it
-  would fail, so the frame runs ``ceil(1 / denoise)`` steps instead: exactly one denoising step,
-  at the noise level that denoise asks for (`img2img_steps`). denoise 0 (strength 1: keep the
-  previous frame entirely) runs no model: the prepared picture is the frame.
-- Outputs with NaN/inf values (fp16 overflow) raise `GenerationError`.
+1. encodes each text once per clip (cached) and passes prompts as embeddings (B, tokens, dim);
+   a record that blends prompts (``blend_prompt`` at ``blend_weight``: walks and 2D
+   ``prompt_transition: blend``) gets the lerp of the two texts' embeddings, positive and
+   negative;
+2. maps a record to the call: frame seed -> the row's seed, ``steps``, ``cfg_scale``, and for
+   img2img ``strength`` = ``record.denoise`` (diffusers: the share denoised) = 1 - Deforum's
+   strength. Steps x strength follow the one policy (`batch.schedulers.img2img_steps`): too few
+   steps for one denoising step run the fewest that give one; a denoise that no step can reach
+   (0: Deforum's strength 1, keep the previous frame) runs no model, the prepared picture is the
+   frame.
+
+Failure policy: a frame whose output has NaN/inf values (fp16 overflow) raises
+`GenerationError` naming the frame(s); the clip runner decides what that means for the clip.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,30 +30,14 @@ import torch
 
 from sdfleet.anim.plan import FrameRecord
 from sdfleet.batch.errors import GenerationError
-from sdfleet.batch.schedulers import make_scheduler
+from sdfleet.batch.sampler import NAN_FIX, PromptEmbeds, Sample, Sampler
+from sdfleet.batch.schedulers import img2img_steps
 
 if TYPE_CHECKING:
     from sdfleet.anim.spec import AnimationJob
     from sdfleet.batch.models import Pipelines
 
 logger = logging.getLogger(__name__)
-
-
-def img2img_steps(steps: int, denoise: float, max_steps: int = 1000) -> int | None:
-    """num_inference_steps to pass so that img2img runs at least one step at `denoise`.
-
-    diffusers runs int(steps * denoise) steps; if that is 0, ceil(1 / denoise) steps give one.
-    None means run no step: denoise is 0, or so small that more than `max_steps` (the
-    scheduler's training steps) would be needed; the frame is then the prepared picture.
-    """
-    if denoise <= 0:
-        return None
-    if int(steps * denoise) >= 1:
-        return steps
-    needed = math.ceil(1.0 / denoise)
-    while int(needed * denoise) < 1:  # float rounding in the product
-        needed += 1
-    return needed if needed <= max_steps else None
 
 
 def lerp_embeds(start: torch.Tensor, end: torch.Tensor | None, weight: float) -> torch.Tensor:
@@ -62,66 +48,43 @@ def lerp_embeds(start: torch.Tensor, end: torch.Tensor | None, weight: float) ->
 
 
 class PipelineFrames:
-    """Frames from a loaded pipeline pair for one clip (its size and scheduler)."""
+    """Frames from one loaded model for one clip (its size and scheduler)."""
 
-    def __init__(self, pipes: Pipelines, width: int, height: int, scheduler: str | None) -> None:
-        from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
-
+    def __init__(
+        self, model: Sampler | Pipelines, width: int, height: int, scheduler: str | None
+    ) -> None:
+        # a Sampler is shared by the clips of one actor (its derived pipelines are cached)
+        self.sampler = model if isinstance(model, Sampler) else Sampler(model)
         self.width, self.height = width, height
-        self.device = pipes.device
-        overrides: dict[str, Any] = {}
-        if scheduler is not None:
-            overrides["scheduler"] = make_scheduler(scheduler, pipes.txt2img.scheduler.config)
-        self.txt2img = AutoPipelineForText2Image.from_pipe(pipes.txt2img, **overrides)
-        self.img2img = AutoPipelineForImage2Image.from_pipe(pipes.txt2img, **overrides)
-        for pipe in (self.txt2img, self.img2img):
-            pipe.set_progress_bar_config(disable=True)
+        self.scheduler = scheduler
         self._texts: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def for_job(cls, pipes: Pipelines, job: AnimationJob) -> PipelineFrames:
-        return cls(pipes, job.width, job.height, job.scheduler)
+    def for_job(cls, model: Sampler | Pipelines, job: AnimationJob) -> PipelineFrames:
+        return cls(model, job.width, job.height, job.scheduler)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, H/f, W/f) of the initial noise (f = the VAE's down-sampling factor)."""
-        factor = self.txt2img.vae_scale_factor
-        channels = self.txt2img.unet.config.in_channels
-        return channels, self.height // factor, self.width // factor
+        return self.sampler.latent_shape(self.width, self.height)
 
     # -------------------------------------------------------------------------- prompts
 
     def embed_text(self, text: str) -> torch.Tensor:
         """(1, tokens, dim) text-encoder states of one text, cached per clip."""
         if text not in self._texts:
-            with torch.inference_mode():
-                embeds = self.txt2img.encode_prompt(
-                    prompt=text,
-                    device=self.device,
-                    num_images_per_prompt=1,
-                    do_classifier_free_guidance=False,
-                )[0]
-            self._texts[text] = embeds
+            self._texts[text] = self.sampler.encode_text(text)
         return self._texts[text]
 
     def prompt_embeds(self, records: Sequence[FrameRecord]) -> dict[str, torch.Tensor]:
         """prompt_embeds / negative_prompt_embeds (B, tokens, dim), blends lerped."""
         positive, negative = [], []
         for record in records:
-            partner = record.blend_prompt
-            partner_neg = record.blend_negative_prompt
-            positive.append(
-                lerp_embeds(
-                    self.embed_text(record.prompt), self._maybe(partner), record.blend_weight
-                )
-            )
-            negative.append(
-                lerp_embeds(
-                    self.embed_text(record.negative_prompt),
-                    self._maybe(partner_neg),
-                    record.blend_weight,
-                )
-            )
+            weight = record.blend_weight
+            start, end = record.prompt, record.blend_prompt
+            positive.append(lerp_embeds(self.embed_text(start), self._maybe(end), weight))
+            start, end = record.negative_prompt, record.blend_negative_prompt
+            negative.append(lerp_embeds(self.embed_text(start), self._maybe(end), weight))
         return {"prompt_embeds": torch.cat(positive), "negative_prompt_embeds": torch.cat(negative)}
 
     def _maybe(self, text: str | None) -> torch.Tensor | None:
@@ -132,57 +95,35 @@ class PipelineFrames:
     def __call__(self, record: FrameRecord, init: torch.Tensor | None) -> torch.Tensor:
         """One 2D frame: txt2img when init is None, else img2img of init (3, H, W) in [0, 1]."""
         if init is None:
-            return self._run(self.txt2img, [record], width=self.width, height=self.height)[0]
-        max_steps = self.img2img.scheduler.config.num_train_timesteps
-        steps = img2img_steps(record.steps, record.denoise, max_steps)
-        if steps is None:
+            return self._run([record], width=self.width, height=self.height)[0]
+        pipe = self.sampler.pipeline("img2img", self.scheduler)
+        max_steps = pipe.scheduler.config.num_train_timesteps
+        if img2img_steps(record.steps, record.denoise, max_steps) is None:
             logger.info(
                 "frame %d: denoise %g runs no step; the prepared picture is the frame",
                 record.frame,
                 record.denoise,
             )
             return init
-        if steps != record.steps:
-            logger.info(
-                "frame %d: %d steps at denoise %g would run none; running %d (one step)",
-                record.frame,
-                record.steps,
-                record.denoise,
-                steps,
-            )
-        return self._run(
-            self.img2img,
-            [record],
-            image=init.unsqueeze(0),
-            strength=record.denoise,
-            num_inference_steps=steps,
-        )[0]
+        return self._run([record], image=init.unsqueeze(0), strength=record.denoise)[0]
 
     def walk(self, records: Sequence[FrameRecord], noise: torch.Tensor) -> torch.Tensor:
         """txt2img of records sharing steps and cfg, from initial noise (B, C, h, w)."""
-        latents = noise.to(device=self.device, dtype=self.txt2img.unet.dtype)
-        return self._run(
-            self.txt2img, records, latents=latents, width=self.width, height=self.height
-        )
+        return self._run(records, latents=noise, width=self.width, height=self.height)
 
-    def _run(self, pipe: Any, records: Sequence[FrameRecord], **kwargs: Any) -> torch.Tensor:
-        """One pipeline call; (B, 3, H, W) float32 in [0, 1] on the CPU."""
+    def _run(self, records: Sequence[FrameRecord], **mode: Any) -> torch.Tensor:
+        """One sampler call; (B, 3, H, W) float32 in [0, 1] on the CPU."""
         first = records[0]
-        kwargs.setdefault("num_inference_steps", first.steps)
-        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r in records]
-        with torch.inference_mode():
-            images = pipe(
-                **self.prompt_embeds(records),
-                guidance_scale=first.cfg_scale,
-                generator=generators,
-                output_type="pt",
-                **kwargs,
-            ).images
-        images = images.float().cpu()  # (B, 3, H, W)
-        if not torch.isfinite(images).all():
-            frames = ", ".join(str(r.frame) for r in records)
-            raise GenerationError(
-                f"frame(s) {frames}: the model output has NaN/inf values "
-                "(fp16 overflow?); try dtype: float32 or bfloat16"
-            )
-        return images
+        sample = Sample(
+            seeds=[record.seed for record in records],
+            text=PromptEmbeds(**self.prompt_embeds(records)),
+            num_inference_steps=first.steps,
+            guidance_scale=first.cfg_scale,
+            scheduler=self.scheduler,
+            **mode,
+        )
+        sampled = self.sampler.sample(sample)
+        failed = [str(r.frame) for r, error in zip(records, sampled.errors) if error is not None]
+        if failed:
+            raise GenerationError(f"frame(s) {', '.join(failed)}: {NAN_FIX}")
+        return sampled.images

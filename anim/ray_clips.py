@@ -5,10 +5,11 @@
                      num_cpus=c, num_gpus=g)              # one clip per actor at a time
       -> one status row per clip (id, status ok | error, error, frames, video, seconds)
 
-- `RenderClips` is the callable class: it loads one `batch.replica.Replica` in ``__init__`` and
-  renders one clip per row with `anim.clip.render_clip`. Every exception is caught inside the
-  actor and becomes that clip's status row, so one failing clip never stops the others. It runs
-  on a plain dict of columns too: the `local` executor and the tests call it directly.
+- `RenderClips` is the callable class: it loads one model (`batch.models.load_model`, the loader
+  batch replicas use) in ``__init__`` and renders one clip per row with `anim.clip.render_clip`.
+  Every exception is caught inside the actor and becomes that clip's status row, so one failing
+  clip never stops the others. It runs on a plain dict of columns too: the `local` executor and
+  the tests call it directly.
 - A rerun resumes: finished clips (status ok, same fingerprint) are not scheduled again, and an
   unfinished one continues from its saved state (`anim.state`).
 - The clips' `status.json` files are the source of truth: after the run (even one that Ray
@@ -42,7 +43,7 @@ from sdfleet.anim.clip import (
 from sdfleet.anim.plan import compile_plan
 from sdfleet.anim.spec import AnimationJob, load_animation_job, resolve_clips
 from sdfleet.batch.errors import ConfigError
-from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.models import ModelSpec, model_spec
 from sdfleet.batch.pool import NodeResources, check_shared_storage, holds_gpu
 from sdfleet.batch.ray_context import (
     RayFailure,
@@ -91,12 +92,6 @@ class ClipTask:
         return is_finished(self.paths, fingerprint(self.job, compile_plan(self.job)))
 
 
-def model_spec(job: AnimationJob) -> ModelSpec:
-    """What the replica loads (the scheduler is chosen per clip, see `anim.frames`)."""
-    device = None if job.device in (None, "auto") else job.device
-    return ModelSpec(model=job.model, device=device, dtype=job.dtype, allow_pickle=job.allow_pickle)
-
-
 # ---------------------------------------------------------------------------- clip manifests
 
 
@@ -126,7 +121,7 @@ def _is_nan(value: Any) -> bool:
 
 
 class RenderClips:
-    """Ray Data callable class: loads one replica, renders one clip per row."""
+    """Ray Data callable class: loads one model, renders one clip per row."""
 
     def __init__(
         self,
@@ -139,7 +134,8 @@ class RenderClips:
         self.header = dict(header or {})
         self.cpu_threads = cpu_threads  # CPU replicas: torch threads (None: torch's default)
         self.walk_batch_size = walk_batch_size
-        self.replica: Any = None
+        self.spec: ModelSpec | None = None
+        self.sampler: Any = None  # batch.sampler.Sampler of the loaded model
         if model is not None:
             self._load(model)
 
@@ -173,16 +169,18 @@ class RenderClips:
     def _frames_for(self, job: AnimationJob) -> Any:
         from sdfleet.anim.frames import PipelineFrames
 
-        spec = model_spec(job)
-        if self.replica is None or self.replica.spec != spec:
+        spec = model_spec(job)  # the scheduler is the clip's own (see `anim.frames`)
+        if self.sampler is None or self.spec != spec:
             self._load(spec)
-        return PipelineFrames.for_job(self.replica.pipes, job)
+        return PipelineFrames.for_job(self.sampler, job)
 
     def _load(self, spec: ModelSpec) -> None:
-        from sdfleet.batch.replica import Replica
+        from sdfleet.batch.models import load_model
+        from sdfleet.batch.sampler import Sampler
 
-        self.replica = None  # free the old model before loading the next
-        self.replica = Replica(spec, batch_size=1, cpu_threads=self.cpu_threads)
+        self.sampler = self.spec = None  # free the old model before loading the next
+        self.sampler = Sampler(load_model(spec, self.cpu_threads))
+        self.spec = spec
 
 
 def read_status_of(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,12 @@
 """Resolve `model:` to a source and load it as diffusers txt2img + img2img pipelines.
 
-`resolve_model_source` is pure (no torch) so jobs fail before anything loads; `load_pipelines`
-does the loading through one path: `from_pretrained` for folders (builtin:tiny included) and hub
-ids, `from_single_file` for `.safetensors`/`.ckpt` checkpoints.
+1. `model_spec`: a job's model fields (batch or animation) -> the `ModelSpec` the loader takes.
+2. `resolve_model_source` is pure (no torch) so jobs fail before anything loads.
+3. `load_model`, the one loader of batch replicas and animation actors: `load_pipelines` through
+   one path (`from_pretrained` for folders, builtins included, and hub ids; `from_single_file` for
+   `.safetensors`/`.ckpt` checkpoints), then on a CPU the torch thread count pinned and recorded.
+
+Failure policy: anything that cannot load is a `ModelError` naming the `model:` value and the fix.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sdfleet.batch.errors import ModelError
 from sdfleet.batch.paths import is_uri, resolve_path
@@ -27,10 +31,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a job says about its model; the replica's only input besides rows."""
+    """What a job says about its model; the replica's only input besides rows. The scheduler is
+    not part of it: it is chosen per call (`batch.sampler`), on the same loaded weights."""
 
     model: str = "builtin:tiny"
-    scheduler: str | None = None  # None keeps the model's own scheduler
     device: str | None = None  # None: cuda if available, else cpu
     dtype: str | None = None  # None: float16 on cuda, float32 elsewhere
     allow_pickle: bool = False
@@ -42,6 +46,32 @@ class ModelSpec:
 class ModelSource:
     kind: Literal["builtin", "folder", "single_file", "hub"]
     location: str
+
+
+class ModelFields(Protocol):
+    """The fields both job kinds use to name their model (a batch job also has model_config)."""
+
+    model: str
+    device: str | None
+    dtype: str | None
+    allow_pickle: bool
+
+
+def model_spec(job: ModelFields, base_dir: Path | None = None) -> ModelSpec:
+    """A job's model fields as the loader's `ModelSpec`, for batch and animation jobs alike:
+    paths relative to the job file's folder (`base_dir`) made absolute, device "auto" = None."""
+    config = getattr(job, "model_config_path", None)  # batch jobs only
+    if base_dir is not None:
+        model, config = relative_to(job.model, base_dir), relative_to(config, base_dir)
+    else:
+        model = job.model
+    return ModelSpec(
+        model=model,
+        device=None if job.device in (None, "auto") else job.device,
+        dtype=job.dtype,
+        allow_pickle=job.allow_pickle,
+        model_config=config,
+    )
 
 
 def relative_to(name: str | None, base_dir: Path) -> str | None:
@@ -161,6 +191,24 @@ class Pipelines:
     device: Any
     dtype: Any
     name: str
+    cpu_threads: int | None = None  # torch threads on a CPU (set by `load_model`)
+
+
+def load_model(spec: ModelSpec, cpu_threads: int | None = None) -> Pipelines:
+    """The model of one replica or animation actor: `load_pipelines`, and on a CPU the torch
+    thread count pinned (`cpu_threads`, default every core) and recorded in `Pipelines`.
+
+    CPU kernels split work by thread count, which changes float rounding, so the thread count is
+    part of what makes an image reproducible on CPU. Every core is the default also inside Ray
+    workers (where OMP_NUM_THREADS would say 1).
+    """
+    import torch
+
+    pipes = load_pipelines(spec)
+    if pipes.device.type == "cpu":
+        torch.set_num_threads(cpu_threads or os.cpu_count() or 1)
+        pipes.cpu_threads = torch.get_num_threads()
+    return pipes
 
 
 def load_pipelines(spec: ModelSpec) -> Pipelines:

@@ -1,26 +1,34 @@
-"""A replica: one loaded pipeline on one device, with one verb: generate a list of requests.
+"""A replica: one loaded model on one device, with one verb: generate a list of requests.
 
-It knows nothing of Ray. Determinism: each request gets its own `torch.Generator` seeded from its
-row, and every pipeline call runs at the same batch shape (short groups are padded with copies of
-a real request whose outputs are dropped), because CPU and GPU kernels pick different reduction
-orders for different batch sizes. So an image depends only on its row and the replica's
-`batch_size`, never on its neighbours or on where a batch was cut.
+It knows nothing of Ray, and it makes no diffusers call itself: `batch.sampler.Sampler` is the
+one call (generators, scheduler, NaN check). On top of it the replica
+
+1. groups requests that can share a call (`GenRequest.group_key`: mode, size, steps, ...),
+2. cuts groups into chunks of `batch_size` and pads short chunks with copies of a real request
+   whose outputs are dropped,
+3. retries a chunk that ran out of memory once at half the shape, and
+4. isolates rows: a bad init image, a NaN output or any other error fails its own row only.
+
+Why pad: each request gets its own `torch.Generator` seeded from its row, but CPU and GPU kernels
+pick different reduction orders for different batch sizes, so every call runs at the same batch
+shape. An image then depends only on its row and the replica's `batch_size`, never on its
+neighbours or on where a batch was cut. Failure policy: a row's failure becomes its result's
+`error` and never an exception out of `generate`.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sdfleet.batch.errors import GenerationError
-from sdfleet.batch.models import ModelSpec, Pipelines, load_pipelines
+from sdfleet.batch.models import ModelSpec, Pipelines, load_model
 from sdfleet.batch.paths import is_uri
 from sdfleet.batch.request import GenRequest
+from sdfleet.batch.sampler import Sample, Sampler, TextPrompts
 
 logger = logging.getLogger(__name__)
 
@@ -49,21 +57,13 @@ class Replica:
         pad_batches: bool = True,
         cpu_threads: int | None = None,
     ):
-        import torch
-
         t0 = time.perf_counter()
         self.spec = spec
         self.batch_size = max(1, batch_size)
         self.pad_batches = pad_batches
-        self.pipes: Pipelines = load_pipelines(spec)
-        self._base_scheduler = self.pipes.txt2img.scheduler
-        self._schedulers: dict[str | None, Any] = {None: self._base_scheduler}
-        # CPU kernels split work by thread count, which changes float rounding: the thread
-        # count is part of what makes an image reproducible on CPU, so it is set and recorded.
-        # Default: every core, also inside Ray workers (where OMP_NUM_THREADS would say 1).
-        if self.pipes.device.type == "cpu":
-            torch.set_num_threads(cpu_threads or os.cpu_count() or 1)
-        self.cpu_threads = torch.get_num_threads() if self.pipes.device.type == "cpu" else None
+        self.pipes: Pipelines = load_model(spec, cpu_threads)  # pins CPU threads (see there)
+        self.sampler = Sampler(self.pipes)
+        self.cpu_threads = self.pipes.cpu_threads
         self.load_seconds = time.perf_counter() - t0
 
     @property
@@ -126,51 +126,23 @@ class Replica:
         return ready, failed
 
     def _call_pipeline(self, ready: list[tuple[GenRequest, Any]], pad_to: int) -> list[GenResult]:
-        import numpy as np
-        import torch
-
         # 1. pad to the fixed batch shape (see module docstring)
         padding = max(0, pad_to - len(ready)) if self.pad_batches else 0
         padded = ready + [ready[-1]] * padding
-        first = padded[0][0]
-        # 2. one generator per row, seeded from the row alone
-        generators = [torch.Generator(device="cpu").manual_seed(r.seed) for r, _ in padded]
-        kwargs = dict(
-            prompt=[r.prompt for r, _ in padded],
-            negative_prompt=[r.negative_prompt for r, _ in padded],
-            num_inference_steps=first.num_inference_steps,
-            guidance_scale=first.guidance_scale,
-            generator=generators,
-            output_type="np",
-        )
-        if first.mode == "img2img":
-            pipe = self.pipes.img2img
-            kwargs.update(image=[img for _, img in padded], strength=first.strength)
-        else:
-            pipe = self.pipes.txt2img
-            kwargs.update(width=first.width, height=first.height)
-        # 3. run with the requested scheduler
-        pipe.scheduler = self._scheduler(first.scheduler)
+        # 2. one sampler call for the padded chunk
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            images = pipe(**kwargs).images  # (B, H, W, 3) float in [0, 1]
+        sampled = self.sampler.sample(sample_of(padded))
         share = (time.perf_counter() - t0) / len(padded)
-        # 4. reject NaN outputs (fp16 overflow) instead of saving black squares
+        # 3. a row whose output is unusable (NaN/inf) fails alone; padding rows are dropped
         results = []
-        for (request, _), array in zip(ready, images):
-            if not np.isfinite(array).all():
-                err = GenerationError("output has NaN/inf values (try dtype: float32 or bf16)")
-                results.append(_error(request, err, seconds=share))
-            else:
-                results.append(GenResult(request, to_pil(array), None, share))
+        for (request, _), image, error in zip(ready, sampled.images, sampled.errors):
+            if error is not None:
+                results.append(_error(request, error, seconds=share))
+            else:  # (3, H, W) -> (H, W, 3)
+                results.append(
+                    GenResult(request, to_pil(image.permute(1, 2, 0).numpy()), None, share)
+                )
         return results
-
-    def _scheduler(self, name: str | None):
-        if name not in self._schedulers:
-            from sdfleet.batch.schedulers import make_scheduler
-
-            self._schedulers[name] = make_scheduler(name, self._base_scheduler.config)
-        return self._schedulers[name]
 
     def _free_memory(self) -> None:
         import gc
@@ -180,6 +152,22 @@ class Replica:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def sample_of(rows: list[tuple[GenRequest, Any]]) -> Sample:
+    """The sampler call of rows that share a group key (so every scalar is the first row's)."""
+    first = rows[0][0]
+    text = TextPrompts([r.prompt for r, _ in rows], [r.negative_prompt for r, _ in rows])
+    common: dict[str, Any] = {
+        "seeds": [r.seed for r, _ in rows],
+        "text": text,
+        "num_inference_steps": first.num_inference_steps,
+        "guidance_scale": first.guidance_scale,
+        "scheduler": first.scheduler,
+    }
+    if first.mode == "img2img":
+        return Sample(**common, image=[image for _, image in rows], strength=first.strength)
+    return Sample(**common, width=first.width, height=first.height)
 
 
 def to_pil(array):

@@ -142,22 +142,21 @@ def render_plain(settings: BenchOptions, plain: tuple[Any, Any], folder: Path) -
 
 
 def load_models(settings: BenchOptions, job: Any) -> tuple[Any, tuple[Any, Any]]:
-    """sdfleet's replica (as `anim.ray_clips.RenderClips` loads it) and the plain pipelines,
-    both with the job's scheduler and the same torch thread count."""
+    """sdfleet's model (loaded as `anim.ray_clips.RenderClips` loads it) and the plain
+    pipelines, both with the job's scheduler and the same torch thread count."""
     from diffusers import AutoPipelineForImage2Image
 
-    from sdfleet.anim.ray_clips import model_spec
-    from sdfleet.batch.replica import Replica
+    from sdfleet.batch.models import load_model, model_spec
     from sdfleet.batch.schedulers import make_scheduler
     from sdfleet.bench.contenders import load_plain_pipeline
 
-    # the replica sets torch threads for CPU replicas (every core unless told); plain uses those
-    replica = Replica(model_spec(job), batch_size=1, cpu_threads=settings.cpu_threads)
+    # the loader sets torch threads on a CPU (every core unless told); plain uses those
+    pipes = load_model(model_spec(job), settings.cpu_threads)
     txt2img = load_plain_pipeline(settings.spec)
     txt2img.scheduler = make_scheduler(job.scheduler, txt2img.scheduler.config)
     img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
     img2img.set_progress_bar_config(disable=True)
-    return replica.pipes, (txt2img, img2img)
+    return pipes, (txt2img, img2img)
 
 
 def time_encoder(frames_dir: Path, fps: float, size_px: int | None) -> float:

@@ -31,14 +31,13 @@ from sdfleet.anim.plan import FrameRecord, compile_plan
 from sdfleet.anim.probe import find_ffmpeg
 from sdfleet.anim.ray_clips import (
     ClipTask,
-    model_spec,
     read_clip_manifest,
     run_clips_local,
     run_clips_ray,
 )
 from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
-from sdfleet.batch.models import resolve_model_source
+from sdfleet.batch.models import model_spec, resolve_model_source
 from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, write_atomic
 from sdfleet.batch.schedulers import SCHEDULERS, scheduler_name_problems
 from sdfleet.jobs.console import progress_bar, report_clips

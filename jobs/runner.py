@@ -14,7 +14,7 @@ from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, ModelError
 from sdfleet.batch.fingerprint import settings_changes
 from sdfleet.batch.manifest import validate_manifest
-from sdfleet.batch.models import ModelSpec, relative_to, resolve_model_source
+from sdfleet.batch.models import model_spec, resolve_model_source
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.run import Progress, RunStats, run_local, summarize
@@ -86,18 +86,6 @@ def check_out(out: OutputDir) -> None:
         ) from None
     if info.type == fs.FileType.File:
         raise ConfigError(f"--out {out.uri!r} is a file; give a folder (new, or an earlier run's)")
-
-
-def model_spec(job: BatchJob, base_dir: Path) -> ModelSpec:
-    """The job's model fields; paths relative to the job file's folder are made absolute."""
-    return ModelSpec(
-        model=relative_to(job.model, base_dir),
-        scheduler=job.scheduler,
-        device=job.device,
-        dtype=job.dtype,
-        allow_pickle=job.allow_pickle,
-        model_config=relative_to(job.model_config_path, base_dir),
-    )
 
 
 def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:

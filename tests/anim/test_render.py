@@ -9,7 +9,7 @@ import torch
 
 from sdfleet.anim.colour import ColourReference, from_uint8, to_uint8
 from sdfleet.anim.filters import add_noise, adjust_contrast, unsharp_mask
-from sdfleet.anim.frames import PipelineFrames, img2img_steps, lerp_embeds
+from sdfleet.anim.frames import PipelineFrames, lerp_embeds
 from sdfleet.anim.motion import warp_with_matrix
 from sdfleet.anim.plan import compile_plan
 from sdfleet.anim.render import (
@@ -189,16 +189,6 @@ def test_accumulated_matrix_composes_in_frame_order() -> None:
 
 
 # ---------------------------------------------------------------------------- the diffusers step
-
-
-@pytest.mark.parametrize(
-    ("steps", "denoise", "expected"),
-    [(25, 0.35, 25), (4, 0.4, 4), (4, 0.2, 5), (2, 0.3, 4), (10, 0.0, None), (10, 1e-4, None)],
-)
-def test_img2img_steps_runs_at_least_one_step(steps, denoise, expected) -> None:
-    assert img2img_steps(steps, denoise) == expected
-    if expected is not None:
-        assert int(expected * denoise) >= 1
 
 
 def test_lerp_embeds() -> None:

@@ -114,7 +114,7 @@ def test_walk_key_frame_equals_plain_diffusers_txt2img(tiny_pipes) -> None:
     ours = frames.walk([key], walk_noise([key], frames.latent_shape))
     generator = torch.Generator().manual_seed(key.seed_a)
     with torch.inference_mode():
-        theirs = frames.txt2img(
+        theirs = frames.sampler.pipeline("txt2img", job.scheduler)(
             key.prompt,
             negative_prompt=key.negative_prompt,
             width=64,

@@ -81,9 +81,9 @@ def test_finished_clip_is_skipped_on_rerun(tiny_dir, tmp_path: Path, monkeypatch
 
 
 def test_problems_are_found_before_any_model_loads(tmp_path: Path, monkeypatch, capsys) -> None:
-    from sdfleet.batch import replica
+    from sdfleet.batch import models
 
-    monkeypatch.setattr(replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
+    monkeypatch.setattr(models, "load_pipelines", lambda spec: pytest.fail("loaded"))
     job = write_job(tmp_path, max_frames=3, init_image="missing.png", scheduler="eulr")
     assert run(job, tmp_path / "out") == EXIT_CONFIG
     err = capsys.readouterr().err
@@ -201,9 +201,9 @@ def test_changed_video_settings_re_encode_without_rendering(tiny_dir, tmp_path: 
 
 
 def no_model_loads(monkeypatch) -> None:
-    from sdfleet.batch import replica
+    from sdfleet.batch import models
 
-    monkeypatch.setattr(replica, "load_pipelines", lambda spec: pytest.fail("a model loaded"))
+    monkeypatch.setattr(models, "load_pipelines", lambda spec: pytest.fail("a model loaded"))
 
 
 @pytest.mark.parametrize("command", ["plan", "validate", "run"])

@@ -238,9 +238,9 @@ def test_missing_outputs_are_not_row_errors():
 
 
 def test_a_bad_out_is_refused_before_any_model_loads(tmp_path, monkeypatch, capsys):
-    from sdfleet.batch import replica
+    from sdfleet.batch import models
 
-    monkeypatch.setattr(replica, "load_pipelines", lambda spec: pytest.fail("loaded"))
+    monkeypatch.setattr(models, "load_pipelines", lambda spec: pytest.fail("loaded"))
     job = write_job(tmp_path, ROWS[:1])
     assert run(job, "bogus://x") == EXIT_CONFIG
     assert "--out 'bogus://x': " in capsys.readouterr().err

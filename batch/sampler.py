@@ -1,0 +1,238 @@
+"""The one call into diffusers: a `Sample` (rows that share every scalar) in, images out.
+
+Batch rows (`batch.replica.Replica`: grouping, padding, OOM retry, row isolation) and animation
+frames (`anim.frames.PipelineFrames`: embedding cache, blends) both run through
+`Sampler.sample`; neither builds generators nor touches a pipeline's scheduler.
+
+- Mode: ``txt2img`` (a size, or given initial ``latents``) or ``img2img`` (``image`` +
+  ``strength``). Each mode maps to a diffusers auto-pipeline class in `PIPELINE_CLASSES`; the
+  conditioning the next modes add (an inpainting mask, ControlNet images and scales) are further
+  `Sample` fields and one more entry there.
+- Text: prompt strings (`TextPrompts`) or precomputed embeddings (`PromptEmbeds`, with SDXL's
+  pooled embeddings where the model has them). Both go to the pipeline as keyword arguments.
+- Scheduler by name: a pipeline derived with ``from_pipe`` (shared weights, its own scheduler),
+  cached per (mode, scheduler). The loaded pipelines are never mutated; None runs the model's
+  own scheduler on the loaded pipeline itself.
+- Randomness: one CPU ``torch.Generator`` per row, seeded from the row alone (diffusers
+  ``generator=[...]``), so a row's image does not depend on its neighbours.
+- Steps x strength: one policy, `batch.schedulers.img2img_steps` (at least one img2img step).
+
+Failure policy: a row whose output holds NaN/inf values (fp16 overflow) gets a `GenerationError`
+in `Sampled.errors` and the other rows keep their images; anything the pipeline raises goes to
+the caller, which knows whether to retry smaller, isolate rows or fail the frame.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from sdfleet.batch.errors import GenerationError
+from sdfleet.batch.schedulers import img2img_steps, make_scheduler
+
+if TYPE_CHECKING:
+    from sdfleet.batch.models import Pipelines
+
+logger = logging.getLogger(__name__)
+
+# mode -> diffusers auto-pipeline class derived from the loaded txt2img pipeline
+PIPELINE_CLASSES = {
+    "txt2img": "AutoPipelineForText2Image",
+    "img2img": "AutoPipelineForImage2Image",
+}
+NAN_FIX = "the model output has NaN/inf values (fp16 overflow?); try dtype: float32 or bfloat16"
+
+
+@dataclass(frozen=True, eq=False)
+class TextPrompts:
+    """Prompt strings, one per row; the pipeline encodes them."""
+
+    prompt: Sequence[str]
+    negative_prompt: Sequence[str]
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompt)
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"prompt": list(self.prompt), "negative_prompt": list(self.negative_prompt)}
+
+
+@dataclass(frozen=True, eq=False)
+class PromptEmbeds:
+    """Text-encoder states instead of strings: (B, tokens, dim) each; SDXL adds pooled (B, dim)."""
+
+    prompt_embeds: Any
+    negative_prompt_embeds: Any = None
+    pooled_prompt_embeds: Any = None
+    negative_pooled_prompt_embeds: Any = None
+
+    @property
+    def rows(self) -> int:
+        return int(self.prompt_embeds.shape[0])
+
+    def kwargs(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One pipeline call: B rows sharing every scalar (steps, guidance, size, strength, ...)."""
+
+    seeds: Sequence[int]  # one generator per row
+    text: TextPrompts | PromptEmbeds
+    num_inference_steps: int
+    guidance_scale: float
+    scheduler: str | None = None  # a name of `batch.schedulers.SCHEDULERS`; None: the model's
+    width: int | None = None  # txt2img: the pipeline's default size where None
+    height: int | None = None
+    latents: Any = None  # txt2img: initial noise (B, C, H/f, W/f) instead of the seeds' noise
+    image: Any = None  # img2img: B PIL images, or (B, 3, H, W) in [0, 1]
+    strength: float | None = None  # img2img: the share denoised (diffusers' meaning)
+
+    @property
+    def mode(self) -> str:
+        return "txt2img" if self.image is None else "img2img"
+
+
+@dataclass(frozen=True, eq=False)
+class Sampled:
+    """What one call made: images (B, 3, H, W) float32 in [0, 1] on the CPU, and per row the
+    error that makes its image unusable (None where the image is good)."""
+
+    images: Any
+    errors: tuple[GenerationError | None, ...]
+
+
+def check_sample(sample: Sample) -> None:
+    """A caller's mistake (not a user's): raises ValueError naming the field."""
+    rows = sample.text.rows
+    if len(sample.seeds) != rows:
+        raise ValueError(f"Sample.seeds: {len(sample.seeds)} seeds for {rows} rows of text")
+    if sample.mode == "img2img" and sample.strength is None:
+        raise ValueError("Sample.strength: img2img needs a strength")
+    if sample.mode == "img2img" and sample.latents is not None:
+        raise ValueError("Sample.latents: initial noise is for txt2img; img2img noises its image")
+
+
+class Sampler:
+    """Runs `Sample`s on one loaded model (`batch.models.Pipelines`)."""
+
+    def __init__(self, pipes: Pipelines) -> None:
+        self.pipes = pipes
+        self._derived: dict[tuple[str, str], Any] = {}
+        self._schedulers: dict[str, Any] = {}
+
+    # -------------------------------------------------------------------------- the call
+
+    def sample(self, sample: Sample) -> Sampled:
+        """Run one pipeline call; see the module docstring for the failure policy."""
+        import torch
+
+        # 1. check inputs and choose the pipeline (mode x scheduler, derived once)
+        check_sample(sample)
+        pipe = self.pipeline(sample.mode, sample.scheduler)
+        # 2. one generator per row, seeded from the row alone
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in sample.seeds]
+        kwargs = self._mode_kwargs(pipe, sample)
+        # 3. run; the postprocessor gives (B, 3, H, W) in [0, 1] ("pt": no float -> uint8 trip)
+        with torch.inference_mode():
+            images = pipe(
+                **sample.text.kwargs(),
+                guidance_scale=sample.guidance_scale,
+                generator=generators,
+                output_type="pt",
+                **kwargs,
+            ).images
+        images = images.float().cpu()  # (B, 3, H, W)
+        # 4. a row with NaN/inf values is an error, not a black square
+        finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
+        return Sampled(images, tuple(None if ok else GenerationError(NAN_FIX) for ok in finite))
+
+    def _mode_kwargs(self, pipe: Any, sample: Sample) -> dict[str, Any]:
+        """The mode's own arguments, with the steps x strength policy for img2img."""
+        if sample.mode == "txt2img":
+            kwargs: dict[str, Any] = {"num_inference_steps": sample.num_inference_steps}
+            kwargs |= {"width": sample.width, "height": sample.height}
+            if sample.latents is not None:
+                latents = sample.latents.to(device=self.pipes.device, dtype=pipe.unet.dtype)
+                kwargs["latents"] = latents  # (B, C, H/f, W/f)
+            return kwargs
+        steps = self.img2img_steps(pipe, sample.num_inference_steps, sample.strength)
+        return {"image": sample.image, "strength": sample.strength, "num_inference_steps": steps}
+
+    @staticmethod
+    def img2img_steps(pipe: Any, steps: int, strength: float) -> int:
+        """`batch.schedulers.img2img_steps` for this pipeline's scheduler; raises
+        GenerationError where no step can run (validation refuses that case earlier)."""
+        max_steps = pipe.scheduler.config.num_train_timesteps
+        needed = img2img_steps(steps, strength, max_steps)
+        if needed is None:
+            raise GenerationError(
+                f"strength {strength:g} is too small for any denoising step of a {max_steps}-step "
+                f"schedule; use strength >= {1 / max_steps:g}"
+            )
+        if needed != steps:
+            logger.info(
+                "img2img: %d steps at strength %g would run none; running %d (one step)",
+                steps,
+                strength,
+                needed,
+            )
+        return needed
+
+    # -------------------------------------------------------------------------- pipelines
+
+    def pipeline(self, mode: str, scheduler: str | None) -> Any:
+        """The pipeline for `mode` with `scheduler`: the loaded one for the model's own
+        scheduler, else one derived with ``from_pipe`` (shared weights), made once."""
+        if mode not in PIPELINE_CLASSES:
+            raise ValueError(f"mode: {mode!r}; choose one of {', '.join(PIPELINE_CLASSES)}")
+        if scheduler is None:
+            return getattr(self.pipes, mode)
+        if (mode, scheduler) not in self._derived:
+            self._derived[mode, scheduler] = self._derive(mode, self.scheduler(scheduler))
+        return self._derived[mode, scheduler]
+
+    def scheduler(self, name: str) -> Any:
+        """Scheduler `name` from the model's own scheduler config (one object per name)."""
+        if name not in self._schedulers:
+            base = self.pipes.txt2img.scheduler.config
+            self._schedulers[name] = make_scheduler(name, base)
+        return self._schedulers[name]
+
+    def _derive(self, mode: str, scheduler: Any) -> Any:
+        import diffusers
+
+        base = self.pipes.txt2img
+        if not isinstance(base, diffusers.DiffusionPipeline):  # builtin:null has no from_pipe
+            derived = copy.copy(getattr(self.pipes, mode))
+            derived.scheduler = scheduler  # on the copy: the loaded pipeline stays as it is
+            return derived
+        derived = getattr(diffusers, PIPELINE_CLASSES[mode]).from_pipe(base, scheduler=scheduler)
+        derived.set_progress_bar_config(disable=True)
+        return derived
+
+    # -------------------------------------------------------------------------- text and noise
+
+    def encode_text(self, text: str) -> Any:
+        """(1, tokens, dim) text-encoder states of one text (no guidance pairing)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.pipes.txt2img.encode_prompt(
+                prompt=text,
+                device=self.pipes.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=False,
+            )[0]
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """(C, H/f, W/f) of the initial noise (f = the VAE's down-sampling factor)."""
+        base = self.pipes.txt2img
+        factor = base.vae_scale_factor
+        return base.unet.config.in_channels, height // factor, width // factor
