@@ -32,7 +32,7 @@ from sdfleet.batch.request import (
     row_value,
     template_values,
 )
-from sdfleet.batch.schedulers import scheduler_name_problems
+from sdfleet.batch.schedulers import MIN_STRENGTH, img2img_steps, scheduler_name_problems
 from sdfleet.batch.seeds import SEED_MAX
 from sdfleet.batch.sources import iter_manifest_rows, open_manifest_file
 
@@ -336,13 +336,9 @@ def _strength_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
     if not _is_number(strength) or not 0 < strength <= 1:
         fix = "img2img strength is the share denoised: use 0 < strength <= 1"
         return [("strength", strength, fix)]
-    if _is_int(steps) and steps >= 1 and int(steps * strength) < 1:
-        # diffusers runs int(steps * strength) steps; none would be an error mid-batch
-        fix = (
-            f"with num_inference_steps {steps} img2img would run int({steps} x {strength}) "
-            f"= 0 steps: use strength >= {1 / steps:.3g} or num_inference_steps >= "
-            f"{math.ceil(1 / strength)}"
-        )
+    if _is_int(steps) and steps >= 1 and img2img_steps(steps, strength) is None:
+        # the one steps x strength policy: too few steps run more; no schedule reaches this
+        fix = f"no denoising step reaches a strength this small: use strength >= {MIN_STRENGTH:g}"
         return [("strength", strength, fix)]
     return []
 

@@ -93,6 +93,24 @@ def test_img2img_parity_with_plain_diffusers(replica_b1, tiny_dir):
     assert np.array_equal(pixels(ours), np.asarray(expected))
 
 
+def test_img2img_with_too_few_steps_runs_one_step_at_its_strength(replica_b1, tmp_path):
+    """The steps x strength policy (`batch.schedulers.img2img_steps`): 4 steps at 0.2 would run
+    int(0.8) = 0 steps; the row is accepted and runs as 5 steps at 0.2 do (one step)."""
+    import pyarrow.parquet as pq
+
+    from sdfleet.batch.manifest import validate_manifest
+    from sdfleet.batch.sources import table_from_rows
+
+    source = shape_image_png(1)
+    row = {"id": "s", "prompt": "a shape", "seed": 4, "init_image": source, "strength": 0.2}
+    pq.write_table(table_from_rows([row]), tmp_path / "m.parquet")
+    validate_manifest([str(tmp_path / "m.parquet")], DEFAULTS, base_dir=tmp_path)  # no error
+    (few,) = replica_b1.generate([request("s", "a shape", 4, init_image=source, strength=0.2)])
+    five = request("s", "a shape", 4, init_image=source, strength=0.2, num_inference_steps=5)
+    (ran,) = replica_b1.generate([five])
+    assert np.array_equal(pixels(few), pixels(ran))
+
+
 @pytest.mark.parametrize("size", [64, 128])
 def test_row_is_identical_alone_or_in_a_batch_of_four(replica, size):
     target = request("target", "a lighthouse at dusk", 77, width=size, height=size)

@@ -48,10 +48,10 @@ BAD_CASES = [
     ({"id": "r-st0", "init_image": b"x", "strength": 0.0}, "'r-st0'", "strength", "0 < strength"),
     ({"id": "r-st2", "init_image": b"x", "strength": 1.5}, "'r-st2'", "strength", "0 < strength"),
     (
-        {"id": "r-st3", "init_image": b"x", "strength": 0.2, "num_inference_steps": 4},
+        {"id": "r-st3", "init_image": b"x", "strength": 0.0005, "num_inference_steps": 4},
         "'r-st3'",
         "strength",
-        "int(4 x 0.2) = 0 steps: use strength >= 0.25 or num_inference_steps >= 5",
+        "no denoising step reaches a strength this small: use strength >= 0.001",
     ),
     ({"id": "r-p", "prompt": None}, "'r-p'", "prompt", "give a prompt"),
     ({"id": "r-p2", "prompt": "   "}, "'r-p2'", "prompt", "give a prompt"),
