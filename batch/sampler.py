@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 PIPELINE_CLASSES = {
     "txt2img": "AutoPipelineForText2Image",
     "img2img": "AutoPipelineForImage2Image",
+    "inpaint": "AutoPipelineForInpainting",  # 9-channel UNets, and 4-channel ones by blending
 }
 NAN_FIX = "the model output has NaN/inf values (fp16 overflow?); try dtype: float32 or bfloat16"
 
@@ -93,10 +94,13 @@ class Sample:
     latents: Any = None  # txt2img: initial noise (B, C, H/f, W/f) instead of the seeds' noise
     image: Any = None  # img2img: B PIL images, or (B, 3, H, W) in [0, 1]
     strength: float | None = None  # img2img: the share denoised (diffusers' meaning)
+    mask_image: Any = None  # inpaint: B "L" masks the size of `image`, white = repaint
 
     @property
     def mode(self) -> str:
-        return "txt2img" if self.image is None else "img2img"
+        if self.image is None:
+            return "txt2img"
+        return "img2img" if self.mask_image is None else "inpaint"
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,9 +117,9 @@ def check_sample(sample: Sample) -> None:
     rows = sample.text.rows
     if len(sample.seeds) != rows:
         raise ValueError(f"Sample.seeds: {len(sample.seeds)} seeds for {rows} rows of text")
-    if sample.mode == "img2img" and sample.strength is None:
+    if sample.mode != "txt2img" and sample.strength is None:
         raise ValueError("Sample.strength: img2img needs a strength")
-    if sample.mode == "img2img" and sample.latents is not None:
+    if sample.mode != "txt2img" and sample.latents is not None:
         raise ValueError("Sample.latents: initial noise is for txt2img; img2img noises its image")
 
 
@@ -163,7 +167,11 @@ class Sampler:
                 kwargs["latents"] = latents  # (B, C, H/f, W/f)
             return kwargs
         steps = self.img2img_steps(pipe, sample.num_inference_steps, sample.strength)
-        return {"image": sample.image, "strength": sample.strength, "num_inference_steps": steps}
+        kwargs = {"image": sample.image, "strength": sample.strength, "num_inference_steps": steps}
+        if sample.mode == "inpaint":  # the size is the image's (diffusers' default is the UNet's)
+            width, height = _image_size(sample.image)
+            kwargs |= {"mask_image": sample.mask_image, "width": width, "height": height}
+        return kwargs
 
     @staticmethod
     def img2img_steps(pipe: Any, steps: int, strength: float) -> int:
@@ -192,10 +200,11 @@ class Sampler:
         scheduler, else one derived with ``from_pipe`` (shared weights), made once."""
         if mode not in PIPELINE_CLASSES:
             raise ValueError(f"mode: {mode!r}; choose one of {', '.join(PIPELINE_CLASSES)}")
-        if scheduler is None:
+        if scheduler is None and hasattr(self.pipes, mode):
             return getattr(self.pipes, mode)
         if (mode, scheduler) not in self._derived:
-            self._derived[mode, scheduler] = self._derive(mode, self.scheduler(scheduler))
+            made = None if scheduler is None else self.scheduler(scheduler)
+            self._derived[mode, scheduler] = self._derive(mode, made)
         return self._derived[mode, scheduler]
 
     def scheduler(self, name: str) -> Any:
@@ -206,11 +215,14 @@ class Sampler:
         return self._schedulers[name]
 
     def _derive(self, mode: str, scheduler: Any) -> Any:
+        """`mode`'s pipeline on the loaded weights; `scheduler` None keeps the model's own."""
         import diffusers
 
         base = self.pipes.txt2img
+        if scheduler is None:
+            scheduler = base.scheduler
         if not isinstance(base, diffusers.DiffusionPipeline):  # builtin:null has no from_pipe
-            derived = copy.copy(getattr(self.pipes, mode))
+            derived = copy.copy(getattr(self.pipes, mode, self.pipes.img2img))
             derived.scheduler = scheduler  # on the copy: the loaded pipeline stays as it is
             return derived
         derived = getattr(diffusers, PIPELINE_CLASSES[mode]).from_pipe(base, scheduler=scheduler)
@@ -236,3 +248,11 @@ class Sampler:
         base = self.pipes.txt2img
         factor = base.vae_scale_factor
         return base.unet.config.in_channels, height // factor, width // factor
+
+
+def _image_size(images: Any) -> tuple[int, int]:
+    """(width, height) of B PIL images or a (B, 3, H, W) tensor."""
+    first = images[0]
+    if hasattr(first, "size") and not callable(first.size):
+        return first.size
+    return int(images.shape[-1]), int(images.shape[-2])
