@@ -25,7 +25,13 @@ from sdfleet.batch.paths import is_uri, resolve_path
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
-BUILTINS = ("builtin:tiny", "builtin:shapes", "builtin:null")
+BUILTINS = (
+    "builtin:tiny",
+    "builtin:tiny-sdxl",
+    "builtin:tiny-sdxl-refiner",
+    "builtin:shapes",
+    "builtin:null",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -40,6 +46,11 @@ class ModelSpec:
     allow_pickle: bool = False
     model_config: str | None = None  # single-file only: a local diffusers folder of configs
     revision: str | None = None
+    prompt_syntax: str = "a1111"  # how prompts are read (`batch.prompt_syntax`)
+    embeddings: tuple = ()  # `batch.adapters.EmbeddingUse`s loaded into the text encoders
+    safety_checker: bool = True  # False drops the model's own safety checker, if it has one
+    refiner: str | None = None  # an SDXL refiner model, run from `refiner_switch` of the steps
+    refiner_switch: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -57,12 +68,16 @@ class ModelFields(Protocol):
     allow_pickle: bool
 
 
-def model_spec(job: ModelFields, base_dir: Path | None = None) -> ModelSpec:
+def model_spec(job: ModelFields, base_dir: Path | None = None, embeddings: tuple = ()) -> ModelSpec:
     """A job's model fields as the loader's `ModelSpec`, for batch and animation jobs alike:
-    paths relative to the job file's folder (`base_dir`) made absolute, device "auto" = None."""
+    paths relative to the job file's folder (`base_dir`) made absolute, device "auto" = None.
+    `embeddings`: the job's textual inversions, resolved (`batch.prompt_checks`)."""
     config = getattr(job, "model_config_path", None)  # batch jobs only
+    refiner = getattr(job, "refiner", None)
+    refiner_model = refiner.model if refiner is not None else None
     if base_dir is not None:
         model, config = relative_to(job.model, base_dir), relative_to(config, base_dir)
+        refiner_model = relative_to(refiner_model, base_dir)
     else:
         model = job.model
     return ModelSpec(
@@ -71,6 +86,11 @@ def model_spec(job: ModelFields, base_dir: Path | None = None) -> ModelSpec:
         dtype=job.dtype,
         allow_pickle=job.allow_pickle,
         model_config=config,
+        prompt_syntax=getattr(job, "prompt_syntax", "a1111"),
+        embeddings=tuple(embeddings),
+        safety_checker=getattr(job, "safety_checker", True),
+        refiner=refiner_model,
+        refiner_switch=refiner.switch_at if refiner is not None else 0.8,
     )
 
 
@@ -192,6 +212,8 @@ class Pipelines:
     dtype: Any
     name: str
     cpu_threads: int | None = None  # torch threads on a CPU (set by `load_model`)
+    refiner: Any = None  # an SDXL img2img refiner pipeline (`ModelSpec.refiner`)
+    refiner_switch: float = 0.8
 
 
 def load_model(spec: ModelSpec, cpu_threads: int | None = None) -> Pipelines:
@@ -226,9 +248,60 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
     txt2img = _load_txt2img(source, spec, dtype)
     txt2img.to(device)
     txt2img.set_progress_bar_config(disable=True)
+    prepare_pipeline(txt2img, spec)
     img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
     img2img.set_progress_bar_config(disable=True)
-    return Pipelines(txt2img, img2img, device, dtype, spec.model)
+    refiner = load_refiner(spec, device, dtype) if spec.refiner else None
+    return Pipelines(
+        txt2img, img2img, device, dtype, spec.model, None, refiner, spec.refiner_switch
+    )
+
+
+def prepare_pipeline(pipe: Any, spec: ModelSpec) -> None:
+    """The job's textual inversions loaded; the model's safety checker dropped if asked."""
+    from sdfleet.batch.adapters import load_embeddings
+
+    if not spec.safety_checker and getattr(pipe, "safety_checker", None) is not None:
+        pipe.register_modules(safety_checker=None)
+        logger.info("model %s: its safety checker is off (safety_checker: false)", spec.model)
+    load_embeddings(pipe, spec.embeddings)
+
+
+def load_refiner(spec: ModelSpec, device: Any, dtype: Any) -> Any:
+    """The refiner as an img2img pipeline (SDXL's refiner conditions on an aesthetic score, a
+    setting only its img2img pipeline class reads)."""
+    from diffusers import AutoPipelineForImage2Image
+
+    refiner_spec = ModelSpec(
+        model=str(spec.refiner), allow_pickle=spec.allow_pickle, safety_checker=False
+    )
+    source = resolve_model_source(refiner_spec)
+    if source.kind == "single_file":
+        loaded = _from_single_file(source.location, refiner_spec, dtype)
+        pipe = AutoPipelineForImage2Image.from_pipe(loaded)
+    else:  # a hub refiner must be in the local cache
+        where = builtin_folder(source.location) if source.kind == "builtin" else source.location
+        pipe = _from_pretrained(str(where), refiner_spec, dtype, True, IMG2IMG)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def builtin_folder(name: str) -> Path:
+    """The diffusers folder of a builtin model, built on first use."""
+    from sdfleet.batch.shapes import shapes_model_dir
+    from sdfleet.batch.tiny import tiny_model_dir
+    from sdfleet.batch.tiny_sdxl import tiny_sdxl_dir, tiny_sdxl_refiner_dir
+
+    folders = {
+        "builtin:tiny": tiny_model_dir,
+        "builtin:tiny-sdxl": tiny_sdxl_dir,
+        "builtin:tiny-sdxl-refiner": tiny_sdxl_refiner_dir,
+        "builtin:shapes": shapes_model_dir,
+    }
+    if name not in folders:
+        raise ModelError(f"model: {name!r} has no folder; choose one of {', '.join(folders)}")
+    return folders[name]()
 
 
 def quiet_loading() -> None:
@@ -244,11 +317,7 @@ def quiet_loading() -> None:
 
 def _load_txt2img(source: ModelSource, spec: ModelSpec, dtype: Any):
     if source.kind == "builtin":
-        from sdfleet.batch.shapes import shapes_model_dir
-        from sdfleet.batch.tiny import tiny_model_dir
-
-        folder = shapes_model_dir() if source.location == "builtin:shapes" else tiny_model_dir()
-        return _from_pretrained(str(folder), spec, dtype, local_only=True)
+        return _from_pretrained(str(builtin_folder(source.location)), spec, dtype, True)
     if source.kind == "folder":
         return _from_pretrained(source.location, spec, dtype, local_only=True)
     if source.kind == "single_file":
@@ -256,8 +325,13 @@ def _load_txt2img(source: ModelSource, spec: ModelSpec, dtype: Any):
     return _from_hub(source.location, spec, dtype)
 
 
-def _from_pretrained(location: str, spec: ModelSpec, dtype: Any, local_only: bool):
-    from diffusers import AutoPipelineForText2Image
+TXT2IMG, IMG2IMG = "AutoPipelineForText2Image", "AutoPipelineForImage2Image"
+
+
+def _from_pretrained(
+    location: str, spec: ModelSpec, dtype: Any, local_only: bool, auto: str = TXT2IMG
+):
+    import diffusers
 
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local_only}
     if not spec.allow_pickle:
@@ -265,7 +339,7 @@ def _from_pretrained(location: str, spec: ModelSpec, dtype: Any, local_only: boo
     if spec.revision:
         kwargs["revision"] = spec.revision
     try:
-        return AutoPipelineForText2Image.from_pretrained(location, **kwargs)
+        return getattr(diffusers, auto).from_pretrained(location, **kwargs)
     except Exception as exc:  # a broken folder fails in many ways inside diffusers
         pickled_only = not any(Path(location).rglob("*.safetensors"))  # a hub id: none here
         if "safetensors" in str(exc) and not spec.allow_pickle and pickled_only:
@@ -332,6 +406,8 @@ def _from_single_file(path: str, spec: ModelSpec, dtype: Any):
     pipeline_cls = (
         StableDiffusionXLPipeline if model_type.startswith("xl") else StableDiffusionPipeline
     )
+    if model_type == "xl_refiner":  # its aesthetic-score setting lives on the img2img class
+        from diffusers import StableDiffusionXLImg2ImgPipeline as pipeline_cls
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if spec.model_config:
         kwargs["config"] = spec.model_config
