@@ -143,6 +143,27 @@ class PromptEncoder:
             return None
         return parsed.text
 
+    def route(self, prompt: str, negative: str) -> tuple:
+        """How a row's text goes to the pipeline: ("text",) when diffusers can encode both
+        prompts itself, else ("embeds", chunks). Rows of one call must share a route: mixing
+        would pad a row's embeddings to its neighbours' length and change its image."""
+        if self.plain_text(prompt) is not None and self.plain_text(negative) is not None:
+            return ("text",)
+        return ("embeds", max(self.chunk_count(prompt), self.chunk_count(negative)))
+
+    def chunk_count(self, text: str) -> int:
+        """How many 77-token chunks `text` encodes to (tokenizing only)."""
+        fragments = parse_prompt(text, self.syntax).fragments
+        return max(len(self._chunks(slot, fragments)) for slot in self.slots)
+
+    def call_kwargs(self, prompts: Sequence[str], negatives: Sequence[str]) -> dict:
+        """The text arguments of one pipeline call: the plain strings (tags removed) when
+        every row's route is "text", else embeddings for all of them."""
+        plain = [self.plain_text(t) for t in (*prompts, *negatives)]
+        if all(t is not None for t in plain):
+            return {"prompt": plain[: len(prompts)], "negative_prompt": plain[len(prompts) :]}
+        return self.pipeline_kwargs(prompts, negatives)
+
     # ---------------------------------------------------------------------- encoding
 
     def encode(self, text: str) -> PromptEmbeds:

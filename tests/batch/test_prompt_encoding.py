@@ -183,3 +183,15 @@ def test_cache_is_per_prompt_and_adapter_state(sd_pipe):
     encoder.encode("b"), encoder.encode("c")
     encoder.adapter_key = ()
     assert encoder.encode("a") is not first  # evicted: at most cache_size entries
+
+
+def test_routes(sd_pipe):
+    encoder = PromptEncoder(sd_pipe)
+    assert encoder.route("a red fox", "") == ("text",)
+    assert encoder.route("a (red) fox", "") == ("embeds", 1)
+    assert encoder.route("a fox", " ".join("y" * 80)) == ("embeds", 2)
+    assert encoder.route("a BREAK b BREAK c", "") == ("embeds", 3)
+    kwargs = encoder.call_kwargs(["a fox <lora:x:1>", "b"], ["", "blurry"])
+    assert kwargs == {"prompt": ["a fox ", "b"], "negative_prompt": ["", "blurry"]}
+    kwargs = encoder.call_kwargs(["a (fox)", "b"], ["", "blurry"])
+    assert kwargs["prompt_embeds"].shape == (2, 77, 32)
