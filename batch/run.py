@@ -39,6 +39,7 @@ class RunStats:
     generated_outputs: int = 0
     skipped_rows: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    price_per_gpu_hour: float | None = None  # the job's; gives the summary a cost per 1000
 
 
 def read_results(out: OutputDir, columns: list[str] | None = None) -> pa.Table | None:
@@ -181,8 +182,34 @@ def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors
         "wall_s": round(wall_s, 3),
         "errors": counts.errors,
     } | stats.extra
+    summary["cost"] = cost_summary(summary, stats.price_per_gpu_hour)
     write_json(out, "summary.json", summary)
     return summary
+
+
+def cost_summary(summary: dict[str, Any], price_per_gpu_hour: float | None) -> dict[str, Any]:
+    """Replica-seconds per image of this run (replicas x the time they were held: pool start
+    or model load, then generation) and, given a price, the cost per 1000 images. A replica
+    holding 1/k of a GPU costs 1/k; a CPU replica counts as one device. The report recomputes
+    the cost from these fields for another price."""
+    stages = summary["stage_s"]
+    held_s = stages.get("pipeline", stages.get("load", 0.0) + stages.get("generate", 0.0))
+    ray = summary.get("ray") or {}
+    replicas = ray.get("replicas") or max(1, len(summary["model_load_s"]))
+    share = ray.get("num_gpus_per_replica") or 1.0
+    images = summary["generated_this_run"]
+    per_image = replicas * held_s / images if images else None
+    gpu_h = per_image * share * 1000 / 3600 if per_image is not None else None
+    cost = gpu_h * price_per_gpu_hour if gpu_h is not None and price_per_gpu_hour else None
+    return {
+        "replicas": replicas,
+        "device_share_per_replica": share,
+        "replica_s": round(replicas * held_s, 3),
+        "replica_s_per_image": round(per_image, 6) if per_image is not None else None,
+        "gpu_hours_per_1000_images": round(gpu_h, 6) if gpu_h is not None else None,
+        "price_per_gpu_hour": price_per_gpu_hour,
+        "cost_per_1000_images": round(cost, 4) if cost is not None else None,
+    }
 
 
 class ResultCounts:

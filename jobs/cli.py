@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="print an animation job's per-frame plan")
     plan.add_argument("job", type=Path)
     plan.add_argument("--json", action="store_true", help="JSON Lines, one object per frame")
+    add_report_commands(sub, plan)
     add_deforum_arguments(run, validate, plan)  # a Deforum settings file is a job too
     add_import_parser(sub)
     demo = sub.add_parser("demo", help="run the demo on builtin:tiny (no network)")
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMAND_GROUP = "sdfleet.commands"
+
+
+def add_report_commands(sub, plan) -> None:
+    """`sdfleet expand`, `sdfleet report` and `plan --plot` (jobs/expand.py, report.py, plot.py)."""
+    from sdfleet.jobs import expand, plot, report
+
+    expand.register(sub)
+    report.register(sub)
+    plot.add_plot_argument(plan)
 
 
 def add_contributed_commands(sub) -> None:
@@ -130,6 +140,10 @@ def cmd_plan(args) -> int:
         )
         return EXIT_CONFIG
     frames = plan_animation_job(job, args.job)
+    if args.plot:
+        from sdfleet.jobs.plot import write_plan_plot
+
+        write_plan_plot(frames, args.plot, str(args.job))
     sys.stdout.write(plan_to_jsonl(frames) if args.json else format_table(frames) + "\n")
     return EXIT_OK
 

@@ -96,6 +96,9 @@ class BatchJob(Strict):
     executor: Literal["ray", "local"] = "ray"
     ray: RayOptions = RayOptions()
     max_reported_errors: int = Field(50, ge=1)
+    price_per_gpu_hour: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="the summary's cost per 1000 images"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
