@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit 0 even when some rows failed (they stay in the summary); for "
         "schedulers that would otherwise retry a finished job",
     )
+    run.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="batch jobs: make again the rows whose result is an error (e.g. after fixing "
+        "the manifest); ok rows are kept",
+    )
     validate = sub.add_parser("validate", help="check a job and its manifest without running")
     validate.add_argument("job", type=Path)
     plan = sub.add_parser("plan", help="print an animation job's per-frame plan")
@@ -168,6 +174,7 @@ def cmd_run(args) -> int:
             args.address,
             show_progress=not args.no_progress,
             actor_class=args.actor_class or GenerateBatch,
+            retry_errors=args.retry_errors,
         )
     return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
 

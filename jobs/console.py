@@ -41,6 +41,8 @@ def report_batch(summary: dict, out: str) -> None:
     )
     for item in summary["errors"][:10]:
         print(f"  error {item['output_id']}: {item['error']}")
+    if summary["error"]:
+        print("  to make the failed rows again (e.g. after fixing them): add --retry-errors")
     if summary["unique_outputs"] < summary["expected_outputs"]:
         print(
             f"  missing: {summary['expected_outputs'] - summary['unique_outputs']} outputs; "

@@ -17,10 +17,11 @@ from sdfleet.batch.manifest import validate_manifest
 from sdfleet.batch.models import model_spec, resolve_model_source
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.paths import is_uri, resolve_path
+from sdfleet.batch.retry import forget_failed_rows
 from sdfleet.batch.run import Progress, RunStats, run_local, summarize
 from sdfleet.batch.sources import check_out_outside_manifest, find_manifest_files, manifest_folder
 from sdfleet.jobs.console import progress_bar, report_batch
-from sdfleet.jobs.spec import BatchJob
+from sdfleet.jobs.spec import BatchJob, record_base, with_absolute_paths
 
 logger = logging.getLogger(__name__)
 
@@ -88,17 +89,29 @@ def check_out(out: OutputDir) -> None:
         raise ConfigError(f"--out {out.uri!r} is a file; give a folder (new, or an earlier run's)")
 
 
-def check_same_job(out: OutputDir, job: BatchJob, executor: str) -> None:
+def checkpoint_uri(job: BatchJob, out: OutputDir) -> str:
+    """Where the Ray executor records finished rows (Ray Data's checkpoint)."""
+    return job.ray.checkpoint_path or out.child_uri("_checkpoint")
+
+
+def check_same_job(
+    out: OutputDir, job: BatchJob, executor: str, base_dir: Path | None = None
+) -> None:
     """Resuming into OUT is only safe with the settings (and executor) that started it. A run
-    that committed no row yet (it failed first) binds nothing: its job.yaml is replaced."""
-    checkpoint = job.ray.checkpoint_path or out.child_uri("_checkpoint")
+    that committed no row yet (it failed first) binds nothing: its job.yaml is replaced.
+    With `base_dir` (the job file's folder), relative paths compare as the files they name,
+    so the record OUT/job.yaml, whose paths load absolute, resumes its own OUT."""
+    checkpoint = checkpoint_uri(job, out)
     committed = any(parquet_files(folder)[1] for folder in (out.child_uri("results"), checkpoint))
     if not out.exists("job.yaml") or not committed:
         return
     before = yaml.safe_load(out.read_bytes("job.yaml")) or {}
     # every setting but the output-only ones (ray.checkpoint_path counts: another record of
     # finished rows would make every row again, next to the old)
-    changed = settings_changes(before.get("job") or {}, job.model_dump(mode="json", by_alias=True))
+    was, now = before.get("job") or {}, job.model_dump(mode="json", by_alias=True)
+    if base_dir is not None:
+        was, now = with_absolute_paths(was, record_base(before)), with_absolute_paths(now, base_dir)
+    changed = settings_changes(was, now)
     if changed:
         raise ConfigError(
             f"{out.uri} holds results of a different job (changed {'; '.join(changed)}); a "
@@ -132,7 +145,7 @@ def write_job_record(out: OutputDir, job: BatchJob | Any, source: Path, executor
     """OUT/job.yaml: the resolved job as run, plus the versions that produced the images."""
     record = {
         "job": job.model_dump(mode="json", by_alias=True),
-        "source": str(source),
+        "source": str(source.resolve()),
         "executor": executor,
         "versions": versions(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -160,11 +173,12 @@ def run_batch(
     address: str | None,
     show_progress: bool = True,
     actor_class: type[GenerateBatch] = GenerateBatch,
+    retry_errors: bool = False,
 ) -> int:
     """`sdfleet run` of a batch job: check, run with a progress bar, report; the exit status."""
     prepared = prepare_batch_job(job, job_path, out)
     with progress_bar(prepared.expected_outputs, show_progress) as bar:
-        summary = run_batch_job(prepared, executor, bar.update, address, actor_class)
+        summary = run_batch_job(prepared, executor, bar.update, address, actor_class, retry_errors)
     report_batch(summary, prepared.config.out_uri)
     return exit_status(summary)
 
@@ -175,15 +189,21 @@ def run_batch_job(
     progress: Progress,
     address: str | None = None,
     actor_class: type[GenerateBatch] = GenerateBatch,
+    retry_errors: bool = False,
 ) -> dict:
     """Execute and return the summary (also written to OUT/summary.json). `actor_class`: the
-    replica actor (default `GenerateBatch`; tests and benchmarks pass a subclass)."""
+    replica actor (default `GenerateBatch`; tests and benchmarks pass a subclass).
+    `retry_errors`: the rows whose committed result is an error are made again
+    (`batch.retry`); every ok row is kept."""
     out = OutputDir(prepared.config.out_uri)
     if executor == "local":  # Ray checks its nodes' GPUs when it sizes the pool
         check_local_device(prepared.config.model.device)
-    check_same_job(out, prepared.job, executor)
+    check_same_job(out, prepared.job, executor, prepared.job_path.parent)
     write_job_record(out, prepared.job, prepared.job_path, executor)
     stats = RunStats(executor=executor)
+    if retry_errors:
+        retried = forget_failed_rows(out, checkpoint_uri(prepared.job, out))
+        stats.extra["retried_failed_rows"] = retried
     if executor == "local":
         run_local(prepared.config, prepared.files, stats, progress, actor_class)
     elif executor == "ray":

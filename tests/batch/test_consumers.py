@@ -327,6 +327,7 @@ def test_a_datasets_image_struct_is_an_init_image(tmp_path):
     assert request.init_image == str(tmp_path / "src.png") and request.mode == "img2img"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("embed", [True, False])
 def test_img2img_job_from_an_earlier_runs_results(tiny_dir, tmp_path, embed):
     """The results folder of one run is the manifest of the next: each output becomes an
@@ -349,6 +350,7 @@ def test_img2img_job_from_an_earlier_runs_results(tiny_dir, tmp_path, embed):
         assert rows[0]["init_image"] == str(first / "results" / ".." / "images" / "cat.png")
 
 
+@pytest.mark.slow
 def test_an_earlier_runs_failed_rows_are_refused_with_the_fix(tiny_dir, tmp_path, capsys):
     import pyarrow.parquet as pq
 
