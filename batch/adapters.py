@@ -84,7 +84,8 @@ class AdapterSlots:
         self.max_loaded = max(1, max_loaded)
         self._loaded: OrderedDict[str, LoraUse] = OrderedDict()
         self._active: tuple | None = ()  # () = LoRA off; None = unknown
-        self.loads = 0  # files loaded so far (the benchmark reads it)
+        self.loads = 0  # files loaded so far
+        self.switches = 0  # changes of the active set (the benchmark reads both)
 
     @property
     def active_key(self) -> tuple:
@@ -111,6 +112,7 @@ class AdapterSlots:
                 [u.adapter_name for u in ordered], [self._weights(u) for u in ordered]
             )
         self._active = key
+        self.switches += 1
         return key
 
     def _weights(self, use: LoraUse) -> float | dict[str, float]:
