@@ -96,8 +96,7 @@ class PipelineFrames:
         """One 2D frame: txt2img when init is None, else img2img of init (3, H, W) in [0, 1]."""
         if init is None:
             return self._run([record], width=self.width, height=self.height)[0]
-        pipe = self.sampler.pipeline("img2img", self.scheduler)
-        max_steps = pipe.scheduler.config.num_train_timesteps
+        max_steps = self.sampler.train_timesteps(self.scheduler)
         if img2img_steps(record.steps, record.denoise, max_steps) is None:
             logger.info(
                 "frame %d: denoise %g runs no step; the prepared picture is the frame",

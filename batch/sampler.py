@@ -142,8 +142,9 @@ class Sampler:
         pipe = self.pipeline(sample.mode, sample.scheduler)
         # 2. one generator per row, seeded from the row alone
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in sample.seeds]
+        # 3. the mode's arguments: size and noise, or image, strength and the steps policy
         kwargs = self._mode_kwargs(pipe, sample)
-        # 3. run; the postprocessor gives (B, 3, H, W) in [0, 1] ("pt": no float -> uint8 trip)
+        # 4. run; the postprocessor gives (B, 3, H, W) in [0, 1] ("pt": no float -> uint8 trip)
         with torch.inference_mode():
             images = pipe(
                 **sample.text.kwargs(),
@@ -153,7 +154,7 @@ class Sampler:
                 **kwargs,
             ).images
         images = images.float().cpu()  # (B, 3, H, W)
-        # 4. a row with NaN/inf values is an error, not a black square
+        # 5. a row with NaN/inf values is an error, not a black square
         finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
         return Sampled(images, tuple(None if ok else GenerationError(NAN_FIX) for ok in finite))
 
@@ -172,6 +173,11 @@ class Sampler:
             width, height = _image_size(sample.image)
             kwargs |= {"mask_image": sample.mask_image, "width": width, "height": height}
         return kwargs
+
+    def train_timesteps(self, scheduler: str | None) -> int:
+        """The training steps of img2img with `scheduler`: no schedule has more steps, so a
+        strength below 1 / this reaches no denoising step (`batch.schedulers.img2img_steps`)."""
+        return self.pipeline("img2img", scheduler).scheduler.config.num_train_timesteps
 
     @staticmethod
     def img2img_steps(pipe: Any, steps: int, strength: float) -> int:

@@ -141,3 +141,4 @@ def test_embeddings_give_the_image_the_prompt_strings_give(tiny_pipes) -> None:
     encoded = sampler.sample(Sample([11], embeds, 3, 5.0, **size))
     assert torch.allclose(strings.images, encoded.images, atol=1e-6)
     assert sampler.latent_shape(64, 48) == (4, 6, 8)
+    assert sampler.train_timesteps("euler_a") == 1000
