@@ -83,7 +83,7 @@ def chunk_tokens(
 
 
 @dataclass(frozen=True)
-class PromptEmbeds:
+class TextEmbedding:
     """One prompt's embeddings: (1, 77 * chunks, dim) and SDXL's pooled (1, dim2) or None."""
 
     embeds: Any
@@ -128,7 +128,7 @@ class PromptEncoder:
         self.slots = encoder_slots(pipe)
         self.cache_size = cache_size
         self.adapter_key: tuple = ()  # set by whoever changes the text encoders' adapters
-        self._cache: OrderedDict[tuple, PromptEmbeds] = OrderedDict()
+        self._cache: OrderedDict[tuple, TextEmbedding] = OrderedDict()
 
     # ---------------------------------------------------------------------- routing
 
@@ -166,7 +166,7 @@ class PromptEncoder:
 
     # ---------------------------------------------------------------------- encoding
 
-    def encode(self, text: str) -> PromptEmbeds:
+    def encode(self, text: str) -> TextEmbedding:
         """One prompt's embeddings (cached per prompt and adapter state)."""
         key = (text, self.adapter_key)
         if key in self._cache:
@@ -195,7 +195,7 @@ class PromptEncoder:
             kwargs["negative_pooled_prompt_embeds"] = torch.cat([e.pooled for e in negative])
         return kwargs
 
-    def padded(self, embeds: PromptEmbeds, chunks: int) -> Any:
+    def padded(self, embeds: TextEmbedding, chunks: int) -> Any:
         """`embeds.embeds` followed by empty chunks up to `chunks` chunks."""
         import torch
 
@@ -205,7 +205,7 @@ class PromptEncoder:
         empty = self.encode("").embeds  # one chunk: BOS, EOS, padding
         return torch.cat([embeds.embeds, empty.repeat(1, missing, 1)], dim=1)
 
-    def _encode(self, fragments: Sequence[Fragment]) -> PromptEmbeds:
+    def _encode(self, fragments: Sequence[Fragment]) -> TextEmbedding:
         import torch
 
         per_slot = [self._chunks(slot, fragments) for slot in self.slots]
@@ -220,7 +220,7 @@ class PromptEncoder:
                     pooled = encoded[0][1]
         embeds = torch.cat(states, dim=-1) if len(states) > 1 else states[0]
         dtype = self.slots[-1].encoder.dtype
-        return PromptEmbeds(embeds.to(dtype), None if pooled is None else pooled.to(dtype))
+        return TextEmbedding(embeds.to(dtype), None if pooled is None else pooled.to(dtype))
 
     def _chunks(self, slot: _Slot, fragments: Sequence[Fragment]) -> list[Chunk]:
         pieces = [
