@@ -214,6 +214,7 @@ class Pipelines:
     cpu_threads: int | None = None  # torch threads on a CPU (set by `load_model`)
     refiner: Any = None  # an SDXL img2img refiner pipeline (`ModelSpec.refiner`)
     refiner_switch: float = 0.8
+    prompt_syntax: str = "a1111"  # how the sampler reads prompts (`ModelSpec.prompt_syntax`)
 
 
 def load_model(spec: ModelSpec, cpu_threads: int | None = None) -> Pipelines:
@@ -253,7 +254,14 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
     img2img.set_progress_bar_config(disable=True)
     refiner = load_refiner(spec, device, dtype) if spec.refiner else None
     return Pipelines(
-        txt2img, img2img, device, dtype, spec.model, None, refiner, spec.refiner_switch
+        txt2img,
+        img2img,
+        device,
+        dtype,
+        spec.model,
+        refiner=refiner,
+        refiner_switch=spec.refiner_switch,
+        prompt_syntax=spec.prompt_syntax,
     )
 
 
