@@ -18,19 +18,28 @@ the generation size, the init image as img2img resizes it.
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from sdfleet.batch.datasets_io import image_source
 from sdfleet.batch.masks import (
+    MaskFromBoxes,
     Region,
     binarize,
     blur_mask,
+    box_problems,
     crop_region,
     expand_to_aspect,
     overlay,
     paste_back,
+    row_boxes,
 )
+from sdfleet.batch.paths import is_uri, resolve_path
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,3 +94,76 @@ def finish_inpaint(prepared: InpaintInput, generated: Image.Image) -> Image.Imag
     if prepared.region is not None:
         result = paste_back(prepared.source, result, prepared.region)
     return overlay(prepared.source, result, prepared.source_mask, prepared.blurred)
+
+
+# ------------------------------------------------------------------------------ manifest rows
+
+Issue = tuple[str, Any, str]  # (column, value, fix), as batch.manifest reports them
+
+
+def inpaint_issues(row: dict, boxes: MaskFromBoxes | None, base_dir: Path | None) -> list[Issue]:
+    """A row's inpainting problems: a mask without an init image, a mask of another size, a box
+    outside the image, bad mask_blur / inpaint_padding / inpaint_only_masked values."""
+    issues = _setting_issues(row)
+    mask = image_source(row.get("mask_image"))
+    if mask is None and boxes is None:
+        return issues
+    if image_source(row.get("init_image")) is None:
+        column = "mask_image" if mask is not None else boxes.columns[0]
+        fix = "a mask repaints part of an init image: give the row an init_image"
+        return [*issues, (column, row.get(column), fix)]
+    size = image_size(row.get("init_image"), base_dir)
+    if mask is not None:
+        mask_size = image_size(row.get("mask_image"), base_dir)
+        if isinstance(mask_size, str):
+            return [*issues, ("mask_image", mask, mask_size)]
+        if isinstance(size, tuple):
+            issues += [("mask_image", mask, p) for p in mask_size_problems(mask_size, size)]
+    elif isinstance(size, tuple) or boxes.units == "relative":
+        issues += _box_issues(row, boxes, size if isinstance(size, tuple) else (1, 1))
+    return issues
+
+
+def _box_issues(row: dict, spec: MaskFromBoxes, size: tuple[int, int]) -> list[Issue]:
+    column = spec.columns[0] if len(spec.columns) == 1 else ",".join(spec.columns)
+    found = row_boxes(row, spec)
+    if not found:
+        return [(column, None, "no box in this row: give at least one box, or drop the row")]
+    for box in found:
+        if any(v is None or isinstance(v, bool) or not isinstance(v, int | float) for v in box):
+            return [(column, box, "a box is four numbers x0, y0, x1, y1")]
+        if problems := box_problems(box, size, spec.units):
+            return [(column, box, f"{problems[0]}; fix the label or its units")]
+    return []
+
+
+def _setting_issues(row: dict) -> list[Issue]:
+    issues: list[Issue] = []
+    blur = row.get("mask_blur")
+    if blur is not None and (not _is_number(blur) or not 0 <= blur <= 256):
+        issues.append(("mask_blur", blur, "use a number of pixels from 0 to 256 (4 is A1111's)"))
+    padding = row.get("inpaint_padding")
+    if padding is not None and (not _is_number(padding) or padding < 0 or padding % 1):
+        issues.append(("inpaint_padding", padding, "use a whole number of pixels >= 0"))
+    only = row.get("inpaint_only_masked")
+    if only is not None and not isinstance(only, bool):
+        issues.append(("inpaint_only_masked", only, "use true or false"))
+    return issues
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def image_size(value: Any, base_dir: Path | None) -> tuple[int, int] | str | None:
+    """(width, height) read from an image's header; a fix string where it cannot be read; None
+    for a URI (checked when the row runs)."""
+    source = image_source(value)
+    if isinstance(source, str) and is_uri(source):
+        return None
+    try:
+        opened = io.BytesIO(source) if isinstance(source, bytes) else resolve_path(source, base_dir)
+        with Image.open(opened) as image:
+            return image.size
+    except (OSError, ValueError, TypeError) as exc:
+        return f"cannot read an image here ({type(exc).__name__}); give PNG/JPEG bytes or a path"

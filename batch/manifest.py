@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sdfleet.batch.conditioning import inpaint_issues
 from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.outputs import output_name
@@ -220,6 +221,7 @@ def row_problems(
         *_prompt_issues(row, defaults),
         *_number_issues(row, defaults),
         *_init_image_issues(row, defaults, base_dir),
+        *inpaint_issues(row, defaults.mask_from_boxes, base_dir),
         *_scheduler_issues(row_value(row, defaults, "scheduler")),
     ]
     return [Problem(source, index, row.get("id"), *issue) for issue in issues]

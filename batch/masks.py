@@ -17,7 +17,8 @@ black (0) = keep. What a user gets, in A1111's order:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -140,3 +141,46 @@ def overlay(original: Image.Image, result: Image.Image, mask: Image.Image, blurr
     mixed = made * alpha + source * (1.0 - alpha)
     out = np.where(inside[..., None] > 0, np.clip(np.rint(mixed), 0, 255), source)
     return Image.fromarray(out.astype(np.uint8), mode="RGB")
+
+
+# ------------------------------------------------------------------------------ label columns
+
+INPAINT_COLUMNS = ("mask_image", "mask_blur", "inpaint_only_masked", "inpaint_padding")
+
+
+@dataclass(frozen=True)
+class MaskFromBoxes:
+    """A job's `mask_from_boxes`: masks made from label columns, white inside the boxes (or
+    outside them with `invert`: keep the objects, repaint the background).
+
+    `columns` is four columns (x0, y0, x1, y1: one box a row) or one column holding a list of
+    boxes (each [x0, y0, x1, y1]); `units` "pixel" (of the init image) or "relative" (0..1)."""
+
+    columns: tuple[str, ...]
+    units: Literal["pixel", "relative"] = "pixel"
+    invert: bool = False
+
+
+def mask_from_boxes_problems(columns: Any, units: Any) -> list[str]:
+    """What is wrong with a job's mask_from_boxes settings (empty when usable)."""
+    problems = []
+    if not isinstance(columns, list | tuple) or len(columns) not in (1, 4):
+        problems.append(
+            f"columns {columns!r}: give four columns [x0, y0, x1, y1] or one column of box lists"
+        )
+    if units not in ("pixel", "relative"):
+        problems.append(f"units {units!r}: use 'pixel' or 'relative'")
+    return problems
+
+
+def row_boxes(row: dict, spec: MaskFromBoxes) -> list[Any]:
+    """The row's boxes (as given: each should be 4 numbers) under `spec`."""
+    if len(spec.columns) == 4:
+        return [[row.get(column) for column in spec.columns]]
+    value = row.get(spec.columns[0])
+    if value is None:
+        return []
+    value = list(value)
+    if len(value) == 4 and all(isinstance(v, int | float) for v in value):
+        return [value]  # one box, not a list of them
+    return [list(box) if isinstance(box, list | tuple) else [box] for box in value]

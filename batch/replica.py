@@ -25,12 +25,16 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from sdfleet.batch.conditioning import finish_inpaint, mask_size_problems, prepare_inpaint
+from sdfleet.batch.errors import ManifestError
+from sdfleet.batch.masks import box_mask
 from sdfleet.batch.models import ModelSpec, Pipelines, load_model
 from sdfleet.batch.paths import is_uri
 from sdfleet.batch.request import GenRequest
 from sdfleet.batch.sampler import Sample, Sampler, TextPrompts
 
 logger = logging.getLogger(__name__)
+INPUT_PREFIX = {"txt2img": "", "img2img": "init_image: ", "inpaint": "init_image or mask: "}
 
 
 @dataclass
@@ -119,10 +123,9 @@ class Replica:
         ready, failed = [], {}
         for request in chunk:
             try:
-                image = load_init_image(request) if request.mode == "img2img" else None
-                ready.append((request, image))
+                ready.append((request, load_inputs(request)))
             except Exception as exc:  # noqa: BLE001
-                failed[id(request)] = _error(request, exc, prefix="init_image: ")
+                failed[id(request)] = _error(request, exc, prefix=INPUT_PREFIX[request.mode])
         return ready, failed
 
     def _call_pipeline(self, ready: list[tuple[GenRequest, Any]], pad_to: int) -> list[GenResult]:
@@ -135,13 +138,14 @@ class Replica:
         share = (time.perf_counter() - t0) / len(padded)
         # 3. a row whose output is unusable (NaN/inf) fails alone; padding rows are dropped
         results = []
-        for (request, _), image, error in zip(ready, sampled.images, sampled.errors):
+        for (request, inputs), image, error in zip(ready, sampled.images, sampled.errors):
             if error is not None:
                 results.append(_error(request, error, seconds=share))
-            else:  # (3, H, W) -> (H, W, 3)
-                results.append(
-                    GenResult(request, to_pil(image.permute(1, 2, 0).numpy()), None, share)
-                )
+                continue
+            picture = to_pil(image.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
+            if request.mode == "inpaint":  # paste back, the source kept outside the mask
+                picture = finish_inpaint(inputs, picture)
+            results.append(GenResult(request, picture, None, share))
         return results
 
     def _free_memory(self) -> None:
@@ -167,6 +171,9 @@ def sample_of(rows: list[tuple[GenRequest, Any]]) -> Sample:
     }
     if first.mode == "img2img":
         return Sample(**common, image=[image for _, image in rows], strength=first.strength)
+    if first.mode == "inpaint":
+        images, masks = [p.image for _, p in rows], [p.mask for _, p in rows]
+        return Sample(**common, image=images, mask_image=masks, strength=first.strength)
     return Sample(**common, width=first.width, height=first.height)
 
 
@@ -177,13 +184,32 @@ def to_pil(array):
     return Image.fromarray((array * 255).round().astype("uint8"))
 
 
+def load_inputs(request: GenRequest) -> Any:
+    """What a request's mode adds to the call: nothing, its init image, or its `InpaintInput`."""
+    if request.mode == "txt2img":
+        return None
+    if request.mode == "img2img":
+        return load_init_image(request)
+    spec = request.inpaint
+    image = read_image(request.init_image)  # the mask's size rule is on the original size
+    if spec.mask_image is not None:
+        mask = read_image(spec.mask_image)
+        if problems := mask_size_problems(mask.size, image.size):
+            raise ManifestError(f"mask_image: {problems[0]}")
+    else:
+        mask = box_mask(image.size, spec.boxes, spec.units, spec.invert)
+    size = (request.width, request.height)
+    return prepare_inpaint(image, mask, size, spec.blur, spec.only_masked, spec.padding)
+
+
 def load_init_image(request: GenRequest):
     """A request's init image as an RGB PIL image at the request's size."""
     return read_image(request.init_image, request.width, request.height)
 
 
-def read_image(source: bytes | str, width: int, height: int):
-    """Encoded bytes, a path or a URI -> RGB PIL image at width x height (Lanczos resize)."""
+def read_image(source: bytes | str, width: int | None = None, height: int | None = None):
+    """Encoded bytes, a path or a URI -> RGB PIL image, at width x height where given (Lanczos
+    resize)."""
     from PIL import Image
 
     if isinstance(source, bytes):
@@ -200,7 +226,7 @@ def read_image(source: bytes | str, width: int, height: int):
     image = Image.open(io.BytesIO(data))
     image.load()
     image = image.convert("RGB")
-    if image.size != (width, height):
+    if width is not None and image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.datasets_io import as_manifest_row, image_source
+from sdfleet.batch.masks import INPAINT_COLUMNS, MaskFromBoxes, row_boxes
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.seeds import SEED_MAX, derive_seed
@@ -29,6 +30,7 @@ KNOWN_COLUMNS = (
     "init_image",
     "strength",
     "scheduler",
+    *INPAINT_COLUMNS,
 )
 
 
@@ -47,6 +49,23 @@ class RowDefaults:
     num_images: int = 1
     strength: float = 0.75
     scheduler: str | None = None
+    mask_blur: float = 4.0  # inpainting (`batch.conditioning`)
+    inpaint_only_masked: bool = False
+    inpaint_padding: int = 32
+    mask_from_boxes: MaskFromBoxes | None = None
+
+
+@dataclass(frozen=True)
+class Inpaint:
+    """A request's inpainting: a mask image, or boxes to make one, and how it is applied."""
+
+    mask_image: bytes | str | None = None
+    boxes: tuple[tuple[float, ...], ...] = ()  # with units/invert, where there is no mask_image
+    units: str = "pixel"
+    invert: bool = False
+    blur: float = 4.0
+    only_masked: bool = False
+    padding: int = 32
 
 
 @dataclass(frozen=True)
@@ -66,11 +85,14 @@ class GenRequest:
     scheduler: str | None
     init_image: bytes | str | None = None
     strength: float | None = None
+    inpaint: Inpaint | None = None
     carried: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def mode(self) -> str:
-        return "txt2img" if self.init_image is None else "img2img"
+        if self.init_image is None:
+            return "txt2img"
+        return "img2img" if self.inpaint is None else "inpaint"
 
     def group_key(self) -> tuple:
         """Rows with equal keys can share one pipeline call (diffusers takes these as scalars)."""
@@ -116,9 +138,7 @@ def expand_row(
     prompt = row_value(row, defaults, "prompt")
     if defaults.prompt_template:
         prompt = defaults.prompt_template.format_map(template_values(row, defaults))
-    image = image_source(row.get("init_image"))  # a datasets {bytes, path} struct too
-    if isinstance(image, str) and not is_uri(image):
-        image = str(resolve_path(image, base_dir))  # relative: from the manifest's folder
+    image = local_source(row.get("init_image"), base_dir)
     base = GenRequest(
         row_id=row["id"],
         variant=0,
@@ -133,6 +153,7 @@ def expand_row(
         scheduler=row_value(row, defaults, "scheduler"),
         init_image=image,
         strength=float(row_value(row, defaults, "strength")) if image is not None else None,
+        inpaint=row_inpaint(row, defaults, base_dir) if image is not None else None,
         carried=carried,
     )
     return [
@@ -144,6 +165,32 @@ def expand_row(
         )
         for k in range(count)
     ]
+
+
+def local_source(value: Any, base_dir: Path | None) -> bytes | str | None:
+    """An image column's value (a datasets {bytes, path} struct too) with a relative path made
+    absolute from the manifest's folder."""
+    image = image_source(value)
+    if isinstance(image, str) and not is_uri(image):
+        image = str(resolve_path(image, base_dir))
+    return image
+
+
+def row_inpaint(row: dict, defaults: RowDefaults, base_dir: Path | None) -> Inpaint | None:
+    """The row's inpainting, or None where it has no mask_image and the job no mask_from_boxes."""
+    mask = local_source(row.get("mask_image"), base_dir)
+    boxes = defaults.mask_from_boxes
+    if mask is None and boxes is None:
+        return None
+    settings = {
+        "blur": float(row_value(row, defaults, "mask_blur")),
+        "only_masked": bool(row_value(row, defaults, "inpaint_only_masked")),
+        "padding": int(row_value(row, defaults, "inpaint_padding")),
+    }
+    if mask is not None:
+        return Inpaint(mask_image=mask, **settings)
+    found = tuple(tuple(float(v) for v in box) for box in row_boxes(row, boxes))
+    return Inpaint(boxes=found, units=boxes.units, invert=boxes.invert, **settings)
 
 
 def row_seed(row: dict, defaults: RowDefaults, job_seed: int, variant: int) -> int:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
+from sdfleet.batch.masks import MaskFromBoxes, mask_from_boxes_problems
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.request import RowDefaults
 from sdfleet.batch.schedulers import scheduler_name_problems
@@ -37,6 +38,9 @@ class Defaults(Strict):
     num_images: int = Field(1, ge=1, le=64)
     strength: float = Field(0.75, gt=0, le=1)
     scheduler: str | None = None
+    mask_blur: float = Field(4.0, ge=0, le=256, description="inpainting: mask feather, pixels")
+    inpaint_only_masked: bool = Field(False, description="inpaint the mask's crop at full size")
+    inpaint_padding: int = Field(32, ge=0, description="only-masked crop padding, pixels")
 
     @field_validator("scheduler")
     @classmethod
@@ -75,6 +79,21 @@ class RayOptions(Strict):
     checkpoint_path: str | None = None
 
 
+class MaskFromBoxesOptions(Strict):
+    """Inpainting masks from label columns (`batch.conditioning.MaskFromBoxes`)."""
+
+    columns: list[str] = Field(min_length=1, max_length=4, description="[x0,y0,x1,y1] or one")
+    units: Literal["pixel", "relative"] = "pixel"
+    invert: bool = Field(False, description="keep the boxed objects, repaint the rest")
+
+    @field_validator("columns")
+    @classmethod
+    def _one_or_four(cls, value: list[str]) -> list[str]:
+        if problems := mask_from_boxes_problems(value, "pixel"):
+            raise ValueError("; ".join(problems))
+        return value
+
+
 class BatchJob(Strict):
     kind: Literal["batch"] = "batch"
     name: str | None = None
@@ -89,6 +108,7 @@ class BatchJob(Strict):
     manifest: str
     seed: int = Field(0, ge=0, description="job seed: rows without a seed derive theirs from it")
     defaults: Defaults = Defaults()
+    mask_from_boxes: MaskFromBoxesOptions | None = None
     batch_size: int = Field(4, ge=1, le=256)
     pad_batches: bool = True
     cpu_threads: int | None = Field(None, ge=1, description="CPU replicas: torch threads")
@@ -111,6 +131,10 @@ class BatchJob(Strict):
         values = self.defaults.model_dump()
         if values["scheduler"] is None:
             values["scheduler"] = self.scheduler
+        if (boxes := self.mask_from_boxes) is not None:
+            values["mask_from_boxes"] = MaskFromBoxes(
+                tuple(boxes.columns), boxes.units, boxes.invert
+            )
         return RowDefaults(**values)
 
 
