@@ -48,6 +48,7 @@ class Recipe:
     caption_drop: float = 0.1
     noise_offset: float = 0.1
     ema: float = 0.999
+    min_snr: float = 5.0  # min-SNR-gamma loss weights (Hang et al. 2023); 0 turns them off
     save_every_min: float = 6.0
     threads: int = 2
 
@@ -152,6 +153,15 @@ class TokenCache:
         return torch.stack([self.ids[c] for c in captions])
 
 
+def snr_weights(alpha_bar, gamma: float):
+    """min(SNR, gamma) / SNR per item for epsilon prediction: low-noise steps count less, so
+    the steps that decide layout (high noise) are learned sooner. gamma 0 -> all ones."""
+    if gamma <= 0:
+        return alpha_bar.new_ones(alpha_bar.shape)
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=gamma) / snr
+
+
 def update_ema(ema_models, models, decay: float) -> None:
     import torch
 
@@ -198,7 +208,8 @@ def train_unet(parts: dict, latents, scenes, recipe: Recipe, clock: Clock, save)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = text_encoder(tokens(captions))[0]  # (B, 77, 64)
-        loss = torch.nn.functional.mse_loss(unet(xt, t, context).sample, noise)
+        per_item = (unet(xt, t, context).sample - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = (per_item * snr_weights(a.flatten(), recipe.min_snr)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -245,7 +256,20 @@ def load_vae(folder: Path):
     return AutoencoderKL.from_pretrained(folder / "vae")
 
 
-def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
+def load_parts(folder: Path) -> dict:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return dict(
+        vae=AutoencoderKL.from_pretrained(folder / "vae"),
+        unet=UNet2DConditionModel.from_pretrained(folder / "unet"),
+        text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+    )
+
+
+def run(
+    recipe: Recipe, out: Path, vae_from: Path | None = None, resume: Path | None = None
+) -> None:
     import torch
 
     torch.set_num_threads(recipe.threads)
@@ -253,10 +277,14 @@ def run(recipe: Recipe, out: Path, vae_from: Path | None = None) -> None:
     clock = Clock(recipe.budget_min)
     parts = build_components(recipe.seed)
     info = {"recipe": asdict(recipe)}
+    if resume:  # continue from a saved pipeline: its VAE, text encoder and UNet
+        parts.update(load_parts(resume))
+        info["resumed_from"] = json.loads((resume / "training.json").read_text())
     # 1. VAE (or reuse a trained one)
-    if vae_from:
-        parts["vae"] = load_vae(vae_from)
-        info["vae_from"] = str(vae_from)
+    if resume or vae_from:
+        if vae_from:
+            parts["vae"] = load_vae(vae_from)
+            info["vae_from"] = str(vae_from)
     else:
         train_vae(parts["vae"], recipe, clock)
         parts["vae"].save_pretrained(out / "vae", safe_serialization=True)
@@ -280,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unet-steps", type=int, default=Recipe.unet_steps)
     parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps)
     parser.add_argument("--vae-from", type=Path, default=None, help="reuse a trained vae folder")
+    parser.add_argument("--resume", type=Path, default=None, help="continue a saved pipeline")
+    parser.add_argument("--unet-lr", type=float, default=Recipe.unet_lr)
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -288,9 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         budget_min=args.budget_min,
         unet_steps=args.unet_steps,
         vae_steps=args.vae_steps,
-        vae_share=0.0 if args.vae_from else Recipe.vae_share,
+        unet_lr=args.unet_lr,
+        vae_share=0.0 if args.vae_from or args.resume else Recipe.vae_share,
     )
-    run(recipe, args.out, args.vae_from.parent if args.vae_from else None)
+    run(recipe, args.out, args.vae_from.parent if args.vae_from else None, args.resume)
 
 
 if __name__ == "__main__":
