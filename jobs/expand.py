@@ -356,6 +356,16 @@ def is_matrix_spec(spec: str) -> bool:
     return "://" not in spec and spec.lower().endswith((".yaml", ".yml"))
 
 
+def manifest_files(spec: str, base_dir: Path, out_uri: str) -> list[str]:
+    """A batch job's manifest files: the Parquet files `manifest:` names, or for a matrix file
+    the manifest it expands to (see `matrix_manifest_files`)."""
+    if is_matrix_spec(spec):
+        return matrix_manifest_files(spec, base_dir, out_uri)
+    from sdfleet.batch.sources import find_manifest_files
+
+    return find_manifest_files(spec, base_dir=base_dir)
+
+
 def matrix_manifest_files(spec: str, base_dir: Path, out_uri: str) -> list[str]:
     """A batch job's `manifest:` naming a matrix: expanded into OUT/matrix/<stem>-<hash>.parquet
     (in OUT, so every Ray node reads it; named by its content, so nothing is written over)."""

@@ -129,7 +129,9 @@ def draw_grid(spec: GridSpec, path: Path, cell_px: int = THUMB_PX) -> Path:
     """A1111's layout: x values across the top, y values down the left, one panel per z value
     side by side under its label; an empty cell is grey."""
     font = _font(14)
-    label_w = max(_text_w(font, f"{v}") for v in [*spec.y_values, f"{spec.y_name} ↓"]) + 16
+    label_w = (
+        max(_text_w(font, f"{v}") for v in [*spec.y_values, f"{spec.y_name} \\ {spec.x_name}"]) + 16
+    )
     label_h = 24
     panel_w = label_w + len(spec.x_values) * (cell_px + _GAP_PX)
     panel_h = label_h * 2 + len(spec.y_values) * (cell_px + _GAP_PX)
@@ -137,9 +139,10 @@ def draw_grid(spec: GridSpec, path: Path, cell_px: int = THUMB_PX) -> Path:
     draw = ImageDraw.Draw(sheet)
     for k, z_value in enumerate(spec.z_values):
         left = k * panel_w
-        title = f"{spec.z_name}: {z_value}" if spec.z_name else f"{spec.x_name} →"
-        draw.text((left + label_w, 4), title, fill=(0, 0, 0), font=font)
-        draw.text((left + 6, label_h + 4), f"{spec.y_name} ↓", fill=(90, 90, 90), font=font)
+        if spec.z_name:
+            draw.text((left + label_w, 4), f"{spec.z_name}: {z_value}", fill=(0, 0, 0), font=font)
+        corner = f"{spec.y_name} \\ {spec.x_name}"
+        draw.text((left + 6, label_h + 4), corner, fill=(90, 90, 90), font=font)
         for i, x_value in enumerate(spec.x_values):
             x = left + label_w + i * (cell_px + _GAP_PX)
             draw.text(
