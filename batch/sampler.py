@@ -9,7 +9,16 @@ frames (`anim.frames.PipelineFrames`: embedding cache, blends) both run through
   conditioning the next modes add (an inpainting mask, ControlNet images and scales) are further
   `Sample` fields and one more entry there.
 - Text: prompt strings (`TextPrompts`) or precomputed embeddings (`PromptEmbeds`, with SDXL's
-  pooled embeddings where the model has them). Both go to the pipeline as keyword arguments.
+  pooled embeddings where the model has them). Strings are read in the model's prompt syntax
+  (`batch.prompt_encoding`): where every row is plain text of at most 75 tokens diffusers
+  encodes the strings itself; otherwise all rows go as A1111-style chunked, weighted embeddings.
+  Callers group rows by `text_route` so that one call never mixes the two.
+- LoRA: `Sample.loras` is the call's adapter set, made active (`batch.adapters.AdapterSlots`,
+  loaded once and kept) before the call; the text-embedding cache is keyed by it.
+- Refiner: with `Pipelines.refiner`, txt2img/img2img run the base to `refiner_switch` of the
+  steps (latents out) and the refiner from there, SDXL's base/refiner split.
+- Safety checker: where the model has one, `Sampled.flagged` says per row whether it fired
+  (diffusers then returns a black image); None where no checker ran.
 - Scheduler by name: a pipeline derived with ``from_pipe`` (shared weights, its own scheduler),
   cached per (mode, scheduler). The loaded pipelines are never mutated; None runs the model's
   own scheduler on the loaded pipeline itself.
@@ -95,6 +104,7 @@ class Sample:
     image: Any = None  # img2img: B PIL images, or (B, 3, H, W) in [0, 1]
     strength: float | None = None  # img2img: the share denoised (diffusers' meaning)
     mask_image: Any = None  # inpaint: B "L" masks the size of `image`, white = repaint
+    loras: tuple = ()  # `batch.adapters.LoraUse`s active for this call (none: LoRA off)
 
     @property
     def mode(self) -> str:
@@ -110,6 +120,7 @@ class Sampled:
 
     images: Any
     errors: tuple[GenerationError | None, ...]
+    flagged: tuple[bool | None, ...] = ()  # the model's safety checker fired (None: no checker)
 
 
 def check_sample(sample: Sample) -> None:
@@ -130,6 +141,9 @@ class Sampler:
         self.pipes = pipes
         self._derived: dict[tuple[str, str], Any] = {}
         self._schedulers: dict[str, Any] = {}
+        self._text: dict[str, Any] = {}  # "base" / "refiner" -> PromptEncoder, made on first use
+        self._adapters: Any = None
+        self._adapter_key: tuple = ()  # the active LoRA set
 
     # -------------------------------------------------------------------------- the call
 
@@ -140,23 +154,57 @@ class Sampler:
         # 1. check inputs and choose the pipeline (mode x scheduler, derived once)
         check_sample(sample)
         pipe = self.pipeline(sample.mode, sample.scheduler)
-        # 2. one generator per row, seeded from the row alone
+        # 2. the call's adapter set, then its text (strings, or embeddings under that set)
+        self.use_loras(sample.loras)
+        text = self.text_kwargs(sample.text)
+        # 3. one generator per row, seeded from the row alone
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in sample.seeds]
-        # 3. the mode's arguments: size and noise, or image, strength and the steps policy
+        # 4. the mode's arguments: size and noise, or image, strength and the steps policy
         kwargs = self._mode_kwargs(pipe, sample)
-        # 4. run; the postprocessor gives (B, 3, H, W) in [0, 1] ("pt": no float -> uint8 trip)
+        common = {"guidance_scale": sample.guidance_scale, "generator": generators}
+        # 5. run; the postprocessor gives (B, 3, H, W) in [0, 1] ("pt": no float -> uint8 trip)
         with torch.inference_mode():
-            images = pipe(
-                **sample.text.kwargs(),
-                guidance_scale=sample.guidance_scale,
-                generator=generators,
-                output_type="pt",
-                **kwargs,
-            ).images
-        images = images.float().cpu()  # (B, 3, H, W)
-        # 5. a row with NaN/inf values is an error, not a black square
+            if self.pipes.refiner is not None and sample.mode != "inpaint":
+                output = self._refined(pipe, sample, text, common | kwargs)
+            else:
+                output = pipe(**text, output_type="pt", **common, **kwargs)
+        images = output.images.float().cpu()  # (B, 3, H, W)
+        flagged = getattr(output, "nsfw_content_detected", None) or [None] * len(images)
+        # 6. a row with NaN/inf values is an error, not a black square
         finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
-        return Sampled(images, tuple(None if ok else GenerationError(NAN_FIX) for ok in finite))
+        errors = tuple(None if ok else GenerationError(NAN_FIX) for ok in finite)
+        return Sampled(images, errors, tuple(flagged))
+
+    def _refined(self, pipe: Any, sample: Sample, text: dict, kwargs: dict) -> Any:
+        """SDXL's split: the base denoises to `refiner_switch` (latents out), the refiner
+        (its own text encoder, the same generators) denoises the rest."""
+        switch = self.pipes.refiner_switch
+        latents = pipe(**text, output_type="latent", denoising_end=switch, **kwargs).images
+        if not isinstance(sample.text, TextPrompts):
+            raise ValueError("Sample.text: a refiner needs prompt strings (it has its own encoder)")
+        refiner = self._refiner(sample.scheduler)
+        refiner_text = self._encoder("refiner", refiner).call_kwargs(
+            sample.text.prompt, sample.text.negative_prompt
+        )
+        keep = {"guidance_scale", "generator", "num_inference_steps"}
+        rest = {k: v for k, v in kwargs.items() if k in keep}
+        return refiner(
+            **refiner_text, image=latents, denoising_start=switch, output_type="pt", **rest
+        )
+
+    def _refiner(self, scheduler: str | None) -> Any:
+        """The refiner with the call's scheduler (derived with from_pipe, made once)."""
+        if scheduler is None:
+            return self.pipes.refiner
+        key = ("refiner", scheduler)
+        if key not in self._derived:
+            from diffusers import AutoPipelineForImage2Image
+
+            made = make_scheduler(scheduler, self.pipes.refiner.scheduler.config)
+            derived = AutoPipelineForImage2Image.from_pipe(self.pipes.refiner, scheduler=made)
+            derived.set_progress_bar_config(disable=True)
+            self._derived[key] = derived
+        return self._derived[key]
 
     def _mode_kwargs(self, pipe: Any, sample: Sample) -> dict[str, Any]:
         """The mode's own arguments, with the steps x strength policy for img2img."""
@@ -238,22 +286,62 @@ class Sampler:
     # -------------------------------------------------------------------------- text and noise
 
     def encode_text(self, text: str) -> Any:
-        """(1, tokens, dim) text-encoder states of one text (no guidance pairing)."""
-        import torch
+        """(1, tokens, dim) text-encoder states of one text in the model's prompt syntax."""
+        return self.embed(text).embeds
 
-        with torch.inference_mode():
-            return self.pipes.txt2img.encode_prompt(
-                prompt=text,
-                device=self.pipes.device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-            )[0]
+    def embed(self, text: str) -> Any:
+        """A `batch.prompt_encoding.TextEmbedding` of one text: states and SDXL's pooled."""
+        return self._encoder("base", self.pipes.txt2img).encode(text)
+
+    def text_route(self, prompt: str, negative: str) -> tuple:
+        """How a row's text goes to the pipeline (rows of one call must share it)."""
+        if not _has_text_encoder(self.pipes.txt2img):
+            return ("text",)
+        return self._encoder("base", self.pipes.txt2img).route(prompt, negative)
+
+    def text_kwargs(self, text: TextPrompts | PromptEmbeds) -> dict[str, Any]:
+        """The pipeline's text arguments: embeddings as given; strings as the syntax reads
+        them (`batch.prompt_encoding.PromptEncoder.call_kwargs`)."""
+        if isinstance(text, PromptEmbeds) or not _has_text_encoder(self.pipes.txt2img):
+            return text.kwargs()
+        encoder = self._encoder("base", self.pipes.txt2img)
+        return encoder.call_kwargs(text.prompt, text.negative_prompt)
+
+    def _encoder(self, name: str, pipe: Any) -> Any:
+        """The PromptEncoder of the base or the refiner; the base's cache follows the active
+        LoRA set (the refiner has no LoRA)."""
+        if name not in self._text:
+            from sdfleet.batch.prompt_encoding import PromptEncoder
+
+            self._text[name] = PromptEncoder(pipe, self.pipes.prompt_syntax)
+        if name == "base":
+            self._text[name].adapter_key = self._adapter_key
+        return self._text[name]
+
+    @property
+    def adapters(self) -> Any:
+        """The replica's `batch.adapters.AdapterSlots` (LoRAs loaded into the base model)."""
+        if self._adapters is None:
+            from sdfleet.batch.adapters import AdapterSlots
+
+            self._adapters = AdapterSlots(self.pipes.txt2img)
+        return self._adapters
+
+    def use_loras(self, loras: tuple) -> None:
+        """Make `loras` the active set; the embedding cache follows it."""
+        if not loras and self._adapters is None:
+            return  # nothing was ever loaded: LoRA is off already
+        self._adapter_key = self.adapters.activate(tuple(loras))
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         """(C, H/f, W/f) of the initial noise (f = the VAE's down-sampling factor)."""
         base = self.pipes.txt2img
         factor = base.vae_scale_factor
         return base.unet.config.in_channels, height // factor, width // factor
+
+
+def _has_text_encoder(pipe: Any) -> bool:
+    return getattr(pipe, "tokenizer", None) is not None or hasattr(pipe, "text_encoder_2")
 
 
 def _image_size(images: Any) -> tuple[int, int]:
