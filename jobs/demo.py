@@ -1,4 +1,4 @@
-"""`sdfleet demo`: a small batch (txt2img variants + one img2img row) on builtin:tiny, then a
+"""`sdfleet demo`: a small batch (txt2img variants + one img2img row) on builtin:shapes, then a
 short animated clip (jobs/examples/anim_demo.yaml: 24 frames at 64x64) encoded to mp4."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ def demo_job(manifest: Path, executor: str) -> BatchJob:
     return BatchJob.model_validate(
         {
             "name": "demo",
-            "model": "builtin:tiny",
+            "model": "builtin:shapes",
             "manifest": str(manifest),
             "seed": 1,
             "defaults": {
-                "prompt_template": "{prompt}, {style}",
-                "num_inference_steps": 4,
-                "guidance_scale": 5.0,
+                "prompt_template": "{prompt} on a {style} background",
+                "num_inference_steps": 20,
+                "guidance_scale": 3.0,
                 "width": 64,
                 "height": 64,
                 "scheduler": "euler",

@@ -7,19 +7,23 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from sdfleet.batch.shapes.world import Scene, caption, render
 from sdfleet.batch.sources import table_from_rows
 
+# builtin:shapes draws these (docs/SHAPES.md); with a real model, products and styles such as
+# ("sku-1001", "a ceramic coffee mug", "kitchen") and "studio photo" read the same way.
 PRODUCTS = [
-    ("sku-1001", "a ceramic coffee mug", "kitchen"),
-    ("sku-1002", "a leather backpack", "travel"),
-    ("sku-1003", "a pair of running shoes", "sport"),
-    ("sku-1004", "a desk lamp", "home"),
+    ("sku-1001", "a large red circle", "circles"),
+    ("sku-1002", "a small blue square", "squares"),
+    ("sku-1003", "a large yellow triangle", "triangles"),
+    ("sku-1004", "a large purple square", "squares"),
 ]
-STYLES = ["studio photo", "watercolor", "flat vector illustration"]
+STYLES = ["white", "black", "green"]  # background colours: "{prompt} on a {style} background"
 
 
 def marketing_rows() -> list[dict]:
@@ -56,38 +60,58 @@ def shape_image_png(index: int, size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
+def world_image_png(scene: Scene) -> bytes:
+    """A picture of the shapes world (what builtin:shapes learned from) as PNG bytes."""
+    buffer = io.BytesIO()
+    render(scene).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+AUGMENT_SOURCES = [
+    Scene("circle", "red", "white", "large", "top left"),
+    Scene("square", "blue", "yellow", "large", "center"),
+    Scene("triangle", "black", "white", "large", "bottom right"),
+    Scene("square", "white", "purple", "large", "top right"),
+    Scene("circle", "yellow", "black", "large", "bottom left"),
+    Scene("triangle", "purple", "yellow", "large", "center"),
+]
+RECOLOUR = {"red": "yellow", "blue": "red", "black": "blue", "white": "orange", "yellow": "white"}
+
+
 def augmentation_rows(image_dir: Path, count: int = 6) -> list[dict]:
-    """Source images written to `image_dir`, referenced by relative path, with a label column."""
+    """Source images written to `image_dir`, referenced by relative path, with a label column;
+    each prompt asks for the same shape in place in another colour."""
     image_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(count):
+    for i, scene in enumerate(AUGMENT_SOURCES[:count]):
         name = f"src-{i:03d}.png"
-        (image_dir / name).write_bytes(shape_image_png(i))
+        (image_dir / name).write_bytes(world_image_png(scene))
+        recoloured = replace(scene, colour=RECOLOUR.get(scene.colour, "red"))
         rows.append(
             {
                 "id": f"aug-{i:03d}",
                 "init_image": f"{image_dir.name}/{name}",
-                "label": ["circle", "square"][(i + 1) % 2],
+                "label": scene.kind,
                 "split": "train" if i < count - 2 else "val",
-                "prompt": "a photo of a simple shape, high detail",
+                "prompt": caption(recoloured),  # a real model: "a photo of a simple shape"
             }
         )
     return rows
 
 
 def demo_rows() -> list[dict]:
-    """A dozen small txt2img rows, one img2img row from embedded bytes."""
+    """A dozen small txt2img rows, one img2img row from embedded bytes (a red circle made blue)."""
     rows = marketing_rows()
     rows.append(
         {
             "id": "demo-img2img",
-            "prompt": "a shape, oil painting",
-            "style": "oil",
+            "prompt": "a large blue circle",
+            "style": "white",
             "sku": "none",
             "category": "demo",
             "seed": 7,
             "num_images": 1,
-            "init_image": shape_image_png(1),
+            "init_image": world_image_png(AUGMENT_SOURCES[0]),
             "strength": 0.6,
         }
     )

@@ -86,11 +86,11 @@ def test_every_example_compiles_to_max_frames_records(path: Path) -> None:
             assert isinstance(row["steps"], int) and isinstance(row["kernel"], int)
 
 
-def test_demo_is_a_24_frame_64px_cadence_2_clip_on_builtin_tiny() -> None:
+def test_demo_is_a_24_frame_64px_cadence_2_clip_on_builtin_shapes() -> None:
     data = yaml.safe_load((EXAMPLES[0].parent / "anim_demo.yaml").read_text())
     demo = load_animation_job(data, "anim_demo.yaml")
     assert (demo.max_frames, demo.width, demo.height) == (24, 64, 64)
-    assert (demo.diffusion_cadence, demo.model) == (2, "builtin:tiny")
+    assert (demo.diffusion_cadence, demo.model) == (2, "builtin:shapes")
     records = compile_plan(demo)
     assert [r.frame for r in records if r.diffused] == [*range(0, 24, 2), 23]
 
