@@ -37,14 +37,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from sdfleet.anim.job_files import FileField
 from sdfleet.anim.schedule import KeyClock
 from sdfleet.batch.errors import ConfigError
-from sdfleet.batch.paths import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ N_FFT = 2048
 SILENT_PEAK = 1e-4  # -80 dBFS
 
 
-class AudioSpec(BaseModel):
+class AudioSpec(FileField):
     """The job's ``audio:`` field; a plain string is the file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,21 +62,6 @@ class AudioSpec(BaseModel):
     mux: bool = Field(True, description="also the video's soundtrack")
     bpm: float | None = Field(None, gt=0, le=1000, description="fixed beat grid, no tracking")
     beat_offset_s: float = Field(0.0, ge=0, description="time of beat 0 on the bpm grid")
-
-    @field_validator("file")
-    @classmethod
-    def _from_job_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A relative path is read from the job file's folder (`load_animation_job` passes it
-        as the validation context)."""
-        base = (info.context or {}).get("base_dir")
-        if value is None or base is None:
-            return value
-        return str(resolve_path(value, base).absolute())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _file_only(cls, value: Any) -> Any:
-        return {"file": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _offset_needs_bpm(self) -> AudioSpec:

@@ -39,10 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from sdfleet.anim.job_files import FileField
 from sdfleet.batch.errors import ConfigError
-from sdfleet.batch.paths import resolve_path
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ UNSUPPORTED = {
 }
 
 
-class ParseqSpec(BaseModel):
+class ParseqSpec(FileField):
     """The job's ``parseq:`` field: a Parseq JSON file (a plain string is the file), or the
     document itself as `manifest` (what Deforum's ``parseq_manifest`` holds)."""
 
@@ -93,21 +93,6 @@ class ParseqSpec(BaseModel):
     accept_differences: tuple[str, ...] = Field(
         (), description="Parseq fields sdfleet cannot honour, rendered without them"
     )
-
-    @field_validator("file")
-    @classmethod
-    def _from_job_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A relative path is read from the job file's folder (`load_animation_job` passes it
-        as the validation context)."""
-        base = (info.context or {}).get("base_dir")
-        if value is None or base is None:
-            return value
-        return str(resolve_path(value, base).absolute())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _file_only(cls, value: Any) -> Any:
-        return {"file": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> ParseqSpec:

@@ -15,34 +15,18 @@ real. Used by tests and by the examples' set-up scripts; nothing here downloads.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sdfleet.batch.tiny import TINY_SEED, TINY_VERSION, cache_root, tiny_model_dir
+from sdfleet.batch.tiny import TINY_SEED, TINY_VERSION, build_once, cache_root, tiny_model_dir
 
 CONDITIONING_VERSION = 1  # bump when a builder below changes
 
 
 def _built(name: str, build: Callable[[Path], None], marker: str) -> Path:
-    """`cache_root()/name`, built into a staging folder and renamed into place (race-safe)."""
+    """`cache_root()/name-...`, built once (race-safe) by builtin:tiny's `build_once`."""
     target = cache_root() / f"{name}-t{TINY_VERSION}-v{CONDITIONING_VERSION}"
-    if (target / marker).exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
-        build(staging)
-        try:
-            os.rename(staging, target)
-        except OSError:
-            if not (target / marker).exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, build, marker)
 
 
 def tiny_controlnet_dir(k: int = 0) -> Path:
