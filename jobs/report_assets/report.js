@@ -49,6 +49,8 @@
     } catch (e) { /* a hand-edited hash: start from the defaults */ }
   }
   function writeHash() { history.replaceState(null, '', '#' + encodeURIComponent(JSON.stringify(state))); }
+  // a link or a hand-edited address with another view (replaceState fires no hashchange)
+  window.addEventListener('hashchange', function () { readHash(); renderControls(); update(); });
 
   // ------------------------------------------------------------------ rows
   function value(name, i) {
@@ -116,13 +118,19 @@
     var pics = el('div', { class: 'pics' });
     if (isError) pics.appendChild(document.createTextNode(fmt(value('error', i)) || 'error'));
     else {
-      if (I.src[i]) pics.appendChild(el('span', { class: 'src-slot', 'data-i': i }, 'source'));
+      if (I.src[i]) {
+        pics.appendChild(el('span', { class: 'src-slot', 'data-i': i }, 'source'));
+        pics.appendChild(el('span', { class: 'arrow', title: 'source → result', text: '→' }));
+      }
       pics.appendChild(I.thumb[i] ? img(thumbUrl(id), id) : el('span', { text: 'no image' }));
     }
     var tags = el('div', { class: 'meta' });
-    ['mode'].concat(choiceColumns().slice(0, 4)).forEach(function (name) {
+    var tagged = ['mode'].concat(choiceColumns().filter(function (n) {
+      return ['mode', 'status', 'seed', 'width', 'height'].indexOf(n) < 0;
+    }).slice(0, 4));
+    tagged.forEach(function (name) {
       var v = value(name, i);
-      if (v !== null && name !== 'status' && !(name === 'mode' && v === 'txt2img')) tags.appendChild(el('span', { class: 'tag', text: fmt(v) }));
+      if (v !== null && !(name === 'mode' && v === 'txt2img')) tags.appendChild(el('span', { class: 'tag', title: name, text: fmt(v) }));
     });
     var node = el('figure', { class: 'card' + (isError ? ' error' : '') + (I.src[i] ? ' img2img' : ''), 'data-i': i, tabindex: 0,
       on: { click: function () { openDetail(i); } } }, pics, el('figcaption', { text: id }), tags);
@@ -242,9 +250,17 @@
       box.appendChild(el('p', { class: 'note', text: 'Pick two different columns for X and Y.' }));
       return;
     }
-    var rows = filtered().filter(function (i) { return value('status', i) === 'ok'; });
+    var all = filtered();
+    var rows = all.filter(function (i) { return value('status', i) === 'ok'; });
     var zName = COLS[state.z] && state.z !== state.x && state.z !== state.y ? state.z : '';
-    var zs = zName ? COLS[zName].values.map(function (_, c) { return c; }) : [-2];
+    // only the values the filtered rows have (an error row keeps its empty cell)
+    function present(name) {
+      var seen = {};
+      all.forEach(function (i) { seen[COLS[name].codes[i]] = true; });
+      return COLS[name].values.map(function (_, c) { return c; }).filter(function (c) { return seen[c]; });
+    }
+    var xs = present(state.x), ys = present(state.y);
+    var zs = zName ? present(zName) : [-2];
     zs.forEach(function (z) {
       var cells = {}, counts = {};
       rows.forEach(function (i) {
@@ -255,11 +271,11 @@
       });
       var table = el('table', { class: 'xyz' });
       var head = el('tr', {}, el('th', { text: state.y + ' \\ ' + state.x }));
-      COLS[state.x].values.forEach(function (v) { head.appendChild(el('th', { text: fmt(v) })); });
+      xs.forEach(function (xc) { head.appendChild(el('th', { text: fmt(COLS[state.x].values[xc]) })); });
       table.appendChild(head);
-      COLS[state.y].values.forEach(function (yv, yc) {
-        var tr = el('tr', {}, el('th', { text: fmt(yv) }));
-        COLS[state.x].values.forEach(function (_, xc) {
+      ys.forEach(function (yc) {
+        var tr = el('tr', {}, el('th', { text: fmt(COLS[state.y].values[yc]) }));
+        xs.forEach(function (xc) {
           var key = yc + ',' + xc, i = cells[key];
           var td = el('td', {});
           if (i === undefined) td.appendChild(el('span', { class: 'empty' }));
@@ -350,7 +366,8 @@
     if (c.cost_per_1000_images !== null && c.cost_per_1000_images !== undefined) parts.push(c.cost_per_1000_images + ' per 1000 images');
     $('headline').textContent = parts.join(' · ');
     var job = S.job || {};
-    $('title').textContent = 'sdfleet report' + (job.name ? ': ' + job.name : '');
+    var name = job.name || (job.source ? String(job.source).split('/').pop() : '');
+    $('title').textContent = 'sdfleet report' + (name ? ': ' + name : '');
   }
   function $count() { var n = 0; for (var i = 0; i < I.n; i++) if (value('status', i) !== 'ok') n++; return n; }
 
