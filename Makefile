@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all test-fast lint install clean
+.PHONY: demo test test-all test-fast lint install clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or make PYTHON=python3)"; exit 2; }
@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/sdfleet demo --out out/demo
 
 # Default suite: fast tests plus the ray/slow tests the issues' acceptance relies on.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -m "not gpu" -q
 
 test-fast: $(STAMP)
@@ -38,3 +38,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# The report's browser test drives Debian's headless chromium through its chromedriver: installed
+# once, quietly, when missing (apt-get as root, as on CI; elsewhere: sudo make browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+	  echo "installing chromium and chromium-driver (Debian packages) for the report's browser test"; \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
