@@ -26,6 +26,7 @@ from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
+from sdfleet.batch.prompt_checks import AdapterContext, row_prompt_issues
 from sdfleet.batch.request import (
     KNOWN_COLUMNS,
     RowDefaults,
@@ -223,8 +224,21 @@ def row_problems(
         *_init_image_issues(row, defaults, base_dir),
         *inpaint_issues(row, defaults.mask_from_boxes, base_dir),
         *_scheduler_issues(row_value(row, defaults, "scheduler")),
+        *_adapter_issues(row, defaults, base_dir),
     ]
     return [Problem(source, index, row.get("id"), *issue) for issue in issues]
+
+
+def _adapter_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
+    """The prompts in the job's syntax and the row's LoRAs (`batch.prompt_checks`)."""
+    prompt = row_value(row, defaults, "prompt")
+    if defaults.prompt_template:
+        if _template_issues(row, defaults.prompt_template, defaults):
+            return []  # reported by _prompt_issues
+        prompt = defaults.prompt_template.format_map(template_values(row, defaults))
+    negative = row_value(row, defaults, "negative_prompt")
+    context = defaults.adapters or AdapterContext()
+    return row_prompt_issues(prompt, negative, row.get("loras"), context, base_dir)
 
 
 def _id_issues(row_id: Any) -> list[Issue]:

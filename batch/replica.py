@@ -3,11 +3,13 @@
 It knows nothing of Ray, and it makes no diffusers call itself: `batch.sampler.Sampler` is the
 one call (generators, scheduler, NaN check). On top of it the replica
 
-1. groups requests that can share a call (`GenRequest.group_key`: mode, size, steps, ...),
+1. groups requests that can share a call (`GenRequest.group_key`: mode, size, steps, LoRA set,
+   ...; and the text route, `Sampler.text_route`: strings, or embeddings of n chunks),
 2. cuts groups into chunks of `batch_size` and pads short chunks with copies of a real request
    whose outputs are dropped,
 3. retries a chunk that ran out of memory once at half the shape, and
-4. isolates rows: a bad init image, a NaN output or any other error fails its own row only.
+4. isolates rows: a bad init image, a NaN output, a safety-checker hit (the row says so) or any
+   other error fails its own row only.
 
 Why pad: each request gets its own `torch.Generator` seeded from its row, but CPU and GPU kernels
 pick different reduction orders for different batch sizes, so every call runs at the same batch
@@ -43,6 +45,13 @@ class GenResult:
     image: Any | None  # PIL.Image on success
     error: str | None
     seconds: float  # this request's share of its pipeline call
+    flagged: bool | None = None  # the model's safety checker fired (None: the model has none)
+
+
+SAFETY_FIX = (
+    "the model's safety checker flagged this image (diffusers blacks it out), so none was saved; "
+    "set `safety_checker: false` in the job to keep the model's output"
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -78,7 +87,7 @@ class Replica:
         """Results in the order of `requests`; a failing request never fails the others."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            groups[request.group_key()].append(index)
+            groups[(request.group_key(), self._route(request))].append(index)
         results: list[GenResult | None] = [None] * len(requests)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
@@ -86,6 +95,12 @@ class Replica:
                 for index, result in zip(chunk, self._run_chunk([requests[i] for i in chunk])):
                     results[index] = result
         return results  # type: ignore[return-value]
+
+    def _route(self, request: GenRequest) -> tuple:
+        try:
+            return self.sampler.text_route(request.prompt, request.negative_prompt)
+        except Exception:  # noqa: BLE001 - the row fails alone when its call runs
+            return ("unreadable", request.row_id)
 
     def _run_chunk(
         self, chunk: list[GenRequest], pad_to: int | None = None, may_shrink: bool = True
@@ -138,14 +153,20 @@ class Replica:
         share = (time.perf_counter() - t0) / len(padded)
         # 3. a row whose output is unusable (NaN/inf) fails alone; padding rows are dropped
         results = []
-        for (request, inputs), image, error in zip(ready, sampled.images, sampled.errors):
+        flags = sampled.flagged or [None] * len(padded)
+        for (request, inputs), image, error, flag in zip(
+            ready, sampled.images, sampled.errors, flags
+        ):
             if error is not None:
                 results.append(_error(request, error, seconds=share))
+                continue
+            if flag:  # a black square is no image: the row says why
+                results.append(GenResult(request, None, SAFETY_FIX, share, flagged=True))
                 continue
             picture = to_pil(image.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
             if request.mode == "inpaint":  # paste back, the source kept outside the mask
                 picture = finish_inpaint(inputs, picture)
-            results.append(GenResult(request, picture, None, share))
+            results.append(GenResult(request, picture, None, share, flagged=flag))
         return results
 
     def _free_memory(self) -> None:
@@ -168,6 +189,7 @@ def sample_of(rows: list[tuple[GenRequest, Any]]) -> Sample:
         "num_inference_steps": first.num_inference_steps,
         "guidance_scale": first.guidance_scale,
         "scheduler": first.scheduler,
+        "loras": first.loras,
     }
     if first.mode == "img2img":
         return Sample(**common, image=[image for _, image in rows], strength=first.strength)

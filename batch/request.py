@@ -11,10 +11,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sdfleet.batch.adapters import LoraUse, adapter_key
 from sdfleet.batch.datasets_io import as_manifest_row, image_source
 from sdfleet.batch.masks import INPAINT_COLUMNS, MaskFromBoxes, row_boxes
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
+from sdfleet.batch.prompt_checks import AdapterContext, row_loras
 from sdfleet.batch.seeds import SEED_MAX, derive_seed
 
 KNOWN_COLUMNS = (
@@ -31,6 +33,7 @@ KNOWN_COLUMNS = (
     "strength",
     "scheduler",
     *INPAINT_COLUMNS,
+    "loras",
 )
 
 
@@ -53,6 +56,7 @@ class RowDefaults:
     inpaint_only_masked: bool = False
     inpaint_padding: int = 32
     mask_from_boxes: MaskFromBoxes | None = None
+    adapters: Any = None  # `batch.prompt_checks.AdapterContext`: syntax, lora_dir, job LoRAs
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class GenRequest:
     strength: float | None = None
     inpaint: Inpaint | None = None
     carried: dict[str, Any] = field(default_factory=dict, compare=False)
+    loras: tuple[LoraUse, ...] = ()  # the job's, then the row's column, then its prompt's tags
 
     @property
     def mode(self) -> str:
@@ -104,6 +109,7 @@ class GenRequest:
             self.scheduler,
             self.guidance_scale,
             self.strength,
+            adapter_key(self.loras),  # one LoRA set per call
         )
 
 
@@ -155,6 +161,7 @@ def expand_row(
         strength=float(row_value(row, defaults, "strength")) if image is not None else None,
         inpaint=row_inpaint(row, defaults, base_dir) if image is not None else None,
         carried=carried,
+        loras=row_adapters(prompt, row.get("loras"), defaults, base_dir),
     )
     return [
         replace(
@@ -191,6 +198,12 @@ def row_inpaint(row: dict, defaults: RowDefaults, base_dir: Path | None) -> Inpa
         return Inpaint(mask_image=mask, **settings)
     found = tuple(tuple(float(v) for v in box) for box in row_boxes(row, boxes))
     return Inpaint(boxes=found, units=boxes.units, invert=boxes.invert, **settings)
+
+
+def row_adapters(prompt: str, column: Any, defaults: RowDefaults, base_dir: Path | None):
+    """The row's LoRA set (`batch.prompt_checks.row_loras`); a job without an adapter context
+    reads prompts as A1111 with no lora_dir."""
+    return row_loras(prompt, column, defaults.adapters or AdapterContext(), base_dir)
 
 
 def row_seed(row: dict, defaults: RowDefaults, job_seed: int, variant: int) -> int:
