@@ -77,18 +77,40 @@ class PipelineFrames:
         return self._texts[text]
 
     def prompt_embeds(self, records: Sequence[FrameRecord]) -> dict[str, torch.Tensor]:
-        """prompt_embeds / negative_prompt_embeds (B, tokens, dim), blends lerped."""
+        """prompt_embeds / negative_prompt_embeds (B, tokens, dim), blends lerped. A text longer
+        than one 77-token window has several chunks: every text of the call is padded with
+        empty chunks to the longest (as A1111 pads a negative to its prompt's length)."""
+        texts = [
+            (
+                record.prompt,
+                record.blend_prompt,
+                record.negative_prompt,
+                record.blend_negative_prompt,
+            )
+            for record in records
+        ]
+        tokens = max(self.embed_text(t).shape[1] for row in texts for t in row if t is not None)
         positive, negative = [], []
-        for record in records:
+        for record, (start, end, neg_start, neg_end) in zip(records, texts):
             weight = record.blend_weight
-            start, end = record.prompt, record.blend_prompt
-            positive.append(lerp_embeds(self.embed_text(start), self._maybe(end), weight))
-            start, end = record.negative_prompt, record.blend_negative_prompt
-            negative.append(lerp_embeds(self.embed_text(start), self._maybe(end), weight))
+            positive.append(
+                lerp_embeds(self._padded(start, tokens), self._maybe(end, tokens), weight)
+            )
+            negative.append(
+                lerp_embeds(self._padded(neg_start, tokens), self._maybe(neg_end, tokens), weight)
+            )
         return {"prompt_embeds": torch.cat(positive), "negative_prompt_embeds": torch.cat(negative)}
 
-    def _maybe(self, text: str | None) -> torch.Tensor | None:
-        return None if text is None else self.embed_text(text)
+    def _padded(self, text: str, tokens: int) -> torch.Tensor:
+        embeds = self.embed_text(text)
+        if embeds.shape[1] >= tokens:
+            return embeds
+        empty = self.embed_text("")  # one chunk: BOS, EOS, padding
+        repeats = (tokens - embeds.shape[1]) // empty.shape[1]
+        return torch.cat([embeds, empty.repeat(1, repeats, 1)], dim=1)
+
+    def _maybe(self, text: str | None, tokens: int) -> torch.Tensor | None:
+        return None if text is None else self._padded(text, tokens)
 
     # -------------------------------------------------------------------------- steps
 
