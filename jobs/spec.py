@@ -15,6 +15,8 @@ from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
 from sdfleet.batch.masks import MaskFromBoxes, mask_from_boxes_problems
 from sdfleet.batch.paths import is_uri, resolve_path
+from sdfleet.batch.prompt_checks import AdapterContext
+from sdfleet.batch.prompt_options import PromptOptions, RefinerOption
 from sdfleet.batch.request import RowDefaults
 from sdfleet.batch.schedulers import scheduler_name_problems
 from sdfleet.jobs.yaml_files import read_yaml_file
@@ -94,7 +96,7 @@ class MaskFromBoxesOptions(Strict):
         return value
 
 
-class BatchJob(Strict):
+class BatchJob(Strict, PromptOptions):
     kind: Literal["batch"] = "batch"
     name: str | None = None
     model: str = "builtin:tiny"
@@ -119,6 +121,7 @@ class BatchJob(Strict):
     price_per_gpu_hour: float | None = Field(
         None, gt=0, allow_inf_nan=False, description="the summary's cost per 1000 images"
     )
+    refiner: RefinerOption | None = Field(None, description="SDXL: a refiner for the last steps")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -127,8 +130,9 @@ class BatchJob(Strict):
     def _known_scheduler(cls, value: str | None) -> str | None:
         return Defaults._known_scheduler(value)
 
-    def row_defaults(self) -> RowDefaults:
-        values = self.defaults.model_dump()
+    def row_defaults(self, adapters: AdapterContext | None = None) -> RowDefaults:
+        """The rows' defaults; `adapters`: the job's resolved prompt syntax and LoRAs."""
+        values = self.defaults.model_dump() | {"adapters": adapters}
         if values["scheduler"] is None:
             values["scheduler"] = self.scheduler
         if (boxes := self.mask_from_boxes) is not None:
