@@ -274,3 +274,80 @@ def test_embedding_word_changes_the_encoding(files, tiny_dir, sdxl_dir, folder_k
     assert len(ids) == 2 and all(i >= 514 for i in ids)
     with pytest.raises(ModelError, match="already a word"):
         load_embeddings(pipe, (EmbeddingUse("shiny", str(files[emb_key]), "0" * 64),))
+
+
+# ------------------------------------------------------------------------------- the replica
+
+
+def _row(row_id: str, loras: tuple = (), prompt: str = "a red fox", seed: int = 7):
+    from sdfleet.batch.request import GenRequest
+
+    return GenRequest(
+        row_id=row_id,
+        variant=0,
+        output_name=row_id,
+        prompt=prompt,
+        negative_prompt="",
+        seed=seed,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        width=64,
+        height=64,
+        scheduler=None,
+        loras=loras,
+    )
+
+
+def _pixels(result) -> np.ndarray:
+    assert result.error is None, result.error
+    return np.asarray(result.image)
+
+
+@pytest.fixture(scope="module")
+def replica_b1(tiny_dir):
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.replica import Replica
+
+    return Replica(ModelSpec(), batch_size=1)
+
+
+def _plain_pil(tiny_dir, path=None, scale=1.0):
+    """What a user writes with diffusers alone: load_lora_weights + set_adapters(scale)."""
+    pipe = _pipe(tiny_dir)
+    if path is not None:
+        pipe.load_lora_weights(str(path), adapter_name="mine")
+        pipe.set_adapters("mine", scale)
+    generator = torch.Generator().manual_seed(7)
+    return pipe("a red fox", num_inference_steps=3, width=64, height=64, generator=generator)
+
+
+@pytest.mark.parametrize(("key", "scale"), [("a", 0.8), ("a_kohya", 0.8), ("b", 1.3)])
+def test_replica_with_a_lora_equals_plain_diffusers(replica_b1, files, tiny_dir, key, scale):
+    expected = _plain_pil(tiny_dir, files[key], scale).images[0]
+    (ours,) = replica_b1.generate([_row("r", (use(files, key, scale),))])
+    assert np.array_equal(_pixels(ours), np.asarray(expected))
+
+
+def test_replica_scale_zero_equals_no_lora(replica_b1, files):
+    (zero,) = replica_b1.generate([_row("r", (use(files, "a", 0.0),))])
+    (none,) = replica_b1.generate([_row("r")])
+    (with_lora,) = replica_b1.generate([_row("r", (use(files, "a", 0.8),))])
+    assert np.array_equal(_pixels(zero), _pixels(none))
+    assert not np.array_equal(_pixels(with_lora), _pixels(none))
+
+
+def test_row_with_lora_a_beside_lora_b_rows_equals_it_alone(tiny_dir, files):
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.replica import Replica
+
+    replica = Replica(ModelSpec(), batch_size=2)
+    a, b = (use(files, "a", 0.8),), (use(files, "b", 0.8),)
+    rows = [_row("a1", a, seed=1), _row("b1", b, seed=2), _row("a2", a, seed=3), _row("n", seed=4)]
+    rows.append(_row("ab", (*a, *b), seed=5))
+    mixed = replica.generate(rows)
+    assert replica.sampler.adapters.loads == 2
+    fresh = Replica(ModelSpec(), batch_size=2)  # has seen no other adapter
+    for row, got in zip(rows, mixed):
+        (alone,) = fresh.generate([row])
+        assert np.array_equal(_pixels(got), _pixels(alone)), row.row_id
+    assert not np.array_equal(_pixels(mixed[0]), _pixels(mixed[2]))  # seeds differ
