@@ -15,7 +15,6 @@ Pure: no torch, no datasets import (the metadata is plain JSON).
 from __future__ import annotations
 
 import json
-import posixpath
 from typing import Any
 
 IMAGE_COLUMN = "image"
@@ -44,32 +43,3 @@ def image_source(value: Any) -> Any:
 def is_results(names: Any) -> bool:
     """True for the columns of an sdfleet results table."""
     return RESULTS_MARKERS <= set(names)
-
-
-def results_only_columns() -> set[str]:
-    """Columns of a results table that are sdfleet's record of a run, not manifest input."""
-    from sdfleet.batch.outputs import result_types
-    from sdfleet.batch.request import KNOWN_COLUMNS
-
-    return set(result_types()) - set(KNOWN_COLUMNS)
-
-
-def as_manifest_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of an earlier run's results as a manifest row for the next (img2img) run:
-    its id, prompt and negative prompt, the columns the manifest carried, and its image as
-    `init_image` (the embedded `image` struct, else `image_path`, which lies in OUT next to
-    the results folder). Its generation settings are not reused: the new job's apply. Other
-    rows are returned unchanged."""
-    if not is_results(row):
-        return row
-    from sdfleet.batch.outputs import result_types
-
-    kept = {"id", "prompt", "negative_prompt"}
-    recorded = set(result_types())
-    manifest_row = {k: v for k, v in row.items() if k in kept or k not in recorded}
-    image = row.get(IMAGE_COLUMN)
-    if not isinstance(image, dict) or not image.get("bytes"):
-        path = row.get("image_path")
-        image = {"bytes": None, "path": posixpath.join("..", path) if path else None}
-    manifest_row["init_image"] = image
-    return manifest_row

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.adapters import LoraUse, adapter_key
-from sdfleet.batch.datasets_io import as_manifest_row, image_source
+from sdfleet.batch.datasets_io import image_source
 from sdfleet.batch.masks import INPAINT_COLUMNS, MaskFromBoxes, row_boxes
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.prompt_checks import AdapterContext, row_loras
+from sdfleet.batch.results_rows import as_manifest_row
 from sdfleet.batch.seeds import SEED_MAX, derive_seed
 
 KNOWN_COLUMNS = (

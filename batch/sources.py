@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sdfleet.batch.datasets_io import as_manifest_row
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, uri_scheme
+from sdfleet.batch.results_rows import as_manifest_row
 
 
 def _local_manifest_path(spec: str, base_dir: Path | None) -> Path:

@@ -18,11 +18,9 @@ at most `page_size` thumbnails, and the browser filters dictionary codes, not st
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sdfleet.batch.errors import ConfigError
+from sdfleet.jobs.report_files import ReportResult, read_json, write_bytes, write_js
 from sdfleet.jobs.report_media import ThumbCache, source_thumb_name
 
 logger = logging.getLogger(__name__)
@@ -44,18 +43,6 @@ NOT_FILTERS = {
     "cpu_threads", "ray_node_id", "init_image", "negative_prompt", "error", "model", "id",
 }  # fmt: skip
 MARKER = ".sdfleet-report"
-
-
-@dataclass
-class ReportResult:
-    folder: Path
-    kind: str
-    rows: int = 0
-    errors: int = 0
-    clips: int = 0
-    thumbs_made: int = 0
-    thumbs_reused: int = 0
-    grids: list[str] = field(default_factory=list)
 
 
 def out_kind(out: Path) -> str:
@@ -150,9 +137,9 @@ def copy_assets(dest: Path) -> None:
     (dest / "assets").mkdir(parents=True, exist_ok=True)
     for item in assets.iterdir():
         if item.name == "index.html":
-            _write_bytes(dest / "index.html", item.read_bytes())
+            write_bytes(dest / "index.html", item.read_bytes())
         elif item.is_file() and item.name.endswith((".js", ".css")):
-            _write_bytes(dest / "assets" / item.name, item.read_bytes())
+            write_bytes(dest / "assets" / item.name, item.read_bytes())
 
 
 def read_result_rows(out: Path) -> pa.Table:
@@ -269,31 +256,6 @@ def job_header(out: Path) -> dict[str, Any]:
     return {k: job.get(k) for k in keys if job.get(k) is not None} | (
         {"source": record["source"]} if "source" in record else {}
     )
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def write_js(path: Path, name: str | None, payload: Any) -> None:
-    """`window.NAME = {...};`, or for a detail chunk `SDF.detail(N, [...])`."""
-    body = json.dumps(payload, separators=(",", ":"), default=str)  # NaN is valid JS
-    if name is None:
-        chunk = int(path.stem.split("-")[1])
-        text = f"window.SDF_DETAIL&&SDF_DETAIL({chunk},{body});\n"
-    else:
-        text = f"window.{name}={body};\n"
-    _write_bytes(path, text.encode())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def register(subparsers) -> None:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sdfleet.jobs.report import ReportResult, read_json, write_js
+from sdfleet.jobs.report_files import ReportResult, read_json, write_js
 
 
 def write_clips_data(out: Path, dest: Path, summary: dict, result: ReportResult) -> None:
