@@ -138,10 +138,10 @@ class PromptEncoder:
         parsed = parse_prompt(text, self.syntax)
         if not parsed.is_plain:
             return None
-        slot = self.slots[0]
-        if len(self._token_ids(slot, parsed.text)) > CHUNK_TOKENS:
+        plain = "".join(f.text for f in parsed.fragments)  # escapes and weight-1 brackets read
+        if len(self._token_ids(self.slots[0], plain)) > CHUNK_TOKENS:
             return None
-        return parsed.text
+        return plain
 
     def route(self, prompt: str, negative: str) -> tuple:
         """How a row's text goes to the pipeline: ("text",) when diffusers can encode both

@@ -3,6 +3,7 @@ for plain prompts (SD 1.x and SDXL), emphasis with mean restoration, the cache."
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +132,7 @@ def test_plain_text_routes_only_prompts_diffusers_can_encode(sd_pipe):
     assert encoder.plain_text("a (red) fox") is None
     assert encoder.plain_text("a BREAK b") is None
     assert encoder.plain_text("x" * 76) is None
+    assert encoder.plain_text("a \\(red\\) (fox:1.0)") == "a (red) fox"
     assert PromptEncoder(sd_pipe, syntax="plain").plain_text("a (red) fox") == "a (red) fox"
 
 
@@ -195,3 +197,69 @@ def test_routes(sd_pipe):
     assert kwargs == {"prompt": ["a fox ", "b"], "negative_prompt": ["", "blurry"]}
     kwargs = encoder.call_kwargs(["a (fox)", "b"], ["", "blurry"])
     assert kwargs["prompt_embeds"].shape == (2, 77, 32)
+
+
+# ------------------------------------------------------------------------------- pictures
+
+
+def _image(replica, prompt: str, negative: str = "") -> np.ndarray:
+    from sdfleet.batch.request import GenRequest
+
+    request = GenRequest(
+        row_id="r",
+        variant=0,
+        output_name="r",
+        prompt=prompt,
+        negative_prompt=negative,
+        seed=11,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+        width=64,
+        height=64,
+        scheduler=None,
+    )
+    (result,) = replica.generate([request])
+    assert result.error is None, result.error
+    return np.asarray(result.image)
+
+
+@pytest.fixture(scope="module")
+def replicas(tiny_dir):
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.replica import Replica
+
+    return {
+        syntax: Replica(ModelSpec(prompt_syntax=syntax), batch_size=1)
+        for syntax in ("a1111", "plain")
+    }
+
+
+def test_tokens_after_the_77th_change_the_picture(replicas):
+    head = " ".join("x" * 75)  # 75 tokens: a full window
+    base = _image(replicas["a1111"], head)
+    longer = _image(replicas["a1111"], f"{head} y z")
+    assert not np.array_equal(base, longer)
+    # plain syntax reads no brackets but still encodes every token (chunks, no cut)
+    assert np.array_equal(_image(replicas["plain"], f"{head} y z"), longer)
+
+
+def test_diffusers_alone_cuts_at_77_tokens(sd_pipe):
+    """Why chunking matters: diffusers' own encoding of the same two prompts is identical."""
+    head = " ".join("x" * 75)
+    with torch.inference_mode():
+        cut = sd_pipe.encode_prompt(f"{head} y z", "cpu", 1, False)[0]
+        full = sd_pipe.encode_prompt(head, "cpu", 1, False)[0]
+    assert torch.equal(cut, full)
+
+
+def test_weight_changes_the_picture(replicas):
+    word, weighted = _image(replicas["a1111"], "a fox"), _image(replicas["a1111"], "a (fox:1.5)")
+    assert not np.array_equal(word, weighted)
+    assert np.array_equal(_image(replicas["a1111"], "a (fox:1.0)"), word)  # weight 1 is the word
+
+
+def test_plain_syntax_keeps_parentheses_as_text(replicas):
+    plain = _image(replicas["plain"], "a (fox:1.5)")
+    assert np.array_equal(plain, _image(replicas["a1111"], "a \\(fox:1.5\\)"))
+    assert not np.array_equal(plain, _image(replicas["a1111"], "a (fox:1.5)"))
+    assert not np.array_equal(plain, _image(replicas["a1111"], "a fox:1.5"))
