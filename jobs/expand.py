@@ -398,6 +398,9 @@ def cmd_expand(args) -> int:
     if args.output.suffix.lower() != ".parquet":
         raise ConfigError(f"-o {args.output}: the manifest is a .parquet file; name it so")
     table = expand_matrix(args.matrix)
-    write_manifest(table, args.output)
+    try:
+        write_manifest(table, args.output)
+    except OSError as exc:
+        raise ConfigError(f"-o {args.output}: cannot write it ({exc}); pick another path") from None
     print(f"{args.output}: {table.num_rows} rows, columns {', '.join(table.column_names)}")
     return 0
