@@ -297,3 +297,31 @@ def test_report_in_a_real_browser(null_out: Path, tmp_path: Path) -> None:
         print(f"screenshots in {shot}: report_first_page, report_filtered_detail, report_grid.png")
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize(
+    ("summary", "price", "per_image_s", "cost"),
+    [
+        # local: one replica held for load + generate
+        ({"stage_s": {"load": 10, "generate": 90}, "model_load_s": [9.5],
+          "generated_this_run": 200}, 2.0, 0.5, 0.5 * 1000 / 3600 * 2.0),
+        # ray: 4 replicas of half a GPU each, held for the whole pipeline
+        ({"stage_s": {"pool_start": 20, "generate": 80, "pipeline": 100},
+          "model_load_s": [5, 5, 5, 5], "generated_this_run": 1000,
+          "ray": {"replicas": 4, "num_gpus_per_replica": 0.5}}, 3.0, 0.4,
+         0.4 * 0.5 * 1000 / 3600 * 3.0),
+        # nothing made this run (all resumed): no per-image figure, no cost
+        ({"stage_s": {"load": 5}, "model_load_s": [5], "generated_this_run": 0}, 2.0, None, None),
+    ],
+)  # fmt: skip
+def test_cost_summary(summary: dict, price: float, per_image_s, cost) -> None:
+    from sdfleet.batch.run import cost_summary
+
+    block = cost_summary(summary, price)
+    assert block["replica_s_per_image"] == (
+        None if per_image_s is None else pytest.approx(per_image_s)
+    )
+    assert block["cost_per_1000_images"] == (
+        None if cost is None else pytest.approx(cost, abs=1e-4)
+    )
+    assert cost_summary(summary, None)["cost_per_1000_images"] is None
