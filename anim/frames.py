@@ -5,11 +5,16 @@ frame 0) and the batch step of `anim.walk` (txt2img frames with given initial no
 diffusers call itself: every frame is one `batch.sampler.Sampler` call (generators, the job's
 scheduler on a pipeline derived with `from_pipe`, the NaN check); on top of it this module
 
-1. encodes each text once per clip (cached) and passes prompts as embeddings (B, tokens, dim);
+1. encodes each text once per clip (cached; in the job's prompt syntax, A1111's by default:
+   weights, BREAK, long prompts in 75-token chunks) and passes prompts as embeddings
+   (B, tokens, dim), with SDXL's pooled embeddings (B, dim) where the model has them (SDXL's
+   size conditioning is the frame size, which diffusers derives from it);
    a record that blends prompts (``blend_prompt`` at ``blend_weight``: walks and 2D
-   ``prompt_transition: blend``) gets the lerp of the two texts' embeddings, positive and
-   negative;
-2. maps a record to the call: frame seed -> the row's seed, ``steps``, ``cfg_scale``, and for
+   ``prompt_transition: blend``) gets the lerp of the two texts' embeddings (and pooled
+   embeddings), positive and negative;
+2. makes the frame's LoRAs active (`anim.frame_adapters.frame_loras`: the job's, the prompt's
+   tags, lerped across a blend); a walk batch whose frames differ there runs one call per set;
+3. maps a record to the call: frame seed -> the row's seed, ``steps``, ``cfg_scale``, and for
    img2img ``strength`` = ``record.denoise`` (diffusers: the share denoised) = 1 - Deforum's
    strength. Steps x strength follow the one policy (`batch.schedulers.img2img_steps`): too few
    steps for one denoising step run the fewest that give one; a denoise that no step can reach
@@ -28,8 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sdfleet.anim.frame_adapters import frame_loras
 from sdfleet.anim.plan import FrameRecord
+from sdfleet.batch.adapters import adapter_key
 from sdfleet.batch.errors import GenerationError
+from sdfleet.batch.prompt_checks import AdapterContext
 from sdfleet.batch.sampler import NAN_FIX, PromptEmbeds, Sample, Sampler
 from sdfleet.batch.schedulers import img2img_steps
 
@@ -51,17 +59,23 @@ class PipelineFrames:
     """Frames from one loaded model for one clip (its size and scheduler)."""
 
     def __init__(
-        self, model: Sampler | Pipelines, width: int, height: int, scheduler: str | None
+        self,
+        model: Sampler | Pipelines,
+        width: int,
+        height: int,
+        scheduler: str | None,
+        adapters: AdapterContext | None = None,
     ) -> None:
         # a Sampler is shared by the clips of one actor (its derived pipelines are cached)
         self.sampler = model if isinstance(model, Sampler) else Sampler(model)
         self.width, self.height = width, height
         self.scheduler = scheduler
-        self._texts: dict[str, torch.Tensor] = {}
+        self.adapters = adapters or AdapterContext()
+        self._texts: dict[tuple[str, tuple], Any] = {}
 
     @classmethod
     def for_job(cls, model: Sampler | Pipelines, job: AnimationJob) -> PipelineFrames:
-        return cls(model, job.width, job.height, job.scheduler)
+        return cls(model, job.width, job.height, job.scheduler, job.adapters(None))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -72,45 +86,44 @@ class PipelineFrames:
 
     def embed_text(self, text: str) -> torch.Tensor:
         """(1, tokens, dim) text-encoder states of one text, cached per clip."""
-        if text not in self._texts:
-            self._texts[text] = self.sampler.encode_text(text)
-        return self._texts[text]
+        return self.embedding(text).embeds
+
+    def embedding(self, text: str) -> Any:
+        """A `batch.prompt_encoding.TextEmbedding` of one text under the active LoRA set,
+        cached per clip: states (1, tokens, dim) and SDXL's pooled (1, dim) or None."""
+        key = (text, self.sampler.prompts.adapter_key)
+        if key not in self._texts:
+            self._texts[key] = self.sampler.embed(text)
+        return self._texts[key]
 
     def prompt_embeds(self, records: Sequence[FrameRecord]) -> dict[str, torch.Tensor]:
-        """prompt_embeds / negative_prompt_embeds (B, tokens, dim), blends lerped. A text longer
-        than one 77-token window has several chunks: every text of the call is padded with
-        empty chunks to the longest (as A1111 pads a negative to its prompt's length)."""
-        texts = [
-            (
-                record.prompt,
-                record.blend_prompt,
-                record.negative_prompt,
-                record.blend_negative_prompt,
-            )
-            for record in records
-        ]
-        tokens = max(self.embed_text(t).shape[1] for row in texts for t in row if t is not None)
-        positive, negative = [], []
-        for record, (start, end, neg_start, neg_end) in zip(records, texts):
-            weight = record.blend_weight
-            positive.append(
-                lerp_embeds(self._padded(start, tokens), self._maybe(end, tokens), weight)
-            )
-            negative.append(
-                lerp_embeds(self._padded(neg_start, tokens), self._maybe(neg_end, tokens), weight)
-            )
-        return {"prompt_embeds": torch.cat(positive), "negative_prompt_embeds": torch.cat(negative)}
+        """prompt_embeds / negative_prompt_embeds (B, tokens, dim) and, for SDXL, the pooled
+        pair (B, dim); blends lerped. A text longer than one 77-token window has several
+        chunks: every text of the call is padded with empty chunks to the longest (as A1111
+        pads a negative to its prompt's length)."""
+        pairs = [(r.prompt, r.blend_prompt) for r in records]
+        pairs += [(r.negative_prompt, r.blend_negative_prompt) for r in records]
+        chunks = max(self.embedding(t).chunks for pair in pairs for t in pair if t is not None)
+        weights = [r.blend_weight for r in records] * 2
+        states, pooled = [], []
+        for (start, end), weight in zip(pairs, weights):
+            first, last = self.embedding(start), self._maybe(end)
+            partner = None if last is None else self.sampler.prompts.padded(last, chunks)
+            states.append(lerp_embeds(self.sampler.prompts.padded(first, chunks), partner, weight))
+            if first.pooled is not None:
+                pooled.append(lerp_embeds(first.pooled, last and last.pooled, weight))
+        rows = len(records)
+        embeds = {
+            "prompt_embeds": torch.cat(states[:rows]),
+            "negative_prompt_embeds": torch.cat(states[rows:]),
+        }
+        if pooled:
+            embeds["pooled_prompt_embeds"] = torch.cat(pooled[:rows])
+            embeds["negative_pooled_prompt_embeds"] = torch.cat(pooled[rows:])
+        return embeds
 
-    def _padded(self, text: str, tokens: int) -> torch.Tensor:
-        embeds = self.embed_text(text)
-        if embeds.shape[1] >= tokens:
-            return embeds
-        empty = self.embed_text("")  # one chunk: BOS, EOS, padding
-        repeats = (tokens - embeds.shape[1]) // empty.shape[1]
-        return torch.cat([embeds, empty.repeat(1, repeats, 1)], dim=1)
-
-    def _maybe(self, text: str | None, tokens: int) -> torch.Tensor | None:
-        return None if text is None else self._padded(text, tokens)
+    def _maybe(self, text: str | None) -> Any:
+        return None if text is None else self.embedding(text)
 
     # -------------------------------------------------------------------------- steps
 
@@ -129,18 +142,36 @@ class PipelineFrames:
         return self._run([record], image=init.unsqueeze(0), strength=record.denoise)[0]
 
     def walk(self, records: Sequence[FrameRecord], noise: torch.Tensor) -> torch.Tensor:
-        """txt2img of records sharing steps and cfg, from initial noise (B, C, h, w)."""
-        return self._run(records, latents=noise, width=self.width, height=self.height)
+        """txt2img of records sharing steps and cfg, from initial noise (B, C, h, w); one
+        call per LoRA set (a call has one)."""
+        sets = [adapter_key(frame_loras(r, self.adapters)) for r in records]
+        if len(set(sets)) == 1:
+            return self._run(records, latents=noise, width=self.width, height=self.height)
+        images: list[Any] = [None] * len(records)
+        for key in dict.fromkeys(sets):
+            picked = [i for i, k in enumerate(sets) if k == key]
+            part = self._run(
+                [records[i] for i in picked],
+                latents=noise[picked],
+                width=self.width,
+                height=self.height,
+            )
+            for index, image in zip(picked, part):
+                images[index] = image
+        return torch.stack(images)
 
     def _run(self, records: Sequence[FrameRecord], **mode: Any) -> torch.Tensor:
         """One sampler call; (B, 3, H, W) float32 in [0, 1] on the CPU."""
         first = records[0]
+        loras = frame_loras(first, self.adapters)
+        self.sampler.use_loras(loras)  # before the text is encoded: a LoRA may change it
         sample = Sample(
             seeds=[record.seed for record in records],
             text=PromptEmbeds(**self.prompt_embeds(records)),
             num_inference_steps=first.steps,
             guidance_scale=first.cfg_scale,
             scheduler=self.scheduler,
+            loras=loras,
             **mode,
         )
         sampled = self.sampler.sample(sample)

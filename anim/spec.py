@@ -43,6 +43,7 @@ from pydantic import (
 )
 
 from sdfleet.anim.audio import AudioSpec
+from sdfleet.anim.frame_adapters import prompt_field_problems
 from sdfleet.anim.inputs import SCHEDULE_VARIABLES
 from sdfleet.anim.parseq import ParseqSpec
 from sdfleet.anim.rules import SCHEDULE_RULES, job_problems
@@ -50,6 +51,7 @@ from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS, EncodeOptions
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
+from sdfleet.batch.prompt_options import PromptOptions
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +156,9 @@ class VideoSpec(BaseModel):
         return self
 
 
-class AnimationJob(BaseModel):
-    """One animation clip (or, with `clips`, a base that each clip overrides)."""
+class AnimationJob(PromptOptions):
+    """One animation clip (or, with `clips`, a base that each clip overrides). The prompt
+    syntax, LoRA and embedding fields are `batch.prompt_options.PromptOptions`."""
 
     model_config = Frozen
     kind: Literal["animation"] = "animation"
@@ -352,7 +355,7 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
     except ValidationError as err:
         raise ConfigError(_report(source, _describe_errors(err))) from None
     # 2. values over the whole clip, for the base job and for every clip
-    problems = job_problems(job)
+    problems = job_problems(job) + prompt_field_problems(job)
     for index, clip in enumerate(job.clips or ()):
         prefix = f"clips[{index}] ({clip['id']})"
         try:
@@ -360,7 +363,8 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
         except ValidationError as err:
             problems += _describe_errors(err, prefix)
             continue
-        problems += [f"{prefix}.{problem}" for problem in job_problems(clip_job)]
+        found = job_problems(clip_job) + prompt_field_problems(clip_job)
+        problems += [f"{prefix}.{problem}" for problem in found]
     if problems:
         raise ConfigError(_report(source, problems))
     return job

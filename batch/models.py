@@ -68,10 +68,17 @@ class ModelFields(Protocol):
     allow_pickle: bool
 
 
-def model_spec(job: ModelFields, base_dir: Path | None = None, embeddings: tuple = ()) -> ModelSpec:
+def model_spec(
+    job: ModelFields, base_dir: Path | None = None, embeddings: tuple | None = None
+) -> ModelSpec:
     """A job's model fields as the loader's `ModelSpec`, for batch and animation jobs alike:
     paths relative to the job file's folder (`base_dir`) made absolute, device "auto" = None.
-    `embeddings`: the job's textual inversions, resolved (`batch.prompt_checks`)."""
+    `embeddings`: the job's textual inversions, resolved; None resolves the job's own
+    (`batch.prompt_options.PromptOptions.adapters`)."""
+    if embeddings is None:
+        uses = getattr(job, "uses_adapters", None)
+        adapters = job.adapters(base_dir) if uses and uses() else None  # type: ignore[attr-defined]
+        embeddings = adapters.embeddings if adapters is not None else ()
     config = getattr(job, "model_config_path", None)  # batch jobs only
     refiner = getattr(job, "refiner", None)
     refiner_model = refiner.model if refiner is not None else None

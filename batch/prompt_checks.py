@@ -90,12 +90,12 @@ def resolve_lora(entry: LoraEntry, ctx: AdapterContext, base_dir: Path | None) -
         problems = lora_fit_problems(_header(str(path)), ctx.base, ctx.model)
         if problems:
             raise AdapterFileError(problems[0])
-    name = Path(entry.ref).stem if _is_path(entry.ref) else entry.ref
+    name = Path(entry.ref).stem if is_path(entry.ref) else entry.ref
     return LoraUse(name, str(path), cached_hash(path), entry.te_weight, entry.unet_weight)
 
 
 def _lora_path(ref: str, ctx: AdapterContext, base_dir: Path | None) -> Path:
-    if _is_path(ref):
+    if is_path(ref):
         candidate = resolve_path(ref, base_dir)
         return check_adapter_path(str(candidate), "LoRA", ctx.allow_pickle).resolve()
     if not ctx.lora_dir:
@@ -107,7 +107,7 @@ def _lora_path(ref: str, ctx: AdapterContext, base_dir: Path | None) -> Path:
     return check_adapter_path(str(path), "LoRA", ctx.allow_pickle).resolve()
 
 
-def _is_path(ref: str) -> bool:
+def is_path(ref: str) -> bool:
     return ref.lower().endswith(ADAPTER_SUFFIXES) or "/" in ref or os.sep in ref
 
 
@@ -229,7 +229,7 @@ def job_embeddings(
     chosen: dict[str, Path] = {}
     for index, ref in enumerate(refs):
         try:
-            if _is_path(ref):
+            if is_path(ref):
                 path = resolve_path(ref, base_dir)
             elif folder:
                 path = find_by_name(ref, library, "embedding", folder)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from sdfleet.batch.adapter_files import BaseDims, checkpoint_dims, folder_dims
 from sdfleet.batch.errors import ConfigError
@@ -31,6 +31,7 @@ from sdfleet.batch.paths import resolve_path
 from sdfleet.batch.prompt_checks import (
     AdapterContext,
     LoraEntry,
+    is_path,
     job_embeddings,
     job_loras,
 )
@@ -44,6 +45,11 @@ class LoraOption(BaseModel):
     name: str | None = None
     scale: float = Field(1.0, allow_inf_nan=False, ge=-10, le=10)
     text_encoder_scale: float | None = Field(None, allow_inf_nan=False, ge=-10, le=10)
+
+    @field_validator("path")
+    @classmethod
+    def _from_job_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return absolute(value, info)
 
     @model_validator(mode="after")
     def _one_source(self) -> LoraOption:
@@ -73,6 +79,23 @@ class PromptOptions(BaseModel):
     embeddings: tuple[str, ...] = ()
     embedding_dir: str | None = None
     safety_checker: bool = True
+    _base_dir: Path | None = PrivateAttr(None)  # the job file's folder, where validation knew it
+
+    @field_validator("lora_dir", "embedding_dir")
+    @classmethod
+    def _folder_from_job_folder(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return absolute(value, info)
+
+    @field_validator("embeddings")
+    @classmethod
+    def _files_from_job_folder(cls, value: tuple[str, ...], info: ValidationInfo):
+        return tuple(absolute(v, info) if is_path(v) else v for v in value)
+
+    @model_validator(mode="after")
+    def _remember_folder(self, info: ValidationInfo) -> PromptOptions:
+        base = (info.context or {}).get("base_dir")
+        self._base_dir = Path(base) if base is not None else None
+        return self
 
     def uses_adapters(self) -> bool:
         return bool(self.loras or self.lora_dir or self.embeddings or self.embedding_dir)
@@ -82,9 +105,10 @@ class PromptOptions(BaseModel):
         without any reads none: a LoRA file named in a row is then checked when it loads)."""
         from sdfleet.batch.models import model_spec
 
+        base_dir = base_dir or self._base_dir
         if not self.uses_adapters():
             return self.adapter_context(base_dir, None)
-        spec = model_spec(self, base_dir)  # type: ignore[arg-type]  # a job has the fields
+        spec = model_spec(self, base_dir, embeddings=())  # type: ignore[arg-type]
         return self.adapter_context(base_dir, model_dims(spec))
 
     def adapter_context(self, base_dir: Path | None, base: BaseDims | None) -> AdapterContext:
@@ -122,6 +146,15 @@ class PromptOptions(BaseModel):
                 "folder holding the files"
             )
         return str(folder.resolve())
+
+
+def absolute(value: str | None, info: ValidationInfo) -> str | None:
+    """A relative path made absolute from the job file's folder (the validation context's
+    `base_dir`, as `anim.job_files` does for audio files); unchanged without a context."""
+    base = (info.context or {}).get("base_dir")
+    if value is None or base is None:
+        return value
+    return str(resolve_path(value, base).absolute())
 
 
 def model_dims(spec: ModelSpec) -> BaseDims | None:

@@ -293,6 +293,11 @@ class Sampler:
         """A `batch.prompt_encoding.TextEmbedding` of one text: states and SDXL's pooled."""
         return self._encoder("base", self.pipes.txt2img).encode(text)
 
+    @property
+    def prompts(self) -> Any:
+        """The base model's `batch.prompt_encoding.PromptEncoder` (cache, chunk padding)."""
+        return self._encoder("base", self.pipes.txt2img)
+
     def text_route(self, prompt: str, negative: str) -> tuple:
         """How a row's text goes to the pipeline (rows of one call must share it)."""
         if not _has_text_encoder(self.pipes.txt2img):

@@ -131,7 +131,9 @@ class BatchJob(Strict, PromptOptions):
         return Defaults._known_scheduler(value)
 
     def row_defaults(self, adapters: AdapterContext | None = None) -> RowDefaults:
-        """The rows' defaults; `adapters`: the job's resolved prompt syntax and LoRAs."""
+        """The rows' defaults with the job's resolved prompt syntax, LoRAs and embeddings
+        (`adapters`, made here when not given: a ConfigError names a bad file)."""
+        adapters = adapters if adapters is not None else self.adapters(None)
         values = self.defaults.model_dump() | {"adapters": adapters}
         if values["scheduler"] is None:
             values["scheduler"] = self.scheduler
@@ -212,7 +214,8 @@ def absolute_from(value: str, base_dir: Path) -> str:
 def validate_model(model_cls: type[BaseModel], data: dict[str, Any], source: str):
     """pydantic validation with one readable message listing every problem and its fix."""
     try:
-        return model_cls.model_validate(data)
+        # relative files of a job's prompt fields are read from the job file's folder
+        return model_cls.model_validate(data, context={"base_dir": Path(source).parent})
     except ValidationError as exc:
         lines = [describe_error(model_cls, err) for err in exc.errors()]
         raise ConfigError(f"{source}: invalid job:\n  " + "\n  ".join(lines)) from None
