@@ -3,7 +3,7 @@
 ```
 OUT/report/index.html       the page (assets/ beside it); opens from file://
 OUT/report/data/*.js        the rows as script files (a file:// page may not fetch JSON):
-                            index.js (filter columns, dictionary-coded), detail-NNNN.js (every
+                            index.js (filter columns, dictionary-coded), detail-BUILD-NNNN.js (every
                             column and the infotext of 500 rows, loaded when a row is opened),
                             summary.js, clips.js
 OUT/report/thumbs/          one JPEG per output, made once (see jobs/report_media.py)
@@ -164,7 +164,8 @@ def read_result_rows(out: Path) -> pa.Table:
 def write_batch_data(
     table: pa.Table, out: Path, dest: Path, cache: ThumbCache, result: ReportResult
 ) -> None:
-    """data/index.js (what the page filters on) and data/detail-NNNN.js (what a row shows)."""
+    """data/index.js (what the page filters on) and data/detail-BUILD-NNNN.js (what a row
+    shows)."""
     rows = table.to_pylist()
     thumbs, infotexts, sources = [], [], []
     for row in rows:
@@ -177,6 +178,15 @@ def write_batch_data(
         thumbs.append(int(made))
         infotexts.append(infotext)
         sources.append(source_thumb(row.get("init_image"), cache))
+    # details first, under this build's name; index.js last: the page never pairs an index
+    # with another build's details, even when a report is interrupted
+    build = f"{time.time_ns():x}"
+    for start in range(0, len(rows), DETAIL_ROWS):
+        chunk = [
+            _detail(row, infotexts[i], sources[i])
+            for i, row in enumerate(rows[start : start + DETAIL_ROWS], start)
+        ]
+        write_js(dest / "data" / f"detail-{build}-{start // DETAIL_ROWS:04d}.js", None, chunk)
     index = {
         "n": len(rows),
         "output_id": [row["output_id"] for row in rows],
@@ -184,14 +194,12 @@ def write_batch_data(
         "src": [int(bool(s)) for s in sources],
         "columns": coded_columns(table),
         "detail_rows": DETAIL_ROWS,
+        "detail_build": build,
     }
     write_js(dest / "data" / "index.js", "SDF_INDEX", index)
-    for start in range(0, len(rows), DETAIL_ROWS):
-        chunk = [
-            _detail(row, infotexts[i], sources[i])
-            for i, row in enumerate(rows[start : start + DETAIL_ROWS], start)
-        ]
-        write_js(dest / "data" / f"detail-{start // DETAIL_ROWS:04d}.js", None, chunk)
+    for old in (dest / "data").glob("detail-*.js"):
+        if not old.name.startswith(f"detail-{build}-"):
+            old.unlink()
     result.rows = len(rows)
     result.errors = sum(row.get("status") != "ok" for row in rows)
 
@@ -298,17 +306,19 @@ def cmd_report(args) -> int:
     if args.watch is not None and not args.watch > 0:
         raise ConfigError(f"--watch {args.watch}: give the seconds between two reports, above 0")
     grids, where = [parse_grid(g) for g in args.grid], parse_where(args.where)
-    while True:
-        result = build_report(
-            args.out, args.output, args.price_per_gpu_hour, grids, where, args.page_size
-        )
-        print(describe(result), flush=True)
-        if args.watch is None:
-            return 0
-        try:
+    try:
+        while True:
+            result = build_report(
+                args.out, args.output, args.price_per_gpu_hour, grids, where, args.page_size
+            )
+            print(describe(result), flush=True)
+            if args.watch is None:
+                return 0
             time.sleep(args.watch)
-        except KeyboardInterrupt:
-            return 0
+    except KeyboardInterrupt:
+        if args.watch is None:
+            raise
+        return 0  # --watch ends with Ctrl-C; every file it wrote is whole
 
 
 def describe(result: ReportResult) -> str:

@@ -33,10 +33,10 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_js(path: Path, name: str | None, payload: Any) -> None:
-    """`window.NAME = {...};`, or for a detail chunk `SDF.detail(N, [...])`."""
+    """`window.NAME = {...};`, or for a detail chunk `SDF_DETAIL(N, [...])`."""
     body = json.dumps(payload, separators=(",", ":"), default=str)  # NaN is valid JS
     if name is None:
-        chunk = int(path.stem.split("-")[1])
+        chunk = int(path.stem.rsplit("-", 1)[1])  # detail-BUILD-NNNN
         text = f"window.SDF_DETAIL&&SDF_DETAIL({chunk},{body});\n"
     else:
         text = f"window.{name}={body};\n"

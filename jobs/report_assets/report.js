@@ -1,6 +1,6 @@
 // sdfleet report: a static page over data/*.js (written by `sdfleet report`).
 // Rows are filtered on dictionary codes (SDF_INDEX.columns[name] = {values, codes}); a page
-// shows at most page_size cards; a row's full parameters come from data/detail-NNNN.js, loaded
+// shows at most page_size cards; a row's full parameters come from data/detail-BUILD-NNNN.js, loaded
 // when it is opened. The view (tab, filters, page, grid axes) lives in the URL's hash.
 (function () {
   'use strict';
@@ -184,7 +184,7 @@
     if (details[chunk]) { done(details[chunk][i % (I.detail_rows || 500)]); return; }
     (pending[chunk] = pending[chunk] || []).push(function () { done(details[chunk][i % (I.detail_rows || 500)]); });
     if (pending[chunk].length > 1) return;
-    var name = 'data/detail-' + ('000' + chunk).slice(-4) + '.js';
+    var name = 'data/detail-' + (I.detail_build ? I.detail_build + '-' : '') + ('000' + chunk).slice(-4) + '.js';
     document.body.appendChild(el('script', { src: name }));
   }
   window.SDF_DETAIL = function (chunk, rows) {

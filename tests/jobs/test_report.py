@@ -89,7 +89,8 @@ def test_report_of_a_batch_out(null_out: Path, tmp_path: Path, capsys) -> None:
     for name, has in zip(index["output_id"], index["thumb"]):
         assert (dest / "thumbs" / f"{name}.jpg").is_file() == bool(has) == (by_id[name] == "ok")
     # the infotext shown is the one in the PNG, ready to copy
-    details = {row["output_id"]: row for row in load_js(dest / "data" / "detail-0000.js")}
+    (chunk,) = (dest / "data").glob(f"detail-{index['detail_build']}-0000.js")
+    details = {row["output_id"]: row for row in load_js(chunk)}
     with Image.open(null_out / details["mug-oil"]["image_path"]) as image:
         assert details["mug-oil"]["infotext"] == image.info["parameters"]
     assert "init_image" in details["i2i-bad"]["error"]
@@ -132,6 +133,8 @@ def test_thumbnails_are_made_once(null_out: Path, tmp_path: Path, capsys) -> Non
     capsys.readouterr()
     assert main(["report", str(null_out), "-o", str(dest)]) == 0
     assert "thumbnails 0 made / 6 reused" in capsys.readouterr().out  # 5 outputs + 1 source
+    build = load_js(dest / "data" / "index.js")["detail_build"]
+    assert [p.name for p in (dest / "data").glob("detail-*.js")] == [f"detail-{build}-0000.js"]
     assert (dest / "thumbs" / "mug-oil.jpg").stat().st_mtime_ns == stamp
 
 
