@@ -167,6 +167,8 @@ def generation_fields(params: dict[str, Any], model: InfotextModel | None) -> di
         "Model hash": model.hash,
         "Model": model.name,
         "Denoising strength": params.get("strength"),
+        "Lora hashes": params.get("lora_hashes"),  # A1111's extra networks, as it writes them
+        "TI hashes": params.get("ti_hashes"),
     }
 
 

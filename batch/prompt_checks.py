@@ -144,12 +144,26 @@ def parse_lora_column(value: Any) -> list[LoraEntry]:
         for part in (p.strip() for p in item.split(",")):
             if not part:
                 continue
-            ref, sep, weight = part.rpartition(":")
-            if not sep or "/" in weight or weight.lower().endswith(ADAPTER_SUFFIXES):
-                ref, weight = part, "1"
-            scale = check_scale(weight.strip(), f"loras {part!r}")
-            entries.append(LoraEntry(ref.strip(), scale, scale))
+            ref, weights = _split_weights(part)
+            if _split_weights(ref)[1]:
+                raise AdapterFileError(
+                    f"loras {part!r}: write name:weight or name:te_weight:unet_weight"
+                )
+            scales = [check_scale(w, f"loras {part!r}") for w in weights] or [1.0]
+            entries.append(LoraEntry(ref, scales[0], scales[-1]))
     return entries
+
+
+def _split_weights(part: str) -> tuple[str, list[str]]:
+    """ "name:0.8" -> ("name", ["0.8"]); "name:1:0.5" -> text encoder 1, UNet 0.5. A part after
+    a colon holding a path separator belongs to a path (C:\\..., s3://...), not a weight."""
+    ref, weights = part, []
+    while len(weights) < 2:
+        head, sep, tail = ref.rpartition(":")
+        if not sep or not head or "/" in tail or "\\" in tail:
+            break
+        ref, weights = head, [tail.strip(), *weights]
+    return ref.strip(), weights
 
 
 def merged(uses: Sequence[LoraUse]) -> tuple[LoraUse, ...]:
@@ -250,3 +264,25 @@ def job_embeddings(
         except AdapterFileError as exc:
             raise ConfigError(f"embeddings: {exc}") from None
     return tuple(uses)
+
+
+def used_embeddings(prompt: str, negative: str, ctx: AdapterContext) -> tuple[EmbeddingUse, ...]:
+    """The job's embeddings whose word occurs in the prompt or negative prompt (what A1111
+    lists as `TI hashes`)."""
+    import re
+
+    text = f"{prompt}\n{negative}"
+    return tuple(
+        use for use in ctx.embeddings if re.search(rf"(?<!\w){re.escape(use.name)}(?!\w)", text)
+    )
+
+
+def lora_column_text(uses: Sequence[LoraUse]) -> str | None:
+    """A LoRA set as the `loras` column writes it: `name:w` (`name:te:unet` where they differ)."""
+    parts = [
+        f"{u.name}:{u.unet_weight:g}"
+        if u.te_weight == u.unet_weight
+        else f"{u.name}:{u.te_weight:g}:{u.unet_weight:g}"
+        for u in uses
+    ]
+    return ", ".join(parts) or None

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sdfleet.batch.adapters import LoraUse, adapter_key
+from sdfleet.batch.adapters import EmbeddingUse, LoraUse, adapter_key
 from sdfleet.batch.datasets_io import image_source
 from sdfleet.batch.masks import INPAINT_COLUMNS, MaskFromBoxes, row_boxes
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
-from sdfleet.batch.prompt_checks import AdapterContext, row_loras
+from sdfleet.batch.prompt_checks import AdapterContext, row_loras, used_embeddings
 from sdfleet.batch.results_rows import as_manifest_row
 from sdfleet.batch.seeds import SEED_MAX, derive_seed
 
@@ -93,6 +93,7 @@ class GenRequest:
     inpaint: Inpaint | None = None
     carried: dict[str, Any] = field(default_factory=dict, compare=False)
     loras: tuple[LoraUse, ...] = ()  # the job's, then the row's column, then its prompt's tags
+    embeddings: tuple[EmbeddingUse, ...] = ()  # the job's textual inversions its prompts use
 
     @property
     def mode(self) -> str:
@@ -146,12 +147,13 @@ def expand_row(
     if defaults.prompt_template:
         prompt = defaults.prompt_template.format_map(template_values(row, defaults))
     image = local_source(row.get("init_image"), base_dir)
+    negative = row_value(row, defaults, "negative_prompt") or ""
     base = GenRequest(
         row_id=row["id"],
         variant=0,
         output_name="",
         prompt=prompt,
-        negative_prompt=row_value(row, defaults, "negative_prompt") or "",
+        negative_prompt=negative,
         seed=0,
         num_inference_steps=int(row_value(row, defaults, "num_inference_steps")),
         guidance_scale=float(row_value(row, defaults, "guidance_scale")),
@@ -163,6 +165,7 @@ def expand_row(
         inpaint=row_inpaint(row, defaults, base_dir) if image is not None else None,
         carried=carried,
         loras=row_adapters(prompt, row.get("loras"), defaults, base_dir),
+        embeddings=used_embeddings(prompt, negative, defaults.adapters or AdapterContext()),
     )
     return [
         replace(

@@ -61,13 +61,15 @@ def ctx(lora_dir=None, **extra) -> AdapterContext:
         ("/x/brand.safetensors", [LoraEntry("/x/brand.safetensors", 1.0, 1.0)]),
         ("/x/brand.safetensors:0.3", [LoraEntry("/x/brand.safetensors", 0.3, 0.3)]),
         (" , brand ,", [LoraEntry("brand", 1.0, 1.0)]),
+        ("brand:1:0.25", [LoraEntry("brand", 1.0, 0.25)]),
+        ("C:\\loras\\a.safetensors:0.5", [LoraEntry("C:\\loras\\a.safetensors", 0.5, 0.5)]),
     ],
 )
 def test_lora_column(value, expected):
     assert parse_lora_column(value) == expected
 
 
-@pytest.mark.parametrize("value", ["brand:nan", "brand:inf", "brand:strong", 3, [1]])
+@pytest.mark.parametrize("value", ["brand:nan", "brand:inf", "brand:strong", "brand:1:2:3", 3, [1]])
 def test_bad_lora_column(value):
     with pytest.raises(AdapterFileError):
         parse_lora_column(value)
@@ -174,3 +176,23 @@ def test_job_embeddings_from_list_and_folder(tmp_path):
         job_embeddings(["glossy"], None, ctx(), tmp_path)
     with pytest.raises(ConfigError, match="needs 32/32"):
         job_embeddings([], str(folder), AdapterContext(model="xl", base=XL), tmp_path)
+
+
+def test_column_text_reads_back(lora_dir):
+    from sdfleet.batch.prompt_checks import lora_column_text
+
+    uses = row_loras("a", "brand:0.5, soft:1:0.25", ctx(lora_dir))
+    text = lora_column_text(uses)
+    assert text == "brand:0.5, soft:1:0.25"
+    assert row_loras("a", text, ctx(lora_dir)) == uses
+
+
+def test_used_embeddings_are_the_words_in_the_prompts(tmp_path):
+    from sdfleet.batch.adapters import EmbeddingUse
+    from sdfleet.batch.prompt_checks import used_embeddings
+
+    uses = (EmbeddingUse("glossy", "g", "1"), EmbeddingUse("matte", "m", "2"))
+    context = ctx(embeddings=uses)
+    assert used_embeddings("a glossy mug", "", context) == uses[:1]
+    assert used_embeddings("a (glossy:1.2) mug", "matte, blurry", context) == uses
+    assert used_embeddings("a glossymug", "unmatted", context) == ()
