@@ -75,11 +75,7 @@ class GenerateBatch:
 
     def expand(self, rows: list[dict[str, Any]]) -> list[GenRequest]:
         """Manifest rows -> one request per output (`num_images` > 1 makes several)."""
-        base_dir = Path(self.config.manifest_dir) if self.config.manifest_dir else None
-        requests: list[GenRequest] = []
-        for row in rows:
-            requests.extend(expand_row(row, self.config.defaults, self.config.job_seed, base_dir))
-        return requests
+        return expand_rows(rows, self.config)
 
     def generate(self, requests: list[GenRequest]) -> list[Any]:
         """The replica's results, one per request, in order; a subclass may wrap this step."""
@@ -105,14 +101,19 @@ class GenerateBatch:
                 self.config.image_quality,
                 self.infotext_model,
             )
-            relative = f"images/{request.output_name}.{self.config.image_format}"
-            self.out.write_bytes(relative, data)
-        except Exception as exc:  # noqa: BLE001 - disk full etc. is this row's error
-            return row | {"status": "error", "error": f"write: {type(exc).__name__}: {exc}"}
+        except Exception as exc:  # noqa: BLE001 - this image's metadata or pixels
+            return row | {"status": "error", "error": f"encode: {type(exc).__name__}: {exc}"}
+        relative = f"images/{request.output_name}.{self.config.image_format}"
+        self.write_image(relative, data)
         row |= {"image_path": relative, "sha256": sha256_hex(data)}
         if self.config.embed_image_bytes:
             row["image"] = {"bytes": data, "path": relative}
         return row
+
+    def write_image(self, relative: str, data: bytes) -> None:
+        """OUT/relative. A failed write (disk full, read-only, a lost mount) is no row's
+        error: StorageError stops the batch uncommitted, so a rerun makes its rows."""
+        self.out.write_bytes(relative, data)
 
     def _provenance(self) -> dict[str, Any]:
         """Which node, process and device produced a row."""
@@ -124,6 +125,15 @@ class GenerateBatch:
             "cpu_threads": self.replica.cpu_threads,
             "ray_node_id": self.ray_node_id,
         }
+
+
+def expand_rows(rows: list[dict[str, Any]], config: RunConfig) -> list[GenRequest]:
+    """Manifest rows -> one request per output, as the replica of `config` makes them."""
+    base_dir = Path(config.manifest_dir) if config.manifest_dir else None
+    requests: list[GenRequest] = []
+    for row in rows:
+        requests.extend(expand_row(row, config.defaults, config.job_seed, base_dir))
+    return requests
 
 
 def _ray_node_id() -> str | None:

@@ -43,6 +43,20 @@ class PipelineError(SdfleetError):
     kept and running the same command again resumes."""
 
 
+class StorageError(PipelineError):
+    """OUT could not be written (disk full, read-only, quota, a lost mount). The write was
+    not committed: a rerun makes it once the cause is fixed."""
+
+    @classmethod
+    def writing(cls, where: str, exc: OSError) -> StorageError:
+        reason = exc.strerror or str(exc)
+        return cls(
+            f"cannot write {where}: {reason} (errno {exc.errno}). What was committed is kept "
+            "and nothing half-written is; free space (or fix the folder) and run the same "
+            "command again to resume."
+        )
+
+
 class EncodeError(SdfleetError):
     """ffmpeg is missing or failed; the message quotes ffmpeg."""
 

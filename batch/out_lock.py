@@ -68,7 +68,7 @@ class Holder:
 
     def __str__(self) -> str:
         return (
-            f"pid {self.pid} on {self.host}, a {self.kind} run started {self.started} "
+            f"pid {self.pid} on {self.host}, {_a(self.kind)} run started {self.started} "
             f"({self.command})"
         )
 
@@ -150,9 +150,13 @@ def check_out_kind(filesystem: Any, root: str, uri: str, kind: str) -> None:
     found = out_kind(filesystem, root)
     if found not in (None, kind):
         raise ConfigError(
-            f"--out {uri!r} holds the outputs of a {found} job; a {kind} run there would write "
-            f"over its job.yaml and summary.json. Use another --out."
+            f"--out {uri!r} holds the outputs of {_a(found)} job; {_a(kind)} run there would "
+            "write over its job.yaml and summary.json. Use another --out."
         )
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 # ---------------------------------------------------------------------------- holding OUT

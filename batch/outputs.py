@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdfleet.batch.datasets_io import with_datasets_features
+from sdfleet.batch.errors import StorageError
 from sdfleet.batch.infotext import (
     InfotextModel,
     exif_user_comment,
@@ -57,9 +58,14 @@ class OutputDir:
         return posixpath.join(self.filesystem()[1], *parts)
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """OUT/relative, atomically (`batch.paths.write_atomic`: a reader never sees half)."""
+        """OUT/relative, atomically (`batch.paths.write_atomic`: a reader never sees half).
+        StorageError (a PipelineError: the run stops, a rerun resumes) when it cannot be
+        written: a full disk is no row's fault."""
         filesystem, root = self.filesystem()
-        write_atomic(posixpath.join(root, relative), data, filesystem)
+        try:
+            write_atomic(posixpath.join(root, relative), data, filesystem)
+        except OSError as exc:
+            raise StorageError.writing(self.child_uri(relative), exc) from exc
 
     def read_bytes(self, relative: str) -> bytes:
         filesystem, root = self.filesystem()

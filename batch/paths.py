@@ -8,7 +8,8 @@
 - A file is written atomically - temporary name, flushed and fsynced, renamed over the target -
   so a reader or a resume never sees half a file: `write_atomic`.
 
-Pure: the standard library only (pyarrow is imported where a filesystem is passed in).
+Pure: the standard library only (pyarrow is imported inside the functions that use a
+filesystem).
 """
 
 from __future__ import annotations
@@ -50,6 +51,34 @@ def local_path(value: str) -> str:
     return value[len(FILE_SCHEME) + 3 :]
 
 
+# URI schemes the readers can open (pyarrow filesystems), by the class that must be built in
+READABLE_SCHEMES = {
+    "file": "LocalFileSystem",
+    "s3": "S3FileSystem",
+    "gs": "GcsFileSystem",
+    "gcs": "GcsFileSystem",
+    "hdfs": "HadoopFileSystem",
+    "viewfs": "HadoopFileSystem",
+    "abfs": "AzureFileSystem",
+    "abfss": "AzureFileSystem",
+}
+
+
+def uri_read_problems(value: str) -> list[str]:
+    """Why a URI cannot be read here (its scheme is none pyarrow opens, or, for ``file://``,
+    nothing is there), with the fix; [] when it can be tried. Object stores are not asked
+    (no network at validation): a missing object fails its own row."""
+    from pyarrow import fs
+
+    scheme = uri_scheme(value) or ""
+    if not hasattr(fs, READABLE_SCHEMES.get(scheme, "-")):
+        known = ", ".join(f"{s}://" for s in READABLE_SCHEMES if hasattr(fs, READABLE_SCHEMES[s]))
+        return [f"{scheme}:// cannot be read here; use a local path or one of {known}"]
+    if scheme == FILE_SCHEME and not os.path.isfile(local_path(value)):
+        return [f"no file at {local_path(value)}; fix the path (file:// URIs are absolute)"]
+    return []
+
+
 def join_uri(base: str, name: str) -> str:
     """``base/name`` in the form base was given: a URI stays a URI, a path a path."""
     if is_uri(base):
@@ -82,11 +111,15 @@ def write_atomic(path: str | Path, data: bytes, filesystem: Any = None) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # disk full, a kill signal...: no stray temporary file
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _is_local_filesystem(filesystem: Any) -> bool:
@@ -98,6 +131,17 @@ def _is_local_filesystem(filesystem: Any) -> bool:
 def _write_via_filesystem(filesystem: Any, path: str, data: bytes) -> None:
     filesystem.create_dir(posixpath.dirname(path), recursive=True)
     tmp = f"{path}.tmp"
-    with filesystem.open_output_stream(tmp) as stream:
-        stream.write(data)
-    filesystem.move(tmp, path)
+    try:
+        with filesystem.open_output_stream(tmp) as stream:
+            stream.write(data)
+        filesystem.move(tmp, path)
+    except BaseException:
+        _delete_quietly(filesystem, tmp)
+        raise
+
+
+def _delete_quietly(filesystem: Any, path: str) -> None:
+    try:
+        filesystem.delete_file(path)
+    except OSError:
+        pass  # never made, or the store is gone: the original error is the one to report

@@ -1,13 +1,15 @@
 """The Ray connection and Ray Data's settings, for both executors (batch rows and clips).
 
-- `connect` joins a cluster (``--address`` / ``RAY_ADDRESS``) or starts a private local one.
+- `connect` joins a cluster (``--address`` / ``RAY_ADDRESS``; ``auto``: the one running on this
+  machine) or starts a private local one, even beside a running cluster.
 - `pipeline_settings` is the one stall policy: how long a pipeline may make no progress, how
   long its actor pool may take to start (model loads included), no dropped blocks, no bars.
 - `ray_data` applies such settings to the process-wide `DataContext` for one run and puts
   back every field it changed on exit (and Ray Data's log levels), so a batch run never leaves
   its checkpoint or timeouts to a clip run that follows in the same process.
 - `ray_failure` is the one place that recognises Ray's failures (checked against Ray 2.60,
-  see tests/batch/test_ray_context.py).
+  see tests/batch/test_ray_context.py); `sdfleet_cause` finds an sdfleet error a replica
+  raised inside one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.errors import ConfigError, SdfleetError
 from sdfleet.batch.pool import NodeResources
 
 logger = logging.getLogger(__name__)
@@ -31,12 +33,15 @@ QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": log
 
 
 def connect(address: str | None) -> None:
-    """Join `address` / RAY_ADDRESS, or start a local instance; reuse an initialised one."""
+    """Join `address` / RAY_ADDRESS, or start a private local instance; reuse an initialised
+    one. With neither, the instance is private even when a cluster runs on this machine (a
+    user's ``ray start --head``): a run never lands on a cluster nobody named. ``auto`` (Ray's
+    word) joins the cluster running here on purpose."""
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private, local instance
     # A local instance gets one logical CPU more than the machine has: Ray Data's light tasks
@@ -45,7 +50,7 @@ def connect(address: str | None) -> None:
     num_cpus = None if address else (os.cpu_count() or 1) + 1
     try:
         ray.init(
-            address=address,
+            address=address or "local",  # None would join a running cluster, then refuse num_cpus
             num_cpus=num_cpus,
             include_dashboard=False,
             logging_level=logging.WARNING,
@@ -146,6 +151,19 @@ def ray_failure(exc: BaseException) -> RayFailure:
         if isinstance(link, GetTimeoutError) and "starting actors" in str(link).lower():
             return RayFailure.POOL_NOT_STARTED
     return RayFailure.OTHER
+
+
+def sdfleet_cause(exc: BaseException) -> SdfleetError | None:
+    """The sdfleet error a Ray failure carries from a replica (a `StorageError` of an image
+    write, say), or None. Ray wraps it (`RayTaskError.cause`, in a `UserCodeException`);
+    its own text is the message the local executor prints."""
+    from ray.exceptions import RayTaskError
+
+    for link in _chain(exc):
+        found = link.cause if isinstance(link, RayTaskError) else link
+        if isinstance(found, SdfleetError) and not isinstance(found, RayTaskError):
+            return found
+    return None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

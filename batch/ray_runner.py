@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
-from sdfleet.batch.errors import PipelineError
+from sdfleet.batch.errors import ConfigError, PipelineError
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.pool import PoolPlan, check_shared_storage, holds_gpu, plan_pool
 from sdfleet.batch.ray_context import (
@@ -24,6 +24,7 @@ from sdfleet.batch.ray_context import (
     pipeline_settings,
     ray_data,
     ray_failure,
+    sdfleet_cause,
 )
 from sdfleet.batch.run import Progress, RunStats
 
@@ -46,6 +47,7 @@ def run_ray(
     # 1. join the cluster (or start a local one) and see what it has
     connect(address or options.address)
     nodes = alive_nodes()
+    check_cluster_device(config.model.device, nodes)
     out = OutputDir(config.out_uri)
     checkpoint = options.checkpoint_path or out.child_uri("_checkpoint")
     check_shared_storage(
@@ -89,6 +91,15 @@ def run_ray(
     stats.generated_outputs = report["outputs"]
     stats.model_load_seconds = report["load_seconds"]
     stats.skipped_rows = done_before
+
+
+def check_cluster_device(device: str | None, nodes: list) -> None:
+    """`device: cuda[:N]` on a cluster with no GPU fails in every replica: say so first."""
+    if device and device.startswith("cuda") and not sum(node.gpus for node in nodes):
+        raise ConfigError(
+            f"device: {device!r}, but the Ray cluster has 0 GPUs ({len(nodes)} node(s)); set "
+            "device: cpu or auto, or join a cluster with GPUs (--address)."
+        )
 
 
 def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int | None:
@@ -155,6 +166,9 @@ def execute(dataset, out: OutputDir, options: Any) -> None:
     try:
         dataset.write_parquet(out.path("results"), filesystem=out.filesystem()[0])
     except Exception as exc:
+        cause = sdfleet_cause(exc)
+        if cause is not None:  # e.g. an image write on a full disk: the replica's message
+            raise cause from None
         failure = ray_failure(exc)
         said = f"{type(exc).__name__}: {exc}"
         if failure is RayFailure.STALLED:

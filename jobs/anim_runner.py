@@ -37,7 +37,9 @@ from sdfleet.anim.ray_clips import (
 )
 from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
-from sdfleet.batch.models import model_spec, resolve_model_source
+from sdfleet.batch.model_checks import check_model_files
+from sdfleet.batch.models import model_spec
+from sdfleet.batch.out_lock import check_out_folder, hold_out
 from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, write_atomic
 from sdfleet.batch.schedulers import SCHEDULERS, scheduler_name_problems
 from sdfleet.jobs.console import progress_bar, report_clips
@@ -61,11 +63,13 @@ def run_animation_job(
     out = out or default_out(job_path)
     # 1. the clips, and every check that needs no model (as `validate` makes them)
     tasks = prepare_animation_job(job, job_path, out)
-    # 2. render: a job of several clips on Ray actors unless told otherwise
+    # 2. render, holding OUT (`batch.out_lock`): a job of several clips on Ray actors unless
+    #    told otherwise
     executor = executor or ("ray" if job.clips or job.clips_manifest else "local")
-    rows = render_tasks(tasks, out, executor, address, header(job_path), show_progress)
-    # 3. summary and report
-    write_summary(clip_root(out), rows, executor, time.time() - started)
+    with hold_out(out, "animation"):
+        rows = render_tasks(tasks, out, executor, address, header(job_path), show_progress)
+        # 3. summary and report
+        write_summary(clip_root(out), rows, executor, time.time() - started)
     report_clips(rows)
     return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
 
@@ -101,6 +105,7 @@ def plan_animation_job(job: AnimationJob, job_path: Path) -> list[FrameRecord]:
 def prepare_animation_job(job: AnimationJob, job_path: Path, out: str | None) -> list[ClipTask]:
     """The clips of `job` with every check that needs no model made (`check_tasks`): the one
     path `validate` and `run` share."""
+    check_out_folder(out or default_out(job_path))  # not a file, writable
     tasks = animation_tasks(job, job_path, out or default_out(job_path))
     check_tasks(tasks)
     return tasks
@@ -143,9 +148,10 @@ def animation_tasks(job: AnimationJob, job_path: Path, out: str) -> list[ClipTas
 
 
 def check_tasks(tasks: list[ClipTask]) -> None:
-    """Model sources, ffmpeg, then `check_clips`; ModelError/EncodeError as they come."""
+    """Model files (`batch.model_checks`), ffmpeg, then `check_clips`; ModelError/EncodeError
+    as they come."""
     for spec in {model_spec(task.job) for task in tasks}:
-        resolve_model_source(spec)
+        check_model_files(spec)
     find_ffmpeg()
     check_clips(tasks)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,11 @@ import yaml
 from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, ModelError
 from sdfleet.batch.fingerprint import settings_changes
+from sdfleet.batch.kept_rows import check_kept_rows
 from sdfleet.batch.manifest import validate_manifest
-from sdfleet.batch.models import model_spec, resolve_model_source
+from sdfleet.batch.model_checks import check_model_files
+from sdfleet.batch.models import model_spec
+from sdfleet.batch.out_lock import check_out_folder, hold_out
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.retry import forget_failed_rows
@@ -45,7 +49,7 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
     """Every check that needs no model: model source, manifest rows, output location."""
     spec = model_spec(job, job_path.parent)
     try:
-        resolve_model_source(spec)
+        check_model_files(spec)  # what would fail in every replica, found here
     except ModelError as exc:
         raise ModelError(f"{job_path}: {exc}") from None
     out = out_uri or str(Path("out") / (job.name or job_path.stem))
@@ -75,8 +79,11 @@ def prepare_batch_job(job: BatchJob, job_path: Path, out_uri: str | None) -> Pre
 
 
 def check_out(out: OutputDir) -> None:
-    """OUT's filesystem is one pyarrow knows and OUT is not a file (before any model loads)."""
+    """OUT's filesystem is one pyarrow knows, and OUT is a folder this user can write (before
+    any model loads)."""
     from pyarrow import fs
+
+    check_out_folder(out.uri)
 
     try:
         filesystem, root = out.filesystem()
@@ -192,14 +199,32 @@ def run_batch_job(
     actor_class: type[GenerateBatch] = GenerateBatch,
     retry_errors: bool = False,
 ) -> dict:
-    """Execute and return the summary (also written to OUT/summary.json). `actor_class`: the
-    replica actor (default `GenerateBatch`; tests and benchmarks pass a subclass).
+    """Execute and return the summary (also written to OUT/summary.json), holding OUT for
+    this run (`batch.out_lock`: another run into it is refused, naming this one). `actor_class`:
+    the replica actor (default `GenerateBatch`; tests and benchmarks pass a subclass).
     `retry_errors`: the rows whose committed result is an error are made again
     (`batch.retry`); every ok row is kept."""
+    with hold_out(prepared.config.out_uri, "batch"):
+        return _run_held(prepared, executor, progress, address, actor_class, retry_errors)
+
+
+def _run_held(
+    prepared: PreparedJob,
+    executor: str,
+    progress: Progress,
+    address: str | None,
+    actor_class: type[GenerateBatch],
+    retry_errors: bool,
+) -> dict:
     out = OutputDir(prepared.config.out_uri)
-    if executor == "local":  # Ray checks its nodes' GPUs when it sizes the pool
+    if executor == "local" or not (
+        address or prepared.job.ray.address or os.environ.get("RAY_ADDRESS")
+    ):
+        # this machine's GPUs are the pool's (a private Ray instance too); a joined cluster's
+        # are checked when the pool is sized
         check_local_device(prepared.config.model.device)
     check_same_job(out, prepared.job, executor, prepared.job_path.parent)
+    check_kept_rows(prepared.config, prepared.files, ok_only=retry_errors)
     write_job_record(out, prepared.job, prepared.job_path, executor)
     stats = RunStats(executor=executor, price_per_gpu_hour=prepared.job.price_per_gpu_hour)
     if retry_errors:

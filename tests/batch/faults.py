@@ -11,10 +11,14 @@ hooks (all optional), applied to each batch before it is generated:
     kill_on_id   when a request of this row id arrives, the actor process exits (os._exit) ...
     kill_marker  ... once: only while this file does not exist (it is created first)
     sleep_s      sleep this long
+    full_disk_on_id  writing the image of this row id fails as a full disk does (the
+                 StorageError `OutputDir.write_bytes` raises for ENOSPC) ...
+    full_disk_marker ... once: only while this file does not exist (it is created first)
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.actor import GenerateBatch
+from sdfleet.batch.errors import StorageError
 
 
 def faulty_actor(hooks: dict[str, Any]) -> type[GenerateBatch]:
@@ -30,6 +35,15 @@ def faulty_actor(hooks: dict[str, Any]) -> type[GenerateBatch]:
 
     Made inside a function, so cloudpickle sends the class by value: Ray's workers do not
     need to import this test module."""
+
+    def once(marker: str | None) -> bool:
+        """True the first time (creating `marker`), then False; always True with no marker."""
+        if marker is None:
+            return True
+        if os.path.exists(marker):
+            return False
+        Path(marker).touch()
+        return True
 
     class FaultyGenerateBatch(GenerateBatch):
         def generate(self, requests):
@@ -44,6 +58,14 @@ def faulty_actor(hooks: dict[str, Any]) -> type[GenerateBatch]:
             if hooks.get("sleep_s"):
                 time.sleep(float(hooks["sleep_s"]))
             return super().generate(requests)
+
+        def write_image(self, relative, data):
+            target = hooks.get("full_disk_on_id")
+            if target and Path(relative).stem.startswith(target):
+                if once(hooks.get("full_disk_marker")):
+                    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                    raise StorageError.writing(self.out.child_uri(relative), full)
+            return super().write_image(relative, data)
 
     return FaultyGenerateBatch
 

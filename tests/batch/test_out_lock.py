@@ -198,7 +198,8 @@ def test_another_kinds_out_is_refused_and_left_alone(tmp_path, held, wanted):
     marker = "results" if held == "batch" else "frames"
     (tmp_path / marker).mkdir()
     (tmp_path / "summary.json").write_text("{}")
-    with pytest.raises(ConfigError, match=f"holds the outputs of a {held} job"):
+    article = "an" if held == "animation" else "a"
+    with pytest.raises(ConfigError, match=f"holds the outputs of {article} {held} job"):
         with hold_out(str(tmp_path), wanted):
             pass
     assert (tmp_path / "summary.json").read_text() == "{}"
