@@ -64,6 +64,7 @@ class ScheduleRule:
 
 
 _ANY = ScheduleRule()
+MAX_CONTRAST = 10.0
 # fmt: off
 # Field -> rule; the plan names each value after its field without "_schedule".
 SCHEDULE_RULES: dict[str, ScheduleRule] = {
@@ -78,7 +79,8 @@ SCHEDULE_RULES: dict[str, ScheduleRule] = {
     "strength_schedule": ScheduleRule(0, 1, fix="strength is the share of the previous frame "
                                       "kept, as in Deforum; img2img gets 1 - strength"),
     "noise_schedule": ScheduleRule(0, 1, fix="noise is the share of fresh noise, e.g. 0.065"),
-    "contrast_schedule": ScheduleRule(0, fix="contrast multiplies the frame, 1.0 = unchanged"),
+    "contrast_schedule": ScheduleRule(0, MAX_CONTRAST, fix="contrast multiplies the frame, "
+                                      "1.0 = unchanged; past a few every pixel saturates"),
     "cfg_scale_schedule": ScheduleRule(0, fix="a guidance scale such as 7"),
     "steps_schedule": ScheduleRule(1, 1000, integer=True, fix="steps are denoising steps, e.g. 25"),
     "amount_schedule": ScheduleRule(0, fix="anti-blur amount, 0 = off, e.g. 0.1"),
@@ -147,8 +149,49 @@ def job_problems(job: ScheduledJob) -> list[str]:
             evaluate_field(job, field, inputs)
         except ScheduleError as err:
             problems.append(str(err))
+    problems += canvas_problems(job, inputs)
+    positive = getattr(job, "animation_prompts_positive", "")
     try:
-        resolve_prompt_keys(job.prompts, job.max_frames, job.seed, clock=inputs.clock)
+        keys = resolve_prompt_keys(
+            job.prompts, job.max_frames, job.seed, positive, clock=inputs.clock
+        )
     except ConfigError as err:
-        problems.append(str(err))
+        return [*problems, str(err)]
+    for key in keys:
+        if not key.prompt:
+            problems.append(
+                f"prompts: the prompt of frame {key.frame} is blank; write what the frames "
+                "should show (or set animation_prompts_positive)"
+            )
+    return problems
+
+
+# Values that make a frame of a W x H canvas that holds nothing useful: (field, side, share of
+# the side it may reach, why).
+_CANVAS_LIMITS = (
+    ("translation_x", "width", 0.5, "moving a frame more than half its width a frame leaves"),
+    ("translation_y", "height", 0.5, "moving a frame more than half its height a frame leaves"),
+    ("kernel_schedule", "min_side", 1.0, "an anti-blur kernel wider than the frame leaves"),
+)
+
+
+def canvas_problems(job: ScheduledJob, inputs: ScheduleInputs | None = None) -> list[str]:
+    """Motion and filter values out of proportion to the job's canvas, at any frame: one
+    problem per field, naming the frame, the value and the bound."""
+    inputs = inputs or schedule_inputs(job)
+    width, height = getattr(job, "width", 512), getattr(job, "height", 512)
+    sides = {"width": width, "height": height, "min_side": min(width, height)}
+    problems = []
+    for field, side, share, why in _CANVAS_LIMITS:
+        bound = sides[side] * share
+        try:
+            values = field_values(job, field, inputs)
+        except ScheduleError:
+            continue  # reported by its rule
+        frame = next((i for i, v in enumerate(values) if abs(v) > bound), None)
+        if frame is not None:
+            problems.append(
+                f"{field}: gives {values[frame]:g} at frame {frame}, but {why} nothing useful "
+                f"({side.replace('_', ' ')}: {sides[side]} px); keep it within {bound:g}"
+            )
     return problems

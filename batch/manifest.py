@@ -24,8 +24,9 @@ import pyarrow as pa
 from sdfleet.batch.conditioning import inpaint_issues
 from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
+from sdfleet.batch.file_names import file_name_problems, id_character_problems
 from sdfleet.batch.outputs import output_name
-from sdfleet.batch.paths import is_uri, resolve_path
+from sdfleet.batch.paths import is_uri, resolve_path, uri_read_problems
 from sdfleet.batch.prompt_checks import AdapterContext, row_prompt_issues
 from sdfleet.batch.request import (
     KNOWN_COLUMNS,
@@ -219,6 +220,7 @@ def row_problems(
     """Every problem of one row, each naming the column, value and fix."""
     issues = [
         *_id_issues(row.get("id")),
+        *_name_issues(row, defaults),
         *_prompt_issues(row, defaults),
         *_number_issues(row, defaults),
         *_init_image_issues(row, defaults, base_dir),
@@ -254,7 +256,16 @@ def _id_issues(row_id: Any) -> list[Issue]:
         return [("id", row_id, fix)]
     if len(row_id) > 200:
         return [("id", row_id, "ids name files: use at most 200 characters")]
-    return []
+    return [("id", row_id, fix) for fix in id_character_problems(row_id)]
+
+
+def _name_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
+    """The longest file name a row's id makes (`batch.file_names`) fits a filesystem."""
+    row_id, count = row.get("id"), row_value(row, defaults, "num_images")
+    if not isinstance(row_id, str) or not row_id or not _is_int(count) or count < 1:
+        return []  # reported by the id and number checks
+    longest = output_name(row_id, int(count) - 1, int(count))
+    return [("id", row_id, fix) for fix in file_name_problems(longest)]
 
 
 def _template_issues(row: dict, template: str, defaults: RowDefaults) -> list[Issue]:
@@ -346,12 +357,17 @@ def _number_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
     return issues
 
 
+def _strength_range_issues(strength: Any, fix: str = "") -> list[Issue]:
+    if not _is_number(strength) or not 0 < strength <= 1:
+        return [("strength", strength, "img2img strength is the share denoised: use 0 < " + fix)]
+    return []
+
+
 def _strength_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
     strength = row_value(row, defaults, "strength")
     steps = row_value(row, defaults, "num_inference_steps")
-    if not _is_number(strength) or not 0 < strength <= 1:
-        fix = "img2img strength is the share denoised: use 0 < strength <= 1"
-        return [("strength", strength, fix)]
+    if range_issues := _strength_range_issues(strength, "strength <= 1"):
+        return range_issues
     if _is_int(steps) and steps >= 1 and img2img_steps(steps, strength) is None:
         # the one steps x strength policy: too few steps run more; no schedule reaches this
         fix = f"no denoising step reaches a strength this small: use strength >= {MIN_STRENGTH:g}"
@@ -361,8 +377,9 @@ def _strength_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
 
 def _init_image_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
     image = row.get("init_image")
-    if image is None:
-        return []
+    if image is None:  # strength does nothing here, but a bad one is still a mistake
+        fix = "strength <= 1, or leave it empty (this row has no init_image)"
+        return [] if row.get("strength") is None else _strength_range_issues(row["strength"], fix)
     issues = _strength_issues(row, defaults)
     if isinstance(image, dict):  # a datasets Image struct {bytes, path}
         if image_source(image) is None:
@@ -385,6 +402,8 @@ def _init_image_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) 
                 "are from the manifest's folder)"
             )
             issues.append(("init_image", image, fix))
+    else:
+        issues += [("init_image", image, fix) for fix in uri_read_problems(image)]
     return issues
 
 

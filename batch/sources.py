@@ -129,9 +129,40 @@ def iter_manifest_rows(files: list[str], batch_rows: int = 4096) -> Iterator[tup
     for path in files:
         index = 0
         for record_batch in open_manifest_file(path).iter_batches(batch_size=batch_rows):
-            for row in record_batch.to_pylist():
+            try:
+                rows = record_batch.to_pylist()
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, index, record_batch, exc) from None
+            for row in rows:
                 yield path, index, as_manifest_row(row)  # an earlier run's results too
                 index += 1
+
+
+def _not_utf8(path: str, start: int, batch: pa.RecordBatch, exc: UnicodeDecodeError):
+    """ManifestError naming the row and column whose text is not UTF-8."""
+    where = f"rows #{start}-#{start + batch.num_rows - 1}"  # text inside a nested column
+    for name, column in zip(batch.schema.names, batch.columns):
+        found = _first_not_utf8(column)
+        if found is not None:
+            where = f"row #{start + found[0]}, column {name!r}: {found[1][:40]!r}"
+            break
+    return ManifestError(
+        f"{path}: {where} is not UTF-8 text ({exc.reason}); re-encode the column as UTF-8, "
+        "or write it as binary if it is not text"
+    )
+
+
+def _first_not_utf8(column: pa.Array) -> tuple[int, bytes] | None:
+    """(index, raw bytes) of a string column's first value that is not UTF-8, or None."""
+    if column.type not in (pa.string(), pa.large_string()):
+        return None
+    binary = pa.binary() if column.type == pa.string() else pa.large_binary()
+    for index, value in enumerate(column.view(binary).to_pylist()):
+        try:
+            value is None or value.decode("utf-8")
+        except UnicodeDecodeError:
+            return index, value
+    return None
 
 
 def table_from_rows(rows: list[dict]) -> pa.Table:

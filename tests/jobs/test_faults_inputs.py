@@ -1,0 +1,184 @@
+"""Bad input classes a corpus got through: each refused by `validate` and `run` with exit 2 and
+a message naming the file, row and field, before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from sdfleet.jobs.cli import main
+from sdfleet.jobs.runner import EXIT_CONFIG, EXIT_OK
+from tests.jobs.test_anim_cli import BASE as ANIM_BASE
+from tests.jobs.test_cli import write_job
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    from sdfleet.batch import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for an invalid job")
+
+    monkeypatch.setattr(models, "load_pipelines", refuse)
+
+
+def refused(job: Path, tmp_path: Path, capsys) -> str:
+    """`validate` and `run` both exit 2 with one message; the message."""
+    assert main(["validate", str(job)]) == EXIT_CONFIG
+    said = capsys.readouterr().err
+    assert main(["run", str(job), "--out", str(tmp_path / "out"), "--no-progress"]) == EXIT_CONFIG
+    assert capsys.readouterr().err == said
+    assert "Traceback" not in said
+    return said
+
+
+def manifest_row_refused(tmp_path: Path, capsys, row: dict, column: str) -> str:
+    job = write_job(tmp_path, [{"id": "fine", "prompt": "p"}, row])
+    said = refused(job, tmp_path, capsys)
+    assert f"m.parquet: row {row['id']!r} (#1), column '{column}'" in said
+    return said
+
+
+# ---------------------------------------------------------------------------- ids
+
+
+@pytest.mark.parametrize(
+    ("row_id", "named"),
+    [
+        ("next\x85line", "U+0085 (unnamed), a control character"),  # C1 NEL
+        ("a\x9bb", "U+009B"),  # C1 CSI
+        ("invoice\u202egnp.exe", "U+202E (RIGHT-TO-LEFT OVERRIDE), an invisible format"),
+        ("a\u2066b", "U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+        ("zero\u200bwidth", "U+200B (ZERO WIDTH SPACE)"),
+        ("line\u2028sep", "U+2028 (LINE SEPARATOR), a line separator"),
+    ],
+)
+def test_ids_with_hidden_characters(tmp_path, capsys, no_model_loads, row_id, named):
+    said = manifest_row_refused(tmp_path, capsys, {"id": row_id, "prompt": "p"}, "id")
+    assert named in said and "remove it" in said
+
+
+def test_ids_that_are_not_utf8(tmp_path, capsys, no_model_loads):
+    ids = pa.array([b"fine", b"caf\xe9"], pa.binary()).view(pa.string())  # latin-1 bytes
+    pq.write_table(pa.table({"id": ids, "prompt": ["p", "q"]}), tmp_path / "m.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"manifest": "m.parquet", "executor": "local"}))
+    said = refused(job, tmp_path, capsys)
+    assert "m.parquet: row #1, column 'id': b'caf\\xe9' is not UTF-8 text" in said
+    assert "re-encode the column as UTF-8" in said
+
+
+@pytest.mark.parametrize(("characters", "num_images"), [(90, 1), (83, 1), (82, 2)])
+def test_ids_whose_file_names_exceed_255_bytes(
+    tmp_path, capsys, no_model_loads, characters, num_images
+):
+    """Under 200 characters, but 3 bytes each in UTF-8: the name, '_<k>', '.webp.tmp'."""
+    row = {"id": "漢" * characters, "prompt": "p", "num_images": num_images}
+    said = manifest_row_refused(tmp_path, capsys, row, "id")
+    assert "over the 255 a file name may have" in said
+
+
+def test_the_longest_id_that_fits_runs_to_a_file(tiny_dir, tmp_path):
+    row_id = "漢" * 82  # 246 bytes + '.png.tmp' / '.webp.tmp' fits 255
+    job = write_job(
+        tmp_path,
+        [{"id": row_id, "prompt": "p"}],
+        defaults={"width": 32, "height": 32, "num_inference_steps": 1},
+    )
+    assert main(["run", str(job), "--out", str(tmp_path / "out"), "--no-progress"]) == EXIT_OK
+    assert (tmp_path / "out" / "images" / f"{row_id}.png").is_file()
+
+
+# ---------------------------------------------------------------------------- init images
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("http://example.com/cat.png", "http:// cannot be read here; use a local path or"),
+        ("https://example.com/cat.png", "https:// cannot be read here"),
+        ("ftp://example.com/cat.png", "ftp:// cannot be read here"),
+        ("file:///nowhere/cat.png", "no file at /nowhere/cat.png"),
+    ],
+)
+def test_init_image_uris_that_cannot_be_read(tmp_path, capsys, no_model_loads, uri, said):
+    row = {"id": "img", "prompt": "p", "init_image": uri}
+    assert said in manifest_row_refused(tmp_path, capsys, row, "init_image")
+
+
+def test_an_existing_file_uri_passes(tmp_path, capsys):
+    from sdfleet.jobs.examples import shape_image_png
+
+    (tmp_path / "cat.png").write_bytes(shape_image_png(1))
+    job = write_job(
+        tmp_path, [{"id": "img", "prompt": "p", "init_image": f"file://{tmp_path}/cat.png"}]
+    )
+    assert main(["validate", str(job)]) == EXIT_OK
+
+
+@pytest.mark.parametrize("strength", [1.5, 0.0, -0.2, float("nan")])
+def test_strength_out_of_range_without_an_init_image(tmp_path, capsys, no_model_loads, strength):
+    row = {"id": "s", "prompt": "p", "strength": strength}
+    said = manifest_row_refused(tmp_path, capsys, row, "strength")
+    assert "use 0 < strength <= 1, or leave it empty (this row has no init_image)" in said
+
+
+def test_a_good_strength_without_an_init_image_is_fine(tmp_path, capsys):
+    job = write_job(tmp_path, [{"id": "s", "prompt": "p", "strength": 0.5}])
+    assert main(["validate", str(job)]) == EXIT_OK
+
+
+# ---------------------------------------------------------------------------- animation values
+
+
+def anim_refused(tmp_path: Path, capsys, **fields) -> str:
+    job = tmp_path / "clip.yaml"
+    job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4} | fields))
+    said = refused(job, tmp_path, capsys)
+    assert f"{job}" in said
+    return said
+
+
+@pytest.mark.parametrize("text", ["", "   ", "--neg blurry"])
+def test_a_blank_animation_prompt(tmp_path, capsys, no_model_loads, text):
+    said = anim_refused(tmp_path, capsys, prompts={"0": "a boat", "2": text})
+    assert "prompts: the prompt of frame 2 is blank" in said
+
+
+def test_a_blank_prompt_with_a_positive_suffix_is_fine(tmp_path, capsys):
+    job = tmp_path / "clip.yaml"
+    fields = {"prompts": {"0": " "}, "animation_prompts_positive": "a boat", "max_frames": 4}
+    job.write_text(yaml.safe_dump(ANIM_BASE | fields))
+    assert main(["validate", str(job)]) == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        (
+            {"translation_x": "0:(0), 2:(900)"},
+            "translation_x: gives 450 at frame 1, but moving a frame more than half its width",
+        ),
+        ({"translation_y": "0:(-40)"}, "translation_y: gives -40 at frame 0"),
+        (
+            {"kernel_schedule": "0:(100001)"},
+            "kernel_schedule: gives 100001 at frame 0, but an anti-blur kernel wider",
+        ),
+        ({"contrast_schedule": "0:(1e30)"}, "contrast_schedule: gives 1e+30 at frame 0; expected"),
+    ],
+)
+def test_animation_values_that_render_nothing_useful(
+    tmp_path, capsys, no_model_loads, fields, said
+):
+    assert said in anim_refused(tmp_path, capsys, **fields)
+
+
+def test_motion_within_the_canvas_is_fine(tmp_path, capsys):
+    job = tmp_path / "clip.yaml"
+    motion = {"translation_x": "0:(32)", "translation_y": "0:(-32)", "kernel_schedule": "0:(63)"}
+    job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4} | motion))
+    assert main(["validate", str(job)]) == EXIT_OK
