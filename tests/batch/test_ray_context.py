@@ -118,7 +118,7 @@ def test_a_misspelt_setting_is_refused():
 @pytest.fixture(scope="module")
 def local_ray():
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # ours, not a running one
     yield ray
     ray.shutdown()
 
