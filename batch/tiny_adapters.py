@@ -1,5 +1,8 @@
 """Tiny LoRA and textual-inversion files for the tiny models, made offline from a fixed seed.
 
+`train_unet_lora` trains one for real on given pictures (the example job's LoRA is trained on
+builtin:shapes' world with every background yellow: `manifests/make_example_lora.py`).
+
 For tests and the example job (`manifests/make_example_lora.py`): a LoRA is made with peft on a
 model folder's own UNet and text encoder(s) (`add_adapter` with a `LoraConfig`, then the
 `lora_B` matrices, which peft starts at zero, filled from the seed so the LoRA changes
@@ -113,3 +116,59 @@ def save_tensors(state: dict[str, Any], path: str | Path, metadata: dict | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
     return path
+
+
+def train_unet_lora(
+    model_dir: str | Path,
+    images: Any,
+    captions: list[str],
+    steps: int = 200,
+    rank: int = LORA_RANK,
+    seed: int = 0,
+    lr: float = 2e-3,
+    batch: int = 32,
+) -> dict[str, Any]:
+    """A UNet LoRA trained on (images (N, H, W, 3) uint8, captions) for the pipeline folder
+    `model_dir` (epsilon prediction, the DDPM noise schedule of its scheduler config, the
+    text encoder frozen), in diffusers' key layout."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
+    latents, context = _training_inputs(pipe, images, captions)
+    unet = pipe.unet.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        pick = torch.randint(0, len(latents), (batch,), generator=generator)
+        noise = torch.randn(latents[pick].shape, generator=generator)
+        t = torch.randint(0, len(alphas), (batch,), generator=generator)
+        a = alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents[pick] + (1 - a).sqrt() * noise  # (B, 4, h, w)
+        loss = (unet(noisy, t, context[pick]).sample - noise).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    state = get_peft_model_state_dict(unet, save_embedding_layers=False)
+    return {f"unet.{key}": value.detach().clone().contiguous() for key, value in state.items()}
+
+
+def _training_inputs(pipe: Any, images: Any, captions: list[str]) -> tuple[Any, Any]:
+    """VAE latents (N, 4, h, w) of the images and text-encoder states (N, 77, dim)."""
+    import torch
+
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
+    ids = pipe.tokenizer(
+        captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
+    with torch.no_grad():
+        latents = torch.cat([pipe.vae.encode(p).latent_dist.mode() for p in pixels.split(64)])
+        context = torch.cat([pipe.text_encoder(i)[0] for i in ids.split(64)])
+    return latents * pipe.vae.config.scaling_factor, context
