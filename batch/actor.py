@@ -14,6 +14,7 @@ from typing import Any
 from sdfleet.batch.infotext import InfotextModel
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.outputs import OutputDir, encode_image, results_table, sha256_hex
+from sdfleet.batch.prompt_checks import adapter_params
 from sdfleet.batch.request import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
 
 logger = logging.getLogger(__name__)
@@ -89,8 +90,11 @@ class GenerateBatch:
         row |= {k: v for k, v in request.carried.items() if k not in row}
         row |= params | {"image_path": None, "sha256": None, "seconds": round(result.seconds, 4)}
         row |= {"status": "ok", "error": None} | self._provenance()
+        row["nsfw"] = getattr(result, "flagged", None)  # the model's safety checker fired
         if self.config.embed_image_bytes:
             row["image"] = None
+        if row["nsfw"]:  # no black square saved as ok: the row says what happened
+            return row | {"status": "filtered", "error": result.error}
         if result.error is not None:
             return row | {"status": "error", "error": result.error}
         try:
@@ -162,6 +166,7 @@ def request_params(request: GenRequest, model: str) -> dict[str, Any]:
         "mode": request.mode,
         "init_image": init if isinstance(init, str) else (None if init is None else "<bytes>"),
         "model": model,
+        **adapter_params(request.loras, request.embeddings),
     }
 
 

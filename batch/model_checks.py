@@ -71,7 +71,8 @@ def _config_names(class_name: str) -> tuple[str, ...]:
         return ("scheduler_config.json",)
     if "Tokenizer" in class_name:
         return ("tokenizer_config.json", "tokenizer.json", "vocab.json")
-    if class_name.endswith(("FeatureExtractor", "ImageProcessor", "Processor")):
+    # transformers without torchvision saves CLIPImageProcessorPil (its PIL fallback class)
+    if class_name.removesuffix("Pil").endswith(("FeatureExtractor", "ImageProcessor", "Processor")):
         return ("preprocessor_config.json",)
     return ("config.json",)
 

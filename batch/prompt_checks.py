@@ -31,6 +31,7 @@ from sdfleet.batch.adapter_files import (
     embedding_fit_problems,
     file_hash,
     find_by_name,
+    hashes_text,
     lora_fit_problems,
     read_header,
 )
@@ -286,3 +287,15 @@ def lora_column_text(uses: Sequence[LoraUse]) -> str | None:
         for u in uses
     ]
     return ", ".join(parts) or None
+
+
+def adapter_params(loras: Sequence[LoraUse], embeddings: Sequence[EmbeddingUse]) -> dict:
+    """What a result row and its infotext record of a row's adapters (None where it has none):
+    the LoRA set in the `loras` column's form, and A1111's `Lora hashes` / `TI hashes`."""
+    lora_hashes = hashes_text([(u.name, u.sha256) for u in loras])
+    ti_hashes = hashes_text([(u.name, u.sha256) for u in embeddings])
+    return {
+        "loras": lora_column_text(loras),
+        "lora_hashes": lora_hashes or None,
+        "ti_hashes": ti_hashes or None,
+    }
