@@ -196,3 +196,58 @@ def test_used_embeddings_are_the_words_in_the_prompts(tmp_path):
     assert used_embeddings("a glossy mug", "", context) == uses[:1]
     assert used_embeddings("a (glossy:1.2) mug", "matte, blurry", context) == uses
     assert used_embeddings("a glossymug", "unmatted", context) == ()
+
+
+# ------------------------------------------------------------------------------- sdfleet validate
+
+
+def test_validate_reports_every_bad_row_with_its_column_and_fix(
+    tiny_dir, lora_dir, tmp_path, capsys
+):
+    import pyarrow.parquet as pq
+    import yaml
+
+    from sdfleet.batch.sources import table_from_rows
+    from sdfleet.jobs.cli import main
+    from sdfleet.jobs.runner import EXIT_CONFIG
+
+    rows = [
+        {"id": "ok", "prompt": "a (red:1.2) fox <lora:brand:0.5>", "loras": "soft"},
+        {"id": "unknown", "prompt": "a fox <lora:brnad:1>", "loras": None},
+        {"id": "missing", "prompt": "a fox", "loras": "gone/x.safetensors"},
+        {"id": "other-base", "prompt": "a fox", "loras": "xl_style:0.8"},
+        {"id": "not-finite", "prompt": "a fox", "loras": "brand:inf"},
+        {"id": "brackets", "prompt": "a ((fox)", "loras": None},
+    ]
+    pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
+    job = {"model": "builtin:tiny", "manifest": "m.parquet", "lora_dir": str(lora_dir)}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["validate", str(tmp_path / "job.yaml")]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    for row_id, column, fix in [
+        ("unknown", "prompt", "did you mean 'brand'"),
+        ("missing", "loras", "does not exist"),
+        ("other-base", "loras", "use a LoRA trained for this base model"),
+        ("not-finite", "loras", "not a finite number"),
+        ("brackets", "prompt", "'(' is never closed"),
+    ]:
+        line = next(x for x in err.splitlines() if f"row {row_id!r}" in x)
+        assert f"column '{column}'" in line and fix in line, line
+    assert "row 'ok'" not in err
+
+
+def test_validate_refuses_a_bad_job_lora_naming_the_field(tiny_dir, lora_dir, tmp_path, capsys):
+    import yaml
+
+    from sdfleet.jobs.cli import main
+    from sdfleet.jobs.runner import EXIT_CONFIG
+
+    job = {
+        "model": "builtin:tiny",
+        "manifest": "m.parquet",
+        "lora_dir": str(lora_dir),
+        "loras": [{"name": "xl_style", "scale": 0.5}],
+    }
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    assert main(["validate", str(tmp_path / "job.yaml")]) == EXIT_CONFIG
+    assert "loras[0]: " in capsys.readouterr().err
