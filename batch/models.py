@@ -222,6 +222,7 @@ class Pipelines:
     refiner: Any = None  # an SDXL img2img refiner pipeline (`ModelSpec.refiner`)
     refiner_switch: float = 0.8
     prompt_syntax: str = "a1111"  # how the sampler reads prompts (`ModelSpec.prompt_syntax`)
+    adapter_slots: Any = None  # `batch.adapters.AdapterSlots` of txt2img, made on first LoRA use
 
 
 def load_model(spec: ModelSpec, cpu_threads: int | None = None) -> Pipelines:

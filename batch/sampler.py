@@ -142,8 +142,6 @@ class Sampler:
         self._derived: dict[tuple[str, str], Any] = {}
         self._schedulers: dict[str, Any] = {}
         self._text: dict[str, Any] = {}  # "base" / "refiner" -> PromptEncoder, made on first use
-        self._adapters: Any = None
-        self._adapter_key: tuple = ()  # the active LoRA set
 
     # -------------------------------------------------------------------------- the call
 
@@ -320,23 +318,26 @@ class Sampler:
 
             self._text[name] = PromptEncoder(pipe, self.pipes.prompt_syntax)
         if name == "base":
-            self._text[name].adapter_key = self._adapter_key
+            slots = self.pipes.adapter_slots
+            self._text[name].adapter_key = slots.active_key if slots is not None else ()
         return self._text[name]
 
     @property
     def adapters(self) -> Any:
-        """The replica's `batch.adapters.AdapterSlots` (LoRAs loaded into the base model)."""
-        if self._adapters is None:
+        """The `batch.adapters.AdapterSlots` of the loaded model (LoRAs loaded into its base
+        pipeline): one per `Pipelines`, shared by every sampler on it, since the adapters
+        live in the shared modules."""
+        if self.pipes.adapter_slots is None:
             from sdfleet.batch.adapters import AdapterSlots
 
-            self._adapters = AdapterSlots(self.pipes.txt2img)
-        return self._adapters
+            self.pipes.adapter_slots = AdapterSlots(self.pipes.txt2img)
+        return self.pipes.adapter_slots
 
     def use_loras(self, loras: tuple) -> None:
         """Make `loras` the active set; the embedding cache follows it."""
-        if not loras and self._adapters is None:
+        if not loras and self.pipes.adapter_slots is None:
             return  # nothing was ever loaded: LoRA is off already
-        self._adapter_key = self.adapters.activate(tuple(loras))
+        self.adapters.activate(tuple(loras))
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
         """(C, H/f, W/f) of the initial noise (f = the VAE's down-sampling factor)."""
