@@ -39,9 +39,12 @@ def lora_dir(tiny_dir, tmp_path_factory):
     return folder
 
 
-def test_frames_follow_the_lora_of_their_prompt(tiny_pipes, lora_dir):
+def test_frames_follow_the_lora_of_their_prompt(lora_dir):
     from sdfleet.anim.frames import PipelineFrames
     from sdfleet.anim.plan import compile_plan
+    from sdfleet.batch.models import ModelSpec, load_model
+
+    pipes = load_model(ModelSpec())  # its own: loading a LoRA changes the shared modules
 
     base = {"W": 64, "H": 64, "max_frames": 2, "lora_dir": str(lora_dir)}
     plain = small_job(**base, prompts={"0": "a red cube"})
@@ -51,9 +54,9 @@ def test_frames_follow_the_lora_of_their_prompt(tiny_pipes, lora_dir):
     )
     first = {}
     for name, job in [("plain", plain), ("tagged", tagged), ("job", job_wide)]:
-        frames = PipelineFrames.for_job(tiny_pipes, job)
+        frames = PipelineFrames.for_job(pipes, job)
         first[name] = frames(compile_plan(job)[0], None)
     assert not torch.equal(first["plain"], first["tagged"])
     assert torch.equal(first["tagged"], first["job"])  # the same LoRA at the same weight
-    again = PipelineFrames.for_job(tiny_pipes, plain)(compile_plan(plain)[0], None)
+    again = PipelineFrames.for_job(pipes, plain)(compile_plan(plain)[0], None)
     assert torch.equal(again, first["plain"])  # LoRA off again for a clip without one
