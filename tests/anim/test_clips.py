@@ -222,7 +222,7 @@ def test_clip_outputs_on_a_cluster_of_machines_must_be_a_shared_mount(tmp_path, 
 def ray_cluster():
     ray = pytest.importorskip("ray")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # ours, never a running one
     yield ray
     ray.shutdown()
 

@@ -69,7 +69,7 @@ def local_ray(tiny_dir, monkeypatch):
     import ray
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # ours, never a running one
     yield
     ray.shutdown()
 

@@ -136,7 +136,15 @@ def ray_head(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     port = free_port()
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats"]
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--disable-usage-stats",
+        ]
         + ["--include-dashboard", "false", "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
