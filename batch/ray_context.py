@@ -29,7 +29,16 @@ logger = logging.getLogger(__name__)
 
 # Ray Data logs every execution start/finish at INFO and warns that its own bars are off (the
 # CLI draws one bar); keep its warnings about real trouble.
-QUIET_LOGGERS = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
+QUIET_LOGGERS = {
+    "ray.data": logging.WARNING,
+    "ray.data._internal.progress": logging.ERROR,
+    # a failed block is logged with Ray's internal traceback; the driver reports the failure
+    # itself (the replica's own message, or the exception with its traceback)
+    "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL,
+    # with raise_original_map_exception a replica's error is not a UserCodeException, and Ray
+    # Data would log it as its own internal failure, with the whole stack
+    "ray.data.exceptions": logging.CRITICAL,
+}
 
 
 def connect(address: str | None) -> None:
@@ -91,6 +100,9 @@ def pipeline_settings(
         "max_errored_blocks": 0,  # never drop a block silently: rows fail inside the actor
         "enable_progress_bars": False,  # the CLI shows one bar with images/s and ETA
         "print_on_execution_start": False,
+        # a replica's own error (an image write on a full disk, say) reaches the driver as
+        # itself: wrapped in a UserCodeException it would be pickled without its __cause__
+        "raise_original_map_exception": True,
     }
     if checkpoint_path is not None:
         from ray.data.checkpoint import CheckpointConfig
@@ -162,8 +174,18 @@ def sdfleet_cause(exc: BaseException) -> SdfleetError | None:
     for link in _chain(exc):
         found = link.cause if isinstance(link, RayTaskError) else link
         if isinstance(found, SdfleetError) and not isinstance(found, RayTaskError):
-            return found
+            return _without_ray_advice(found)
     return None
+
+
+RAY_RETRY_ADVICE = "\nFailed to apply UDF transform"  # Ray Data appends it to a UDF's error
+
+
+def _without_ray_advice(error: SdfleetError) -> SdfleetError:
+    """The error with the retry advice Ray Data appends to a failed UDF's message cut off."""
+    if error.args and isinstance(error.args[0], str) and RAY_RETRY_ADVICE in error.args[0]:
+        error.args = (error.args[0].split(RAY_RETRY_ADVICE, 1)[0], *error.args[1:])
+    return error
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -172,4 +194,8 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
     while link is not None and id(link) not in seen:
         seen.add(id(link))
         yield link
-        link = link.__cause__ or link.__context__
+        # a RayTaskError holds the replica's exception as `.cause` (a UserCodeException whose
+        # own __cause__ is the real error), not as its __cause__
+        wrapped = getattr(link, "cause", None)
+        wrapped = wrapped if isinstance(wrapped, BaseException) else None
+        link = link.__cause__ or wrapped or link.__context__
