@@ -20,7 +20,6 @@ neighbours or on where a batch was cut. Failure policy: a row's failure becomes 
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections import defaultdict
@@ -234,6 +233,8 @@ def read_image(source: bytes | str, width: int | None = None, height: int | None
     resize)."""
     from PIL import Image
 
+    from sdfleet.batch.images import decode_rgb
+
     if isinstance(source, bytes):
         data = source
     elif is_uri(str(source)):
@@ -245,9 +246,7 @@ def read_image(source: bytes | str, width: int | None = None, height: int | None
     else:
         with open(str(source), "rb") as handle:
             data = handle.read()
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    image = image.convert("RGB")
+    image = decode_rgb(data)  # 16-bit, palette, CMYK, alpha: to 8-bit RGB correctly
     if width is not None and image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image

@@ -104,3 +104,36 @@ def test_a_cached_hub_id_passes(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     check_model_files(ModelSpec(model="org/cached"))
+
+
+# ---------------------------------------------------------------------------- init image modes
+
+
+def png_bytes(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG" if image.mode != "CMYK" else "JPEG")
+    return buffer.getvalue()
+
+
+def test_init_images_in_every_mode_are_read_as_they_look():
+    """The reader of init images (batch and animation) goes through `batch.images`: a 16-bit
+    grey PNG at half range reads as mid-grey (PIL's convert clips it to white), transparency
+    is composited over white, palette and CMYK come out in their colours."""
+    import numpy as np
+    from PIL import Image
+
+    from sdfleet.batch.replica import read_image
+
+    grey16 = Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16))  # mode I;16
+    assert grey16.mode == "I;16"
+    assert abs(int(np.asarray(read_image(png_bytes(grey16))).mean()) - 128) <= 1
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # transparent black
+    assert np.asarray(read_image(png_bytes(clear))).min() == 255
+    palette = Image.new("RGB", (8, 8), (200, 30, 40)).convert("P", palette=Image.Palette.ADAPTIVE)
+    assert tuple(np.asarray(read_image(png_bytes(palette)))[0, 0]) == (200, 30, 40)
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # red
+    red = np.asarray(read_image(png_bytes(cmyk)))[0, 0]
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert read_image(png_bytes(grey16), 16, 16).size == (16, 16)
