@@ -48,3 +48,16 @@ def tiny_pipes(tiny_dir: Path):
     from sdfleet.batch.models import ModelSpec, load_pipelines
 
     return load_pipelines(ModelSpec())
+
+
+@pytest.fixture(autouse=True)
+def no_ray_left_running():
+    """A test that runs a job on the Ray executor in this process leaves Ray initialised (the
+    runner reuses an initialised instance, as a library should); the next test that starts
+    its own instance, or checks that a bad job never started one, needs it gone."""
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
