@@ -117,7 +117,7 @@ def inpaint_issues(row: dict, boxes: MaskFromBoxes | None, base_dir: Path | None
         mask_size = image_size(row.get("mask_image"), base_dir)
         if isinstance(mask_size, str):
             return [*issues, ("mask_image", mask, mask_size)]
-        if isinstance(size, tuple):
+        if isinstance(size, tuple) and isinstance(mask_size, tuple):  # a URI: read by its row
             issues += [("mask_image", mask, p) for p in mask_size_problems(mask_size, size)]
     elif isinstance(size, tuple) or boxes.units == "relative":
         issues += _box_issues(row, boxes, size if isinstance(size, tuple) else (1, 1))

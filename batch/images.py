@@ -15,6 +15,7 @@ alpha drops it, showing whatever colour the transparent pixels happen to store. 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -66,3 +67,31 @@ def _wide_grey_to_l(image: Image.Image) -> Image.Image:
         )
         scaled = np.clip(array.astype(np.float64), 0.0, top) / top * 255.0
     return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def image_header_problems(source: bytes | str | Path) -> list[str]:
+    """Why encoded bytes or a local file are no image the readers can decode, with the fix;
+    [] when they look like one. Only the header is read (PIL's `open` identifies the format
+    and size without decoding pixels: ~30 us a file), so a manifest of 100k init images is
+    checked in seconds; a file damaged past its header still fails its own row."""
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with Image.open(opened) as image:
+            image.size  # noqa: B018 - read from the header by open
+    except Image.DecompressionBombError as exc:
+        return [f"{exc}; give a smaller image"]
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        head = source[:8] if isinstance(source, bytes) else _first_bytes(Path(source))
+        return [
+            f"not an image the readers can decode ({type(exc).__name__}; it starts "
+            f"{head!r}); give a PNG, JPEG or WEBP image (or another format Pillow reads)"
+        ]
+    return []
+
+
+def _first_bytes(path: Path, size: int = 8) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""

@@ -25,8 +25,9 @@ from sdfleet.batch.conditioning import inpaint_issues
 from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.file_names import file_name_problems, id_character_problems
+from sdfleet.batch.images import image_header_problems
 from sdfleet.batch.outputs import output_name
-from sdfleet.batch.paths import is_uri, resolve_path, uri_read_problems
+from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, uri_read_problems
 from sdfleet.batch.prompt_checks import AdapterContext, row_prompt_issues
 from sdfleet.batch.request import (
     KNOWN_COLUMNS,
@@ -225,6 +226,7 @@ def row_problems(
         *_number_issues(row, defaults),
         *_init_image_issues(row, defaults, base_dir),
         *inpaint_issues(row, defaults.mask_from_boxes, base_dir),
+        *_mask_uri_issues(row),
         *_scheduler_issues(row_value(row, defaults, "scheduler")),
         *_adapter_issues(row, defaults, base_dir),
     ]
@@ -377,9 +379,8 @@ def _strength_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
 
 def _init_image_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
     image = row.get("init_image")
-    if image is None:  # strength does nothing here, but a bad one is still a mistake
-        fix = "strength <= 1, or leave it empty (this row has no init_image)"
-        return [] if row.get("strength") is None else _strength_range_issues(row["strength"], fix)
+    if image is None:
+        return _strength_without_image_issues(row.get("strength"))
     issues = _strength_issues(row, defaults)
     if isinstance(image, dict):  # a datasets Image struct {bytes, path}
         if image_source(image) is None:
@@ -389,22 +390,55 @@ def _init_image_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) 
             )
             return [*issues, ("init_image", image, fix)]
         image = image_source(image)
+    return issues + [("init_image", image, fix) for fix in input_image_problems(image, base_dir)]
+
+
+def _strength_without_image_issues(strength: Any) -> list[Issue]:
+    """A row's own strength acts on an init image only: on a row without one it is a mistake
+    (a missing init_image, most often), so it is refused rather than ignored. The job's
+    default strength is not the row's: it applies to the rows that have an init image."""
+    if strength is None:
+        return []
+    fix = "strength <= 1, or leave it empty (this row has no init_image)"
+    if range_issues := _strength_range_issues(strength, fix):
+        return range_issues
+    fix = (
+        "strength is the share of an init image re-noised, and this row has no init_image: "
+        "give the row its init_image, or leave strength empty on rows without one"
+    )
+    return [("strength", strength, fix)]
+
+
+def input_image_problems(image: Any, base_dir: Path | None) -> list[str]:
+    """Why an image column's value (encoded bytes, a path, a URI) cannot be read, with the fix.
+    Files (local paths, file:// URIs) must exist and hold an image by their header
+    (`batch.images.image_header_problems`); object stores are not asked (no network at
+    validation); encoded bytes are only checked for being there: bytes that do not decode fail
+    their own row, as a corrupt image of a dataset does."""
     if isinstance(image, bytes):
-        if image == b"":
-            issues.append(("init_image", image, "empty bytes; give the encoded image or a path"))
-    elif not isinstance(image, str):
-        issues.append(("init_image", image, "give encoded image bytes or a path/URI string"))
-    elif not is_uri(image):
-        path = resolve_path(image, base_dir)
-        if not path.is_file() or not os.access(path, os.R_OK):
-            fix = (
-                f"no readable file at {path}; fix the path (relative paths "
-                "are from the manifest's folder)"
-            )
-            issues.append(("init_image", image, fix))
-    else:
-        issues += [("init_image", image, fix) for fix in uri_read_problems(image)]
-    return issues
+        return ["empty bytes; give the encoded image or a path"] if image == b"" else []
+    if not isinstance(image, str):
+        return ["give encoded image bytes or a path/URI string"]
+    if is_uri(image):
+        if problems := uri_read_problems(image):
+            return problems
+        return image_header_problems(local_path(image)) if is_local(image) else []
+    path = resolve_path(image, base_dir)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        return [
+            f"no readable file at {path}; fix the path (relative paths are from the "
+            "manifest's folder)"
+        ]
+    return image_header_problems(path)
+
+
+def _mask_uri_issues(row: dict) -> list[Issue]:
+    """A mask_image URI that cannot be read here (`batch.conditioning.inpaint_issues` reads
+    local masks and mask bytes by their header; it leaves URIs to the row)."""
+    mask = image_source(row.get("mask_image"))
+    if not isinstance(mask, str) or not is_uri(mask):
+        return []
+    return [("mask_image", mask, fix) for fix in input_image_problems(mask, None)]
 
 
 def _scheduler_issues(scheduler: Any) -> list[Issue]:

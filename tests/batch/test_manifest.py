@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.manifest import prompt_template_problems, row_problems, validate_manifest
@@ -142,7 +143,7 @@ def test_derive_seed_is_stable_and_spread():
 
 
 def test_relative_init_image_paths_resolve_from_manifest_folder(tmp_path):
-    (tmp_path / "img.png").write_bytes(b"not checked here")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
     rows = [{"id": "a", "prompt": "p", "init_image": "img.png"}]
     assert validate_manifest(write(tmp_path, rows), DEFAULTS, base_dir=tmp_path) == 1
     (req,) = expand_row(rows[0], DEFAULTS, 0, base_dir=tmp_path)

@@ -72,6 +72,26 @@ def test_ids_that_are_not_utf8(tmp_path, capsys, no_model_loads):
     assert "re-encode the column as UTF-8" in said
 
 
+def test_ids_with_a_lone_surrogate(tmp_path, capsys, no_model_loads):
+    """A surrogate cannot be UTF-8 text: a writer that encoded one anyway (CESU-8, WTF-8)
+    leaves bytes a UTF-8 reader refuses."""
+    ids = pa.array([b"fine", b"half\xed\xa0\x80pair"], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"id": ids, "prompt": ["p", "q"]}), tmp_path / "m.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"manifest": "m.parquet", "executor": "local"}))
+    said = refused(job, tmp_path, capsys)
+    assert "m.parquet: row #1, column 'id': b'half\\xed\\xa0\\x80pair' is not UTF-8" in said
+
+
+def test_a_prompt_that_is_not_utf8_names_its_column(tmp_path, capsys, no_model_loads):
+    prompts = pa.array([b"ok", b"ok", b"\xff\xfe"], pa.binary()).view(pa.string())
+    table = pa.table({"id": ["a", "b", "c"], "prompt": prompts})
+    pq.write_table(table, tmp_path / "m.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"manifest": "m.parquet", "executor": "local"}))
+    assert "m.parquet: row #2, column 'prompt'" in refused(job, tmp_path, capsys)
+
+
 @pytest.mark.parametrize(("characters", "num_images"), [(90, 1), (83, 1), (82, 2)])
 def test_ids_whose_file_names_exceed_255_bytes(
     tmp_path, capsys, no_model_loads, characters, num_images
@@ -120,6 +140,78 @@ def test_an_existing_file_uri_passes(tmp_path, capsys):
     assert main(["validate", str(job)]) == EXIT_OK
 
 
+def not_an_image(tmp_path: Path) -> Path:
+    (tmp_path / "cat.png").write_text("<html>404 Not Found</html>")  # a saved error page
+    return tmp_path / "cat.png"
+
+
+@pytest.mark.parametrize("form", ["relative", "absolute", "file-uri"])
+def test_an_init_image_file_that_is_no_image(tmp_path, capsys, no_model_loads, form):
+    path = not_an_image(tmp_path)
+    value = {"relative": "cat.png", "absolute": str(path), "file-uri": f"file://{path}"}[form]
+    row = {"id": "img", "prompt": "p", "init_image": value}
+    said = manifest_row_refused(tmp_path, capsys, row, "init_image")
+    assert f"{value!r}"[:50] in said
+    assert "not an image the readers can decode (UnidentifiedImageError; it starts b'<html>4" in (
+        said
+    )
+    assert "give a PNG, JPEG or WEBP image" in said
+
+
+def test_a_missing_relative_init_image_names_where_it_looked(tmp_path, capsys, no_model_loads):
+    row = {"id": "img", "prompt": "p", "init_image": "photos/cat.png"}
+    said = manifest_row_refused(tmp_path, capsys, row, "init_image")
+    assert f"no readable file at {tmp_path}/photos/cat.png; fix the path (relative paths" in said
+
+
+def test_an_init_image_that_is_a_folder(tmp_path, capsys, no_model_loads):
+    (tmp_path / "photos").mkdir()
+    row = {"id": "img", "prompt": "p", "init_image": "photos"}
+    assert "no readable file at" in manifest_row_refused(tmp_path, capsys, row, "init_image")
+
+
+def test_a_header_check_is_all_validation_reads(tmp_path, capsys, monkeypatch):
+    """A good header passes: pixels damaged past it fail their own row, and validation never
+    decodes a whole image (100k init images are checked in seconds)."""
+    from PIL import Image
+
+    from sdfleet.jobs.examples import shape_image_png
+
+    (tmp_path / "cat.png").write_bytes(shape_image_png(1)[:60])  # header, then cut off
+
+    def no_decode(self, *args, **kwargs):
+        raise AssertionError("validation decoded pixels")
+
+    monkeypatch.setattr(Image.Image, "load", no_decode)
+    job = write_job(tmp_path, [{"id": "img", "prompt": "p", "init_image": "cat.png"}])
+    assert main(["validate", str(job)]) == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("uri", "said"),
+    [
+        ("http://example.com/mask.png", "http:// cannot be read here"),
+        ("file:///nowhere/mask.png", "no file at /nowhere/mask.png"),
+    ],
+)
+def test_mask_image_uris_that_cannot_be_read(tmp_path, capsys, no_model_loads, uri, said):
+    from sdfleet.jobs.examples import shape_image_png
+
+    (tmp_path / "cat.png").write_bytes(shape_image_png(1))
+    row = {"id": "img", "prompt": "p", "init_image": "cat.png", "mask_image": uri}
+    assert said in manifest_row_refused(tmp_path, capsys, row, "mask_image")
+
+
+def test_a_mask_file_that_is_no_image(tmp_path, capsys, no_model_loads):
+    from sdfleet.jobs.examples import shape_image_png
+
+    (tmp_path / "cat.png").write_bytes(shape_image_png(1))
+    mask = not_an_image(tmp_path).rename(tmp_path / "mask.png")
+    row = {"id": "img", "prompt": "p", "init_image": "cat.png", "mask_image": f"file://{mask}"}
+    said = manifest_row_refused(tmp_path, capsys, row, "mask_image")
+    assert "not an image the readers can decode" in said
+
+
 @pytest.mark.parametrize("strength", [1.5, 0.0, -0.2, float("nan")])
 def test_strength_out_of_range_without_an_init_image(tmp_path, capsys, no_model_loads, strength):
     row = {"id": "s", "prompt": "p", "strength": strength}
@@ -127,8 +219,20 @@ def test_strength_out_of_range_without_an_init_image(tmp_path, capsys, no_model_
     assert "use 0 < strength <= 1, or leave it empty (this row has no init_image)" in said
 
 
-def test_a_good_strength_without_an_init_image_is_fine(tmp_path, capsys):
-    job = write_job(tmp_path, [{"id": "s", "prompt": "p", "strength": 0.5}])
+def test_a_strength_on_a_row_without_an_init_image_is_refused(tmp_path, capsys, no_model_loads):
+    """In range, but it acts on nothing: most often the row lost its init_image."""
+    row = {"id": "s", "prompt": "p", "strength": 0.5}
+    said = manifest_row_refused(tmp_path, capsys, row, "strength")
+    assert "0.5 - strength is the share of an init image re-noised, and this row has no" in said
+    assert "give the row its init_image, or leave strength empty on rows without one" in said
+
+
+def test_the_job_default_strength_applies_only_to_rows_with_an_init_image(tmp_path, capsys):
+    job = write_job(
+        tmp_path,
+        [{"id": "t2i", "prompt": "p"}],
+        defaults={"width": 64, "height": 64, "strength": 0.5},
+    )
     assert main(["validate", str(job)]) == EXIT_OK
 
 
