@@ -47,15 +47,17 @@ def preprocessor_problems(name: str, options: dict[str, Any]) -> list[str]:
         elif not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
             problems.append(f"preprocessor {name!r} option {key!r}: {value!r} - use a number >= 0")
     if name == "canny" and not problems:
-        low, high = _merged(name, options)["low"], _merged(name, options)["high"]
+        settings = preprocessor_settings(name, options)
+        low, high = settings["low"], settings["high"]
         if not (0 <= low <= high <= 255 * 4):
             problems.append(f"canny thresholds low={low}, high={high}: need 0 <= low <= high")
-    if name == "tile" and not problems and _merged(name, options)["downsample"] < 1:
+    if name == "tile" and not problems and preprocessor_settings(name, options)["downsample"] < 1:
         problems.append("tile option 'downsample' must be >= 1 (1 = unchanged)")
     return problems
 
 
-def _merged(name: str, options: dict[str, Any]) -> dict[str, float]:
+def preprocessor_settings(name: str, options: dict[str, Any]) -> dict[str, float]:
+    """The preprocessor's options with its defaults filled in."""
     return {**_DEFAULTS[name], **options}
 
 
@@ -63,7 +65,7 @@ def preprocess(
     name: str, image: Image.Image, options: dict[str, Any] | None = None, seed: int = 0
 ) -> Image.Image:
     """The control image made from `image` (RGB) by preprocessor `name`."""
-    opts = _merged(name, options or {})
+    opts = preprocessor_settings(name, options or {})
     rgb = np.asarray(image.convert("RGB"))  # (H, W, 3) uint8
     if name == "none":
         out = rgb

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -51,6 +51,7 @@ class ModelSpec:
     safety_checker: bool = True  # False drops the model's own safety checker, if it has one
     refiner: str | None = None  # an SDXL refiner model, run from `refiner_switch` of the steps
     refiner_switch: float = 0.8
+    controlnets: tuple = ()  # `batch.controlnets.ControlNetUse`s, loaded beside the model
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,11 @@ def model_spec(
     config = getattr(job, "model_config_path", None)  # batch jobs only
     refiner = getattr(job, "refiner", None)
     refiner_model = refiner.model if refiner is not None else None
+    controlnets = tuple(unit.use() for unit in getattr(job, "controlnets", ()))
     if base_dir is not None:
         model, config = relative_to(job.model, base_dir), relative_to(config, base_dir)
         refiner_model = relative_to(refiner_model, base_dir)
+        controlnets = tuple(replace(u, model=relative_to(u.model, base_dir)) for u in controlnets)
     else:
         model = job.model
     return ModelSpec(
@@ -98,6 +101,7 @@ def model_spec(
         safety_checker=getattr(job, "safety_checker", True),
         refiner=refiner_model,
         refiner_switch=refiner.switch_at if refiner is not None else 0.8,
+        controlnets=controlnets,
     )
 
 
@@ -111,7 +115,34 @@ def relative_to(name: str | None, base_dir: Path) -> str | None:
 
 
 def resolve_model_source(spec: ModelSpec) -> ModelSource:
-    """Classify `spec.model` and refuse what must not load; raises ModelError with the fix."""
+    """Classify `spec.model` and refuse what must not load (its ControlNets too); raises
+    ModelError with the fix."""
+    source = _model_source(spec)
+    if spec.controlnets:
+        from sdfleet.batch.controlnets import check_controlnet_files
+
+        check_controlnet_files(spec.controlnets, base_unet_config(source), spec.allow_pickle)
+    return source
+
+
+def base_unet_config(source: ModelSource) -> dict | None:
+    """The model's UNet config read from its folder without loading it; None where it has
+    none there (a single file, a hub id: compared once loaded)."""
+    if source.location == "builtin:null":
+        raise ModelError("controlnets: builtin:null has no UNet to control; use builtin:tiny")
+    if source.kind == "builtin":
+        folder = builtin_folder(source.location)
+    elif source.kind == "folder":
+        folder = Path(source.location)
+    else:
+        return None
+    try:
+        return json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # not a UNet model, or unreadable: the load says what is wrong
+
+
+def _model_source(spec: ModelSpec) -> ModelSource:
     if spec.model_config and not resolve_path(spec.model_config).is_dir():
         raise ModelError(
             f"model_config: {spec.model_config!r} is not a folder; give a local diffusers "
@@ -223,6 +254,7 @@ class Pipelines:
     refiner_switch: float = 0.8
     prompt_syntax: str = "a1111"  # how the sampler reads prompts (`ModelSpec.prompt_syntax`)
     adapter_slots: Any = None  # `batch.adapters.AdapterSlots` of txt2img, made on first LoRA use
+    controlnet: Any = None  # a ControlNetModel, or a MultiControlNetModel of several, or None
 
 
 def load_model(spec: ModelSpec, cpu_threads: int | None = None) -> Pipelines:
@@ -261,6 +293,7 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
     img2img = AutoPipelineForImage2Image.from_pipe(txt2img)
     img2img.set_progress_bar_config(disable=True)
     refiner = load_refiner(spec, device, dtype) if spec.refiner else None
+    controlnet = load_controlnets(spec, txt2img.unet.config, device, dtype)
     return Pipelines(
         txt2img,
         img2img,
@@ -270,7 +303,28 @@ def load_pipelines(spec: ModelSpec) -> Pipelines:
         refiner=refiner,
         refiner_switch=spec.refiner_switch,
         prompt_syntax=spec.prompt_syntax,
+        controlnet=controlnet,
     )
+
+
+def load_controlnets(spec: ModelSpec, unet_config: Any, device: Any, dtype: Any) -> Any:
+    """The job's ControlNets, through the loader of every other folder (safetensors unless
+    allow_pickle), checked against the loaded UNet; several as one MultiControlNetModel."""
+    if not spec.controlnets:
+        return None
+    from diffusers.models.controlnets import MultiControlNetModel
+
+    from sdfleet.batch.controlnets import check_fits_base
+
+    loaded = []
+    for index, unit in enumerate(spec.controlnets):
+        try:
+            model = _from_pretrained(unit.model, spec, dtype, True, auto="ControlNetModel")
+        except ModelError as exc:
+            raise ModelError(f"controlnets[{index}].{exc}") from exc
+        check_fits_base(dict(model.config), dict(unet_config), unit.model, index)
+        loaded.append(model.to(device))
+    return loaded[0] if len(loaded) == 1 else MultiControlNetModel(loaded)
 
 
 def prepare_pipeline(pipe: Any, spec: ModelSpec) -> None:

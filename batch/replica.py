@@ -27,15 +27,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdfleet.batch.conditioning import finish_inpaint, mask_size_problems, prepare_inpaint
+from sdfleet.batch.controlnets import control_images
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.masks import box_mask
 from sdfleet.batch.models import ModelSpec, Pipelines, load_model
 from sdfleet.batch.paths import is_uri
 from sdfleet.batch.request import GenRequest
-from sdfleet.batch.sampler import Sample, Sampler, TextPrompts
+from sdfleet.batch.sampler import Control, Sample, Sampler, TextPrompts
 
 logger = logging.getLogger(__name__)
 INPUT_PREFIX = {"txt2img": "", "img2img": "init_image: ", "inpaint": "init_image or mask: "}
+CONTROL_PREFIX = "init_image or control image: "
+
+
+@dataclass(frozen=True)
+class RowInputs:
+    """What a request adds to its call: its mode's input (None, the init image, or an
+    `InpaintInput`) and a control image per ControlNet unit of the job."""
+
+    main: Any
+    controls: tuple = ()
 
 
 @dataclass
@@ -74,6 +85,7 @@ class Replica:
         self.batch_size = max(1, batch_size)
         self.pad_batches = pad_batches
         self.pipes: Pipelines = load_model(spec, cpu_threads)  # pins CPU threads (see there)
+        self.controlnets = spec.controlnets  # every row runs them (`batch.controlnets`)
         self.sampler = Sampler(self.pipes)
         self.cpu_threads = self.pipes.cpu_threads
         self.load_seconds = time.perf_counter() - t0
@@ -137,9 +149,10 @@ class Replica:
         ready, failed = [], {}
         for request in chunk:
             try:
-                ready.append((request, load_inputs(request)))
+                ready.append((request, load_row_inputs(request, self.controlnets)))
             except Exception as exc:  # noqa: BLE001
-                failed[id(request)] = _error(request, exc, prefix=INPUT_PREFIX[request.mode])
+                prefix = CONTROL_PREFIX if self.controlnets else INPUT_PREFIX[request.mode]
+                failed[id(request)] = _error(request, exc, prefix=prefix)
         return ready, failed
 
     def _call_pipeline(self, ready: list[tuple[GenRequest, Any]], pad_to: int) -> list[GenResult]:
@@ -148,7 +161,7 @@ class Replica:
         padded = ready + [ready[-1]] * padding
         # 2. one sampler call for the padded chunk
         t0 = time.perf_counter()
-        sampled = self.sampler.sample(sample_of(padded))
+        sampled = self.sampler.sample(sample_of(padded, self.controlnets))
         share = (time.perf_counter() - t0) / len(padded)
         # 3. a row whose output is unusable (NaN/inf) fails alone; padding rows are dropped
         results = []
@@ -164,7 +177,7 @@ class Replica:
                 continue
             picture = to_pil(image.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
             if request.mode == "inpaint":  # paste back, the source kept outside the mask
-                picture = finish_inpaint(inputs, picture)
+                picture = finish_inpaint(inputs.main, picture)
             results.append(GenResult(request, picture, None, share, flagged=flag))
         return results
 
@@ -178,8 +191,9 @@ class Replica:
             torch.cuda.empty_cache()
 
 
-def sample_of(rows: list[tuple[GenRequest, Any]]) -> Sample:
-    """The sampler call of rows that share a group key (so every scalar is the first row's)."""
+def sample_of(rows: list[tuple[GenRequest, RowInputs]], controlnets: tuple = ()) -> Sample:
+    """The sampler call of rows that share a group key (so every scalar is the first row's);
+    `controlnets`: the job's units, whose images each row's `RowInputs.controls` holds."""
     first = rows[0][0]
     text = TextPrompts([r.prompt for r, _ in rows], [r.negative_prompt for r, _ in rows])
     common: dict[str, Any] = {
@@ -190,10 +204,17 @@ def sample_of(rows: list[tuple[GenRequest, Any]]) -> Sample:
         "scheduler": first.scheduler,
         "loras": first.loras,
     }
+    if controlnets:
+        common["control"] = Control(
+            images=[[p.controls[k] for _, p in rows] for k in range(len(controlnets))],
+            scales=[unit.scale for unit in controlnets],
+            starts=[unit.start for unit in controlnets],
+            ends=[unit.end for unit in controlnets],
+        )
     if first.mode == "img2img":
-        return Sample(**common, image=[image for _, image in rows], strength=first.strength)
+        return Sample(**common, image=[p.main for _, p in rows], strength=first.strength)
     if first.mode == "inpaint":
-        images, masks = [p.image for _, p in rows], [p.mask for _, p in rows]
+        images, masks = [p.main.image for _, p in rows], [p.main.mask for _, p in rows]
         return Sample(**common, image=images, mask_image=masks, strength=first.strength)
     return Sample(**common, width=first.width, height=first.height)
 
@@ -203,6 +224,19 @@ def to_pil(array):
     from PIL import Image
 
     return Image.fromarray((array * 255).round().astype("uint8"))
+
+
+def load_row_inputs(request: GenRequest, controlnets: tuple = ()) -> RowInputs:
+    """A request's mode input and, per ControlNet unit, its control image at the output size
+    (`batch.controlnets.control_images`: from the unit's column, else from the init image)."""
+    main = load_inputs(request)
+    if not controlnets:
+        return RowInputs(main)
+    size = (request.width, request.height)
+    controls = control_images(
+        controlnets, request.control_sources, main, size, request.seed, read_image
+    )
+    return RowInputs(main, controls)
 
 
 def load_inputs(request: GenRequest) -> Any:

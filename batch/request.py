@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.adapters import EmbeddingUse, LoraUse, adapter_key
+from sdfleet.batch.controlnets import CONTROL_COLUMN, control_columns, controlnet_record
 from sdfleet.batch.datasets_io import image_source
 from sdfleet.batch.masks import INPAINT_COLUMNS, MaskFromBoxes, row_boxes
 from sdfleet.batch.outputs import output_name
@@ -35,6 +36,7 @@ KNOWN_COLUMNS = (
     "scheduler",
     *INPAINT_COLUMNS,
     "loras",
+    CONTROL_COLUMN,
 )
 
 
@@ -58,6 +60,7 @@ class RowDefaults:
     inpaint_padding: int = 32
     mask_from_boxes: MaskFromBoxes | None = None
     adapters: Any = None  # `batch.prompt_checks.AdapterContext`: syntax, lora_dir, job LoRAs
+    controlnets: tuple = ()  # the job's `batch.controlnets.ControlNetUse`s, for every row
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class GenRequest:
     carried: dict[str, Any] = field(default_factory=dict, compare=False)
     loras: tuple[LoraUse, ...] = ()  # the job's, then the row's column, then its prompt's tags
     embeddings: tuple[EmbeddingUse, ...] = ()  # the job's textual inversions its prompts use
+    control_sources: tuple = ()  # per ControlNet unit: its image (None: the init image's)
 
     @property
     def mode(self) -> str:
@@ -142,7 +146,10 @@ def expand_row(
     """One GenRequest per variant; the row must have passed `batch.manifest.row_problems`."""
     row = as_manifest_row(row)  # an earlier run's results: its images become init images
     count = num_images(row, defaults)
-    carried = {k: v for k, v in row.items() if k not in KNOWN_COLUMNS}
+    inputs = set(KNOWN_COLUMNS) | control_columns(defaults.controlnets)
+    carried = {k: v for k, v in row.items() if k not in inputs}
+    if defaults.controlnets:  # the results record the units (`batch.controlnets`)
+        carried["controlnets"] = controlnet_record(defaults.controlnets)
     prompt = row_value(row, defaults, "prompt")
     if defaults.prompt_template:
         prompt = defaults.prompt_template.format_map(template_values(row, defaults))
@@ -166,6 +173,9 @@ def expand_row(
         carried=carried,
         loras=row_adapters(prompt, row.get("loras"), defaults, base_dir),
         embeddings=used_embeddings(prompt, negative, defaults.adapters or AdapterContext()),
+        control_sources=tuple(
+            local_source(row.get(unit.image_column), base_dir) for unit in defaults.controlnets
+        ),
     )
     return [
         replace(

@@ -4,10 +4,13 @@ Batch rows (`batch.replica.Replica`: grouping, padding, OOM retry, row isolation
 frames (`anim.frames.PipelineFrames`: embedding cache, blends) both run through
 `Sampler.sample`; neither builds generators nor touches a pipeline's scheduler.
 
-- Mode: ``txt2img`` (a size, or given initial ``latents``) or ``img2img`` (``image`` +
-  ``strength``). Each mode maps to a diffusers auto-pipeline class in `PIPELINE_CLASSES`; the
-  conditioning the next modes add (an inpainting mask, ControlNet images and scales) are further
-  `Sample` fields and one more entry there.
+- Mode: ``txt2img`` (a size, or given initial ``latents``), ``img2img`` (``image`` +
+  ``strength``) or ``inpaint`` (+ ``mask_image``). Each mode maps to a diffusers auto-pipeline
+  class in `PIPELINE_CLASSES`.
+- ControlNet: `Sample.control` (per loaded ControlNet: B control images, scale, start, end)
+  runs txt2img/img2img on the ControlNet variant of the mode's pipeline, derived with
+  ``from_pipe(..., controlnet=Pipelines.controlnet)`` (shared weights; several ControlNets are
+  one MultiControlNetModel), so batch and animation reach ControlNet by this one call too.
 - Text: prompt strings (`TextPrompts`) or precomputed embeddings (`PromptEmbeds`, with SDXL's
   pooled embeddings where the model has them). Strings are read in the model's prompt syntax
   (`batch.prompt_encoding`): where every row is plain text of at most 75 tokens diffusers
@@ -90,6 +93,29 @@ class PromptEmbeds:
 
 
 @dataclass(frozen=True, eq=False)
+class Control:
+    """ControlNet conditioning of one call, per loaded ControlNet (in `Pipelines.controlnet`'s
+    order): B control images (RGB PIL at the output size) and its scale and step window."""
+
+    images: Sequence[Sequence[Any]]  # (units, B)
+    scales: Sequence[float]  # controlnet_conditioning_scale
+    starts: Sequence[float]  # control_guidance_start
+    ends: Sequence[float]  # control_guidance_end
+
+    def kwargs(self, image_key: str) -> dict[str, Any]:
+        """diffusers' arguments: one ControlNet takes scalars and its B images; several take
+        lists, and per ControlNet a (B, 3, H, W) tensor in [0, 1] (diffusers' img2img refuses
+        a list of image lists), made as diffusers makes one from PIL images."""
+        one = len(self.images) == 1
+        return {
+            image_key: list(self.images[0]) if one else [_stacked(i) for i in self.images],
+            "controlnet_conditioning_scale": self.scales[0] if one else list(self.scales),
+            "control_guidance_start": self.starts[0] if one else list(self.starts),
+            "control_guidance_end": self.ends[0] if one else list(self.ends),
+        }
+
+
+@dataclass(frozen=True, eq=False)
 class Sample:
     """One pipeline call: B rows sharing every scalar (steps, guidance, size, strength, ...)."""
 
@@ -105,6 +131,7 @@ class Sample:
     strength: float | None = None  # img2img: the share denoised (diffusers' meaning)
     mask_image: Any = None  # inpaint: B "L" masks the size of `image`, white = repaint
     loras: tuple = ()  # `batch.adapters.LoraUse`s active for this call (none: LoRA off)
+    control: Control | None = None  # ControlNet (txt2img, img2img)
 
     @property
     def mode(self) -> str:
@@ -132,6 +159,11 @@ def check_sample(sample: Sample) -> None:
         raise ValueError("Sample.strength: img2img needs a strength")
     if sample.mode != "txt2img" and sample.latents is not None:
         raise ValueError("Sample.latents: initial noise is for txt2img; img2img noises its image")
+    if sample.control is not None:
+        if sample.mode == "inpaint":
+            raise ValueError("Sample.control: ControlNet runs txt2img and img2img, not inpaint")
+        if any(len(images) != rows for images in sample.control.images):
+            raise ValueError(f"Sample.control.images: each ControlNet needs {rows} images")
 
 
 class Sampler:
@@ -151,7 +183,7 @@ class Sampler:
 
         # 1. check inputs and choose the pipeline (mode x scheduler, derived once)
         check_sample(sample)
-        pipe = self.pipeline(sample.mode, sample.scheduler)
+        pipe = self.pipeline(sample.mode, sample.scheduler, sample.control is not None)
         # 2. the call's adapter set, then its text (strings, or embeddings under that set)
         self.use_loras(sample.loras)
         text = self.text_kwargs(sample.text)
@@ -162,7 +194,8 @@ class Sampler:
         common = {"guidance_scale": sample.guidance_scale, "generator": generators}
         # 5. run; the postprocessor gives (B, 3, H, W) in [0, 1] ("pt": no float -> uint8 trip)
         with torch.inference_mode():
-            if self.pipes.refiner is not None and sample.mode != "inpaint":
+            refine = sample.mode != "inpaint" and sample.control is None  # the job refuses both
+            if self.pipes.refiner is not None and refine:
                 output = self._refined(pipe, sample, text, common | kwargs)
             else:
                 output = pipe(**text, output_type="pt", **common, **kwargs)
@@ -212,9 +245,14 @@ class Sampler:
             if sample.latents is not None:
                 latents = sample.latents.to(device=self.pipes.device, dtype=pipe.unet.dtype)
                 kwargs["latents"] = latents  # (B, C, H/f, W/f)
+            if sample.control is not None:
+                kwargs |= sample.control.kwargs("image")
             return kwargs
         steps = self.img2img_steps(pipe, sample.num_inference_steps, sample.strength)
         kwargs = {"image": sample.image, "strength": sample.strength, "num_inference_steps": steps}
+        if sample.control is not None:  # the size is the image's, as for inpainting
+            width, height = _image_size(sample.image)
+            kwargs |= sample.control.kwargs("control_image") | {"width": width, "height": height}
         if sample.mode == "inpaint":  # the size is the image's (diffusers' default is the UNet's)
             width, height = _image_size(sample.image)
             kwargs |= {"mask_image": sample.mask_image, "width": width, "height": height}
@@ -247,17 +285,21 @@ class Sampler:
 
     # -------------------------------------------------------------------------- pipelines
 
-    def pipeline(self, mode: str, scheduler: str | None) -> Any:
-        """The pipeline for `mode` with `scheduler`: the loaded one for the model's own
-        scheduler, else one derived with ``from_pipe`` (shared weights), made once."""
+    def pipeline(self, mode: str, scheduler: str | None, controlled: bool = False) -> Any:
+        """The pipeline for `mode` with `scheduler` (and the ControlNets where `controlled`):
+        the loaded one for the model's own scheduler, else one derived with ``from_pipe``
+        (shared weights), made once."""
         if mode not in PIPELINE_CLASSES:
             raise ValueError(f"mode: {mode!r}; choose one of {', '.join(PIPELINE_CLASSES)}")
-        if scheduler is None and hasattr(self.pipes, mode):
+        if controlled and self.pipes.controlnet is None:
+            raise ValueError("Sample.control: this model was loaded without ControlNets")
+        if scheduler is None and not controlled and hasattr(self.pipes, mode):
             return getattr(self.pipes, mode)
-        if (mode, scheduler) not in self._derived:
+        key = (mode, scheduler) if not controlled else (f"controlnet-{mode}", scheduler)
+        if key not in self._derived:
             made = None if scheduler is None else self.scheduler(scheduler)
-            self._derived[mode, scheduler] = self._derive(mode, made)
-        return self._derived[mode, scheduler]
+            self._derived[key] = self._derive(mode, made, controlled)
+        return self._derived[key]
 
     def scheduler(self, name: str) -> Any:
         """Scheduler `name` from the model's own scheduler config (one object per name)."""
@@ -266,8 +308,9 @@ class Sampler:
             self._schedulers[name] = make_scheduler(name, base)
         return self._schedulers[name]
 
-    def _derive(self, mode: str, scheduler: Any) -> Any:
-        """`mode`'s pipeline on the loaded weights; `scheduler` None keeps the model's own."""
+    def _derive(self, mode: str, scheduler: Any, controlled: bool = False) -> Any:
+        """`mode`'s pipeline on the loaded weights; `scheduler` None keeps the model's own;
+        `controlled`: its ControlNet variant (diffusers' auto-pipelines pick the class)."""
         import diffusers
 
         base = self.pipes.txt2img
@@ -277,7 +320,9 @@ class Sampler:
             derived = copy.copy(getattr(self.pipes, mode, self.pipes.img2img))
             derived.scheduler = scheduler  # on the copy: the loaded pipeline stays as it is
             return derived
-        derived = getattr(diffusers, PIPELINE_CLASSES[mode]).from_pipe(base, scheduler=scheduler)
+        extra = {"controlnet": self.pipes.controlnet} if controlled else {}
+        auto = getattr(diffusers, PIPELINE_CLASSES[mode])
+        derived = auto.from_pipe(base, scheduler=scheduler, **extra)
         derived.set_progress_bar_config(disable=True)
         return derived
 
@@ -344,6 +389,13 @@ class Sampler:
         base = self.pipes.txt2img
         factor = base.vae_scale_factor
         return base.unet.config.in_channels, height // factor, width // factor
+
+
+def _stacked(images: Sequence[Any]) -> Any:
+    """B RGB PIL images -> (B, 3, H, W) float32 in [0, 1], by diffusers' own conversion."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor.numpy_to_pt(VaeImageProcessor.pil_to_numpy(list(images)))
 
 
 def _has_text_encoder(pipe: Any) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sdfleet.batch.tiny import TINY_SEED, TINY_VERSION, build_once, cache_root, tiny_model_dir
 
-CONDITIONING_VERSION = 1  # bump when a builder below changes
+CONDITIONING_VERSION = 2  # bump when a builder below changes
 
 
 def _built(name: str, build: Callable[[Path], None], marker: str) -> Path:
@@ -39,7 +39,9 @@ def _build_controlnet(out: Path, k: int) -> None:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir(), subfolder="unet")
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    # four widths: three stride-2 convolutions take the control image to the latents' 1/8 size
+    widths = (8, 16, 16, 32)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=widths)
     zeroed = [controlnet.controlnet_cond_embedding.conv_out, controlnet.controlnet_mid_block]
     zeroed += list(controlnet.controlnet_down_blocks)
     with torch.random.fork_rng(devices=[]):

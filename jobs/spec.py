@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sdfleet.batch.control import RESIZE_MODES, preprocessor_problems
+from sdfleet.batch.controlnets import CONTROL_COLUMN, ControlNetUse
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
 from sdfleet.batch.masks import MaskFromBoxes, mask_from_boxes_problems
@@ -96,6 +98,31 @@ class MaskFromBoxesOptions(Strict):
         return value
 
 
+class ControlNetOption(Strict):
+    """One ControlNet unit (`batch.controlnets`): applied to every row, several at once."""
+
+    model: str = Field(description="a diffusers ControlNet folder")
+    scale: float = Field(1.0, ge=0, le=4, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0, le=1, description="share of the steps before it acts")
+    end: float = Field(1.0, ge=0, le=1, description="share of the steps after which it stops")
+    preprocessor: str = Field("none", description="none, canny, tile or shuffle")
+    preprocessor_options: dict[str, float] = Field(default_factory=dict)
+    resize_mode: Literal[RESIZE_MODES] = "crop"  # type: ignore[valid-type]
+    image_column: str = Field(CONTROL_COLUMN, description="the manifest column of its image")
+
+    @model_validator(mode="after")
+    def _usable(self) -> ControlNetOption:
+        if problems := preprocessor_problems(self.preprocessor, self.preprocessor_options):
+            raise ValueError("; ".join(problems))
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start} must be below end {self.end}")
+        return self
+
+    def use(self) -> ControlNetUse:
+        values = self.model_dump(exclude={"preprocessor_options"})
+        return ControlNetUse(**values, options=tuple(sorted(self.preprocessor_options.items())))
+
+
 class BatchJob(Strict, PromptOptions):
     kind: Literal["batch"] = "batch"
     name: str | None = None
@@ -122,6 +149,7 @@ class BatchJob(Strict, PromptOptions):
         None, gt=0, allow_inf_nan=False, description="the summary's cost per 1000 images"
     )
     refiner: RefinerOption | None = Field(None, description="SDXL: a refiner for the last steps")
+    controlnets: list[ControlNetOption] = Field(default_factory=list, max_length=8)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -129,6 +157,12 @@ class BatchJob(Strict, PromptOptions):
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
         return Defaults._known_scheduler(value)
+
+    @model_validator(mode="after")
+    def _controlnets_alone(self) -> BatchJob:
+        if self.controlnets and self.refiner is not None:
+            raise ValueError("controlnets: a refiner does not run with ControlNet; drop one")
+        return self
 
     def row_defaults(self, adapters: AdapterContext | None = None) -> RowDefaults:
         """The rows' defaults with the job's resolved prompt syntax, LoRAs and embeddings
@@ -141,6 +175,7 @@ class BatchJob(Strict, PromptOptions):
             values["mask_from_boxes"] = MaskFromBoxes(
                 tuple(boxes.columns), boxes.units, boxes.invert
             )
+        values["controlnets"] = tuple(unit.use() for unit in self.controlnets)
         return RowDefaults(**values)
 
 
