@@ -1,5 +1,11 @@
 """The replica actor: Ray Data's `map_batches` callable class, also called directly by the
 `local` executor and by tests (a plain dict of columns in, a dict of result columns out).
+
+A block is made one pipeline call at a time (`plan_calls`: the replica's own grouping), and
+each call's images are encoded and written as soon as it returns: the block keeps only small
+result rows (paths, hashes, parameters), never its pictures, so an actor's memory does not grow
+with `rows_per_block`, and each image file is written when that image was made. Each call is
+then reported (`batch.progress.CallDone`), so progress moves per call, not per block.
 """
 
 from __future__ import annotations
@@ -7,13 +13,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sdfleet.batch.infotext import InfotextModel
 from sdfleet.batch.models import ModelSpec
 from sdfleet.batch.outputs import OutputDir, encode_image, results_table, sha256_hex
+from sdfleet.batch.progress import CallDone
 from sdfleet.batch.prompt_checks import adapter_params
 from sdfleet.batch.request import KNOWN_COLUMNS, GenRequest, RowDefaults, expand_row
 
@@ -37,11 +47,20 @@ class RunConfig:
     manifest_dir: str | None = None  # relative init_image paths are resolved from here
 
 
+class Reporter(Protocol):
+    """Where a replica reports: `batch.progress.RunProgress` in the driver's process, or a
+    forwarder to the Ray actor the driver polls (`batch.ray_runner.CounterReporter`)."""
+
+    def loaded(self, seconds: float) -> None: ...
+
+    def call_done(self, call: CallDone) -> None: ...
+
+
 class GenerateBatch:
     """Load the replica once (`__init__`); map a batch of manifest rows to result rows."""
 
-    def __init__(self, config: RunConfig, progress: Any = None):
-        """`progress`: an optional Ray actor handle told of load time and finished outputs."""
+    def __init__(self, config: RunConfig, progress: Reporter | None = None):
+        """`progress`: told of the model's load time and of every finished pipeline call."""
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         from sdfleet.batch.replica import Replica
 
@@ -56,7 +75,7 @@ class GenerateBatch:
             config.model, self.replica.pipes.txt2img.scheduler
         )
         if progress is not None:
-            progress.loaded.remote(self.replica.load_seconds)
+            progress.loaded(self.replica.load_seconds)
         self.node = socket.gethostname()
         self.ray_node_id = _ray_node_id()
         self.worker = f"{self.node}:{os.getpid()}"
@@ -64,15 +83,24 @@ class GenerateBatch:
 
     def __call__(self, batch: Any):
         """`batch`: a pyarrow Table (Ray `batch_format="pyarrow"`) or a dict of columns."""
-        rows = columns_to_rows(batch)
-        results = self.generate(self.expand(rows))
+        requests = self.expand(columns_to_rows(batch))
+        finished: list[dict[str, Any]] = [{}] * len(requests)
+        for call in plan_calls(requests, self.call_key, self.config.batch_size):
+            started = time.time()
+            results = self.generate([requests[i] for i in call])
+            for index, result in zip(call, results):  # written now; the picture is let go
+                finished[index] = self._finish(result)
+            if self.progress is not None:
+                self.progress.call_done(CallDone(self.worker, len(call), started, time.time()))
         carried = {
             f.name: f.type for f in getattr(batch, "schema", ()) if f.name not in KNOWN_COLUMNS
         }
-        table = results_table(rows_to_columns([self._finish(r) for r in results]), carried)
-        if self.progress is not None:
-            self.progress.add.remote(table.num_rows)
-        return table
+        return results_table(rows_to_columns(finished), carried)
+
+    def call_key(self, request: GenRequest) -> Hashable:
+        """Requests with one key can share a pipeline call: the replica's own grouping (its
+        `generate` groups by the same key, so a planned call is exactly one of its calls)."""
+        return (request.group_key(), self.replica._route(request))
 
     def expand(self, rows: list[dict[str, Any]]) -> list[GenRequest]:
         """Manifest rows -> one request per output (`num_images` > 1 makes several)."""
@@ -138,6 +166,23 @@ def expand_rows(rows: list[dict[str, Any]], config: RunConfig) -> list[GenReques
     for row in rows:
         requests.extend(expand_row(row, config.defaults, config.job_seed, base_dir))
     return requests
+
+
+def plan_calls(
+    requests: list[GenRequest], key: Callable[[GenRequest], Hashable], batch_size: int
+) -> list[list[int]]:
+    """Indices of `requests`, one list per pipeline call: grouped by `key` (groups in order
+    of first appearance), each group cut into calls of `batch_size`, as `Replica.generate`
+    runs them."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        groups[key(request)].append(index)
+    size = max(1, batch_size)
+    return [
+        indices[start : start + size]
+        for indices in groups.values()
+        for start in range(0, len(indices), size)
+    ]
 
 
 def _ray_node_id() -> str | None:

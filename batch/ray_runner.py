@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, PipelineError
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.pool import PoolPlan, check_shared_storage, holds_gpu, plan_pool
+from sdfleet.batch.progress import CallDone, Progress, RunProgress
 from sdfleet.batch.ray_context import (
     RayFailure,
     alive_nodes,
@@ -26,7 +27,7 @@ from sdfleet.batch.ray_context import (
     ray_failure,
     sdfleet_cause,
 )
-from sdfleet.batch.run import Progress, RunStats
+from sdfleet.batch.run import RunStats, committed_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ def run_ray(
 ) -> None:
     """Run the job on a Ray cluster (joined, or started locally) and fill `stats`.
     `actor_class`: the replica actor (tests and benchmarks pass a subclass)."""
-    import ray
 
     # 1. join the cluster (or start a local one) and see what it has
     connect(address or options.address)
@@ -73,24 +73,25 @@ def run_ray(
     }
     if config.cpu_threads is None:
         config = replace(config, cpu_threads=cpu_threads_per_replica(plan, options.replicas))
-    # 3. build and run the pipeline, counting progress through a small actor
+    # 3. build and run the pipeline; replicas report each call to a small actor
+    done_before = checkpointed_ids(checkpoint)
+    stats.skipped_rows = len(done_before)
+    tracker = RunProgress(progress, skipped=committed_outputs(out, done_before))
+    tracker.loading(f"{config.model.model} on {plan.replicas} replica(s)")
     counter = ProgressCounter.options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
-    done_before = count_checkpointed_ids(checkpoint)
+    reporter = CounterReporter(counter)
     started = time.time()
     settings = pipeline_settings(
         options.stall_timeout_s, options.min_replicas_timeout_s, checkpoint_path=checkpoint
     )
-    with ray_data(settings), poll_progress(counter, progress):
-        execute(build_pipeline(config, files, plan, options, counter, actor_class), out, options)
-    # 4. what this run did: pool start (actors + model load), then steady generation
-    report = ray.get(counter.report.remote())
-    ready = report["first_ready"] or started
+    with ray_data(settings), poll_progress(counter, tracker):
+        execute(build_pipeline(config, files, plan, options, reporter, actor_class), out, options)
+    # 4. what this run did: pool start (actors + model load), then generation
+    ready = tracker.first_ready or started
     stats.stage_seconds["pool_start"] = ready - started
-    stats.stage_seconds["generate"] = (report["last_output"] or ready) - ready
+    stats.stage_seconds["generate"] = (tracker.total.last_finish or ready) - ready
     stats.stage_seconds["pipeline"] = time.time() - started
-    stats.generated_outputs = report["outputs"]
-    stats.model_load_seconds = report["load_seconds"]
-    stats.skipped_rows = done_before
+    stats.record(tracker)
 
 
 def check_cluster_device(device: str | None, nodes: list) -> None:
@@ -114,7 +115,7 @@ def has_checkpoint(checkpoint_uri: str) -> bool:
     return bool(parquet_files(checkpoint_uri)[1])
 
 
-def count_checkpointed_ids(checkpoint_uri: str) -> int:
+def checkpointed_ids(checkpoint_uri: str) -> set[str]:
     """Rows committed before this run (Ray's checkpoint, not results/: a crash may leave
     uncommitted result files there, which Ray deletes when the run restarts)."""
     import pyarrow as pa
@@ -123,9 +124,10 @@ def count_checkpointed_ids(checkpoint_uri: str) -> int:
 
     filesystem, paths = parquet_files(checkpoint_uri)
     if not paths:
-        return 0
+        return set()
     ids = [pq.read_table(p, columns=["id"], filesystem=filesystem)["id"] for p in paths]
-    return len(pc.unique(pa.chunked_array([c for i in ids for c in i.chunks], pa.string())))
+    chunks = [chunk for column in ids for chunk in column.chunks]
+    return set(pc.unique(pa.chunked_array(chunks, pa.string())).to_pylist())
 
 
 def on_this_node():
@@ -141,7 +143,7 @@ def build_pipeline(
     files: list[str],
     plan: PoolPlan,
     options: Any,
-    counter,
+    reporter: CounterReporter,
     actor_class: type[GenerateBatch] = GenerateBatch,
 ):
     import ray.data
@@ -150,7 +152,7 @@ def build_pipeline(
     dataset = dataset.repartition(target_num_rows_per_block=options.rows_per_block)
     return dataset.map_batches(
         actor_class,
-        fn_constructor_kwargs={"config": config, "progress": counter},
+        fn_constructor_kwargs={"config": config, "progress": reporter},
         batch_size=options.rows_per_block,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=plan.replicas),
@@ -185,34 +187,32 @@ def execute(dataset, out: OutputDir, options: Any) -> None:
         raise
 
 
+# Progress per pipeline call, not per block: replicas tell a small actor of each call and a
+# driver thread drains it. Ray Data itself reports only finished blocks (128 rows by default),
+# and blocks of one call would cost Ray's ~60-110 ms per block on every call; a fire-and-forget
+# actor call costs the replica well under a millisecond.
+
+
 def _progress_counter_class():
     import ray
 
     @ray.remote
     class ProgressCounterActor:
-        """Replicas report here; the driver polls it for the progress bar and the summary."""
+        """Replicas report here (model loaded, each call done); the driver takes the reports."""
 
         def __init__(self) -> None:
-            self.outputs = 0
-            self.load_seconds: list[float] = []
-            self.first_ready: float | None = None  # wall clock: a replica finished loading
-            self.last_output: float | None = None
+            self.reports: list[tuple[str, Any]] = []
 
         def loaded(self, seconds: float) -> None:
-            self.load_seconds.append(seconds)
-            self.first_ready = self.first_ready or time.time()
+            self.reports.append(("loaded", (seconds, time.time())))
 
-        def add(self, outputs: int) -> None:
-            self.outputs += outputs
-            self.last_output = time.time()
+        def call_done(self, call: CallDone) -> None:
+            self.reports.append(("call", call))
 
-        def report(self) -> dict:
-            return {
-                "outputs": self.outputs,
-                "load_seconds": self.load_seconds,
-                "first_ready": self.first_ready,
-                "last_output": self.last_output,
-            }
+        def take(self) -> list[tuple[str, Any]]:
+            """The reports since the last `take`, in arrival order."""
+            taken, self.reports = self.reports, []
+            return taken
 
     return ProgressCounterActor
 
@@ -231,13 +231,26 @@ class _LazyActorClass:
 ProgressCounter = _LazyActorClass(_progress_counter_class)
 
 
-class poll_progress:
-    """A thread that moves the progress bar as replicas report finished outputs."""
+@dataclass(frozen=True)
+class CounterReporter:
+    """The replica's `batch.actor.Reporter` on Ray: forwards to the counter actor, not
+    waiting for it (a lost report costs the bar a step, never the run)."""
 
-    def __init__(self, counter, progress: Progress, interval_s: float = 0.5):
-        self.counter, self.progress, self.interval_s = counter, progress, interval_s
+    counter: Any  # ProgressCounterActor handle
+
+    def loaded(self, seconds: float) -> None:
+        self.counter.loaded.remote(seconds)
+
+    def call_done(self, call: CallDone) -> None:
+        self.counter.call_done.remote(call)
+
+
+class poll_progress:
+    """A thread that hands the replicas' reports to `tracker` (and so to the bar)."""
+
+    def __init__(self, counter, tracker: RunProgress, interval_s: float = 0.25):
+        self.counter, self.tracker, self.interval_s = counter, tracker, interval_s
         self.stop = threading.Event()
-        self.shown = 0
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
@@ -248,12 +261,14 @@ class poll_progress:
         import ray
 
         try:
-            outputs = ray.get(self.counter.report.remote(), timeout=5)["outputs"]
+            reports = ray.get(self.counter.take.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - progress is best effort
             return
-        if outputs > self.shown:
-            self.progress(outputs - self.shown)
-            self.shown = outputs
+        for kind, report in reports:
+            if kind == "loaded":
+                self.tracker.loaded(*report)
+            else:
+                self.tracker.call_done(report)
 
     def __enter__(self):
         self.thread.start()

@@ -10,7 +10,7 @@ import posixpath
 import re
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +21,10 @@ import pyarrow.parquet as pq
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.outputs import OutputDir, parquet_files, write_json
+from sdfleet.batch.progress import Progress, RunProgress
 from sdfleet.batch.sources import open_parquet
 
 logger = logging.getLogger(__name__)
-
-Progress = Callable[[int], None]  # called with the number of outputs just finished
 
 
 @dataclass
@@ -38,8 +37,17 @@ class RunStats:
     model_load_seconds: list[float] = field(default_factory=list)
     generated_outputs: int = 0
     skipped_rows: int = 0
+    images_per_s: float | None = None  # `batch.progress.images_per_s` of this run
+    images_per_s_per_replica: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     price_per_gpu_hour: float | None = None  # the job's; gives the summary a cost per 1000
+
+    def record(self, tracker: RunProgress) -> None:
+        """What the replicas reported: outputs made, load times, the rates."""
+        self.generated_outputs = tracker.total.images
+        self.model_load_seconds = list(tracker.load_seconds)
+        self.images_per_s = tracker.images_per_s()
+        self.images_per_s_per_replica = tracker.per_replica()
 
 
 def read_results(out: OutputDir, columns: list[str] | None = None) -> pa.Table | None:
@@ -98,6 +106,19 @@ def committed_ids(out: OutputDir) -> set[str]:
     return set() if table is None else set(pc.unique(table.column("id")).to_pylist())
 
 
+def committed_outputs(out: OutputDir, ids: set[str]) -> int:
+    """Distinct outputs in results/ of the rows `ids` (a row with `num_images: k` has k): what
+    a resumed run's progress starts from."""
+    if not ids:
+        return 0
+    value_set = pa.array(sorted(ids), type=pa.string())
+    seen: set[str] = set()
+    for part in iter_result_parts(out, ["id", "output_id"]):
+        kept = part.filter(pc.is_in(part["id"], value_set=value_set))
+        seen.update(kept["output_id"].to_pylist())
+    return len(seen)
+
+
 def iter_row_chunks(files: list[str], chunk_rows: int, skip: set[str]) -> Iterator[pa.Table]:
     """Tables of up to `chunk_rows` rows not in `skip`, keeping each file's own Arrow types."""
     import pyarrow.compute as pc
@@ -124,20 +145,19 @@ def run_local(
     out = OutputDir(config.out_uri)
     done = committed_ids(out)
     stats.skipped_rows = len(done)
+    tracker = RunProgress(progress, skipped=committed_outputs(out, done))
+    tracker.loading(f"{config.model.model} in this process")
     t0 = time.perf_counter()
-    actor = actor_class(config)
-    stats.model_load_seconds.append(actor.replica.load_seconds)
+    actor = actor_class(config, progress=tracker)
     stats.stage_seconds["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     part = _next_part_number(out)
     chunk_rows = max(config.batch_size * 4, 16)
     for chunk in iter_row_chunks(files, chunk_rows, done):
-        table = actor(chunk)
-        _commit_part(out, table, part)
+        _commit_part(out, actor(chunk), part)
         part += 1
-        stats.generated_outputs += table.num_rows
-        progress(table.num_rows)
     stats.stage_seconds["generate"] = time.perf_counter() - t0
+    stats.record(tracker)
 
 
 def _next_part_number(out: OutputDir) -> int:
@@ -165,7 +185,7 @@ def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors
     for parts in _batched(iter_result_parts(out, list(ResultCounts.COLUMNS)), _MERGE_PARTS):
         counts.add(_concat(parts))
     wall_s = time.time() - stats.started
-    gen_s = stats.stage_seconds.get("generate", 0.0)
+    rate = stats.images_per_s
     summary = {
         "executor": stats.executor,
         "expected_outputs": expected_outputs,
@@ -175,8 +195,10 @@ def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors
         "error": counts.outputs - counts.ok,
         "skipped_already_done_rows": stats.skipped_rows,
         "generated_this_run": stats.generated_outputs,
-        "images_per_s": round(stats.generated_outputs / gen_s, 3) if gen_s else None,
-        "images_per_s_per_replica": counts.per_replica(),
+        "images_per_s": round(rate, 3) if rate is not None else None,  # none made: null
+        "images_per_s_per_replica": {
+            worker: round(value, 3) for worker, value in stats.images_per_s_per_replica.items()
+        },
         "model_load_s": [round(s, 3) for s in stats.model_load_seconds],
         "stage_s": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
         "wall_s": round(wall_s, 3),
@@ -214,16 +236,15 @@ def cost_summary(summary: dict[str, Any], price_per_gpu_hour: float | None) -> d
 
 class ResultCounts:
     """Running totals over results parts: outputs, ok (status "ok"; a null status is an
-    error), the first `max_errors` errors, each worker's (outputs, busy seconds), and a 64-bit
-    hash per output_id for counting distinct outputs in 8 bytes a row."""
+    error), the first `max_errors` errors, and a 64-bit hash per output_id for counting
+    distinct outputs in 8 bytes a row."""
 
-    COLUMNS = ("output_id", "status", "error", "seconds", "worker")
+    COLUMNS = ("output_id", "status", "error")
 
     def __init__(self, max_errors: int) -> None:
         self.max_errors = max_errors
         self.outputs = self.ok = 0
         self.errors: list[dict[str, Any]] = []
-        self.busy: dict[str, list[float]] = {}  # worker -> [outputs, seconds], first seen first
         self.id_hashes = array("q")
 
     def add(self, part: pa.Table) -> None:
@@ -235,19 +256,6 @@ class ResultCounts:
             failed = part.filter(pc.invert(is_ok)).slice(0, room)
             self.errors += failed.select(["output_id", "error"]).to_pylist()
         self.id_hashes.extend(hash(v) for v in part.column("output_id").to_pylist())
-        self._add_busy(part)
-
-    def _add_busy(self, part: pa.Table) -> None:
-        worker = pc.fill_null(part.column("worker"), "?")
-        worker = pc.if_else(pc.equal(worker, ""), "?", worker)  # no worker name: "?"
-        seconds = pc.fill_null(part.column("seconds"), 0.0)
-        grouped = pa.table({"worker": worker, "seconds": seconds}).group_by(
-            "worker", use_threads=False
-        )  # groups in order of first appearance
-        for total in grouped.aggregate([("seconds", "count"), ("seconds", "sum")]).to_pylist():
-            entry = self.busy.setdefault(total["worker"], [0, 0.0])
-            entry[0] += total["seconds_count"]
-            entry[1] += total["seconds_sum"]
 
     def unique_outputs(self, out: OutputDir) -> int:
         """Distinct output ids: exact from the hashes when they are all distinct (the normal
@@ -257,7 +265,3 @@ class ResultCounts:
             return self.outputs
         table = read_results(out, ["output_id"])
         return 0 if table is None else pc.count_distinct(table["output_id"], mode="all").as_py()
-
-    def per_replica(self) -> dict[str, float]:
-        """Images/s of each worker over its own generation time (sum of per-image shares)."""
-        return {w: round(n / busy_s, 3) for w, (n, busy_s) in self.busy.items() if busy_s > 0}

@@ -3,10 +3,12 @@
 Each contender makes the same images (same manifest rows, model, size, steps, guidance and
 seeds) into its own fresh folder and returns a `Sample`: images written, wall seconds and
 startup seconds. Startup is the time until the model is loaded and ready to generate (for Ray:
-until the last replica actor is up, which includes the actor's process start and imports);
-it is excluded from images/s for every contender alike. Everything after it counts: reading
-the manifest, generating, encoding and writing images, and for sdfleet its validation, PNG
-metadata, results Parquet and summary.
+until the last replica actor is up, which includes the actor's process start and imports).
+Steady images/s (`bench.workload.steady_rate`) runs from the first replica being ready to the
+last image written, for every contender alike: reading the manifest, generating, encoding and
+writing images count, and for sdfleet its PNG metadata and results; its validation and summary
+fall in "fixed s" with the start-up. Every contender writes each image as its pipeline call
+returns, so each file's time is that image's own finish time.
 
     a      plain diffusers: `from_pretrained`, a loop calling the pipeline per row, `save` PNG
     b      the same loop on batches of `batch_size` rows
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sdfleet.batch.models import ModelSpec
+from sdfleet.batch.progress import ProgressEvent
 from sdfleet.bench.workload import BenchError, Sample, Workload, measure
 
 logger = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_cal
     if threads:
         torch.set_num_threads(threads)
     pipe = load_plain_pipeline(work.spec)
-    ready = time.perf_counter()
+    ready, ready_at = time.perf_counter(), time.time()
     rows = pq.read_table(work.manifest).to_pylist()
     images = folder / "images"
     images.mkdir(parents=True)
@@ -118,7 +121,7 @@ def run_plain(work: Workload, folder: Path, repeat: int, name: str, rows_per_cal
             images,
         )
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return measure(name, repeat, images, wall, ready - started, cpu)
+    return measure(name, repeat, images, wall, ready - started, ready_at, cpu)
 
 
 # ---------------------------------------------------------------------------- plain Ray Data
@@ -169,7 +172,8 @@ def run_plain_ray(work: Workload, folder: Path, repeat: int) -> Sample:
         num_gpus=plan.num_gpus,
     )
     dataset.write_parquet(str(folder / "results"))
-    return measure("c", repeat, images, time.perf_counter() - started, replicas_startup_s(since))
+    wall = time.perf_counter() - started
+    return measure("c", repeat, images, wall, replicas_startup_s(since), replicas_ready_at(since))
 
 
 def sdfleet_pool_plan() -> Any:
@@ -210,10 +214,23 @@ def use_default_data_context() -> None:
 
 def replicas_startup_s(since: float) -> float | None:
     """Seconds from `since` (time.time()) until the last Ray Data map actor created after it
-    was up: an actor is ALIVE once its constructor, which loads the model, has returned.
+    was up (`replica_ready_times`); None if Ray's actor table cannot be read."""
+    ready = replica_ready_times(since)
+    return max(ready) - since if ready else None
+
+
+def replicas_ready_at(since: float) -> float | None:
+    """time.time() when the first Ray Data map actor created after `since` was up."""
+    ready = replica_ready_times(since)
+    return min(ready) if ready else None
+
+
+def replica_ready_times(since: float) -> list[float]:
+    """When each Ray Data map actor created after `since` (time.time()) was up: an actor is
+    ALIVE once its constructor, which loads the model, has returned.
 
     Read from the GCS actor table (a private Ray API, the public one needs the dashboard);
-    None if it cannot be read, and then images/s is end to end.
+    empty if it cannot be read, and then images/s is end to end.
     """
     try:
         from ray._private import state
@@ -221,13 +238,12 @@ def replicas_startup_s(since: float) -> float | None:
         actors = list(state.actors().values())
     except Exception as exc:  # noqa: BLE001 - an instrument, not a requirement
         logger.warning("cannot read Ray's actor table (%s); startup not measured", exc)
-        return None
-    started = [
+        return []
+    return [
         a["StartTime"] / 1000
         for a in actors
         if "MapWorker" in str(a.get("ActorClassName")) and a["StartTime"] / 1000 >= since
     ]
-    return max(started) - since if started else None
 
 
 # ---------------------------------------------------------------------------- sdfleet
@@ -267,16 +283,25 @@ def run_sdfleet(work: Workload, folder: Path, repeat: int, executor: str) -> Sam
     started, cpu_started = time.perf_counter(), time.process_time()
     prepared = prepare_batch_job(job, folder / "job.yaml", str(folder))
     since = time.time()
-    summary = run_batch_job(prepared, executor, lambda outputs: None)
+    loading_at: list[float] = []  # the local replica starts loading right after this event
+
+    def note_loading(event: ProgressEvent) -> None:
+        if event.stage == "loading":
+            loading_at.append(time.time())
+
+    summary = run_batch_job(prepared, executor, note_loading)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     if exit_status(summary) != EXIT_OK:
         raise BenchError(
             f"sdfleet {executor}: {summary['error']} errors, "
             f"{summary['unique_outputs']}/{summary['expected_outputs']} outputs"
         )
+    images = folder / "images"
     if executor == "local":  # the replica ran in this process: its CPU time is comparable
-        return measure(executor, repeat, folder / "images", wall, summary["stage_s"]["load"], cpu)
-    return measure(executor, repeat, folder / "images", wall, replicas_startup_s(since))
+        load_s = summary["stage_s"]["load"]
+        return measure(executor, repeat, images, wall, load_s, loading_at[0] + load_s, cpu)
+    startup_s, ready_at = replicas_startup_s(since), replicas_ready_at(since)
+    return measure(executor, repeat, images, wall, startup_s, ready_at)
 
 
 Contender = Callable[[Workload, Path, int], Sample]

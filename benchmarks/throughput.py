@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
-from sdfleet.bench.contenders import CONTENDER_NAMES, CONTENDERS
+from sdfleet.bench.contenders import CONTENDER_NAMES, CONTENDERS, sdfleet_pool_plan
 from sdfleet.bench.options import BenchOptions
 from sdfleet.bench.report import fmt_spread, format_table, machine_info, spread, write_report
 from sdfleet.bench.workload import (
@@ -24,6 +24,7 @@ from sdfleet.bench.workload import (
     Sample,
     Workload,
     rotated,
+    rows_needed,
     start_ray,
     write_bench_manifest,
 )
@@ -49,18 +50,26 @@ def run_throughput(settings: BenchOptions) -> dict[str, Any]:
         settings.rows_per_block,
         settings.cpu_threads,
     )
-    ray_start_s = start_ray() if {"c", "ray"} & set(settings.contenders) else None
+    on_ray = bool({"c", "ray"} & set(settings.contenders))
+    ray_start_s = start_ray() if on_ray else None
+    ray_replicas = sdfleet_pool_plan().replicas if on_ray else 1
     report = {
         "mode": "throughput",
         "machine": machine_info(settings.spec),
         "settings": settings.record(),
         "ray_start_s": ray_start_s,
+        "warnings": too_few_rows(work, settings.rows[0], settings.contenders, ray_replicas),
     }
+    for warning in report["warnings"]:
+        print(f"warning: {warning}", flush=True)
     # 2. the rounds; the report is rewritten after every sample (a stopped run keeps them)
     samples: list[Sample] = []
     for repeat in range(settings.repeats):
         for name in rotated(settings.contenders, repeat):
             samples.append(run_sample(work, settings, name, repeat))
+            if warning := fill_warning(samples[-1]):
+                print(f"warning: {warning}", flush=True)
+                report["warnings"].append(warning)
             report |= {
                 "contenders": summarize_samples(samples, settings.contenders),
                 "pairs": pair_ratios(samples),
@@ -92,6 +101,50 @@ def run_sample(work: Workload, settings: BenchOptions, name: str, repeat: int) -
     if not settings.keep_outputs:
         shutil.rmtree(folder, ignore_errors=True)
     return sample
+
+
+def too_few_rows(
+    work: Workload, rows: int, names: Sequence[str], ray_replicas: int = 1
+) -> list[str]:
+    """A warning per contender whose rows are too few for a steady figure (`rows_needed`):
+    its last unit of work per replica (a call; a Ray block for sdfleet on Ray) would be more
+    than a tenth of the run. `ray_replicas`: the pool of the Ray contenders."""
+    from sdfleet.jobs.spec import RayOptions
+
+    replicas = ray_replicas
+    units = {
+        "a": (1, 1, "row per call"),
+        "b": (1, work.batch_size, "rows per call"),
+        "c": (replicas, work.batch_size, "rows per call"),
+        "local": (1, work.batch_size, "rows per call"),
+        "ray": (replicas, work.rows_per_block or RayOptions().rows_per_block, "rows per block"),
+    }
+    warnings = []
+    for name in names:
+        count, unit, what = units[name]
+        needed = rows_needed(count, unit)
+        if rows < needed:
+            warnings.append(
+                f"{name}: {rows} rows is fewer than a steady figure needs ({needed}: 10 x "
+                f"{count} replica(s) x {unit} {what}); its images/s includes more fill and "
+                f"tail than steady work. Use --rows {needed} or more."
+            )
+    return warnings
+
+
+def fill_warning(sample: Sample) -> str | None:
+    """A warning when the time from the first replica ready to the first image is more than
+    a tenth of the steady span: that figure is mostly the pipeline filling."""
+    if sample.fill_s is None or not sample.images_per_s > 0:
+        return None
+    span = sample.images / sample.images_per_s
+    if sample.fill_s <= 0.1 * span:
+        return None
+    return (
+        f"{sample.contender} repeat {sample.repeat}: {sample.fill_s:.3g} s from ready to the "
+        f"first image, {sample.fill_s / span:.0%} of its {span:.3g} s steady span; more rows "
+        "would make its images/s steadier"
+    )
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -175,4 +228,5 @@ def throughput_table(report: dict[str, Any]) -> str:
         "CPU ms/image",
     ]
     pairs = [f"{key}: {fmt_spread(value)}" for key, value in report["pairs"].items()]
-    return "\n".join([title, format_table(headers, rows), *pairs])
+    warnings = [f"warning: {w}" for w in report.get("warnings", ())]
+    return "\n".join([title, format_table(headers, rows), *pairs, *warnings])

@@ -1,12 +1,15 @@
 """What every contender of `sdfleet bench` makes and how a run is measured: the workload, the
 bench manifest, one sample per contender and repeat, and the steady rate.
 
-`Sample.images_per_s` is the least-squares slope of images written against time
-(`steady_rate`), the same rule for every contender, so model start-up falls out of it.
+`Sample.images_per_s` is images over the seconds from the first replica being ready to the
+last image written (`steady_rate`), the same rule for every contender: model load and start-up
+fall outside it, and since each image's file is written when its pipeline call returns, no
+image is counted before it was made, so it cannot report a rate faster than images were made.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -61,14 +64,18 @@ class Sample:
     images: int
     wall_s: float  # the whole run, model load and start-up included
     startup_s: float | None  # until the model was ready (Ray: the last replica actor up)
-    images_per_s: float  # steady rate: slope of images done against time (`steady_rate`)
+    images_per_s: float  # steady rate: images / (last written - first replica ready)
     cpu_s: float | None = None  # this process's CPU time for the run (in-process contenders)
     load_average: tuple[float, float] | None = None  # 1-min load average before, after
+    fill_s: float | None = None  # from the first replica ready to the first image written
 
     @property
     def fixed_s(self) -> float:
-        """What the run costs besides `images / images_per_s`: load, start-up, fill, tail."""
-        return self.wall_s - self.images / self.images_per_s
+        """What the run costs besides `images / images_per_s`: start-up and model load before
+        the first replica is ready, the results and summary after the last image. The steady
+        span lies inside the wall time, so this is >= 0 but for the file clock's coarseness
+        (`FILE_CLOCK_S`), which is not shown as a negative time."""
+        return max(0.0, self.wall_s - self.images / self.images_per_s)
 
     @property
     def end_to_end_images_per_s(self) -> float:
@@ -87,11 +94,18 @@ def measure(
     images_dir: Path,
     wall_s: float,
     startup_s: float | None,
+    ready_at: float | None,
     cpu_s: float | None = None,
 ) -> Sample:
-    """A Sample from the images a run wrote."""
+    """A Sample from the images a run wrote; `ready_at`: time.time() when the first replica
+    had its model (None when unknown: then the rate is end to end)."""
     times = image_times(images_dir)
-    return Sample(contender, repeat, len(times), wall_s, startup_s, steady_rate(times), cpu_s)
+    if ready_at is None:
+        rate = len(times) / wall_s if times else float("nan")
+        return Sample(contender, repeat, len(times), wall_s, startup_s, rate, cpu_s)
+    rate = steady_rate(times, ready_at)
+    fill = times[0] - ready_at if times else None
+    return Sample(contender, repeat, len(times), wall_s, startup_s, rate, cpu_s, fill_s=fill)
 
 
 def image_times(folder: Path) -> list[float]:
@@ -105,22 +119,28 @@ def image_times(folder: Path) -> list[float]:
     )
 
 
-def steady_rate(times: list[float]) -> float:
-    """Images/s once running: the least-squares slope of images written against time.
+# File times come from the kernel's coarse clock, up to one tick (a few ms) behind time.time():
+# the span is taken this much longer, so the rate is never overstated by it.
+FILE_CLOCK_S = 0.01
 
-    The same rule for every contender, whatever writes its images in groups (a row, a batch,
-    a chunk, a Ray block): model load, start-up and the tail fall into the intercept, not the
-    slope. Needs several groups (rows >= 4 x the largest group); with fewer it is the plain
-    images / (last - first) estimate and less exact.
-    """
-    import numpy as np
 
-    if len(times) < 2 or times[-1] == times[0]:
+def steady_rate(times: list[float], ready_at: float) -> float:
+    """Images/s once running: images / seconds from `ready_at` (the first replica has its
+    model) to the last image written (`times`: each image's own finish time, sorted).
+
+    The same rule for every contender. Every image counted was made inside the span, so the
+    figure cannot be faster than images were made; what the span holds besides steady work
+    is the pipeline's fill (ready -> first image, `Sample.fill_s`) and a tail where fewer
+    replicas have work, which enough rows make small (`rows_needed`)."""
+    if not times:
         return float("nan")
-    t = np.asarray(times) - times[0]
-    done = np.arange(1, len(times) + 1, dtype=float)
-    slope = float(np.polyfit(t, done, 1)[0])
-    return slope if slope > 0 else (len(times) - 1) / t[-1]
+    return len(times) / (times[-1] + FILE_CLOCK_S - ready_at)
+
+
+def rows_needed(replicas: int, rows_per_unit: int, share: float = 0.1) -> int:
+    """Rows for a steady figure: the last unit of work (a call, or a Ray block) of each
+    replica, which may run while others sit idle, at most `share` of the run."""
+    return math.ceil(replicas * rows_per_unit / share)
 
 
 class BenchError(SdfleetError):

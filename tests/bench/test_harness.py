@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.models import ModelSpec
 from sdfleet.bench.options import BenchOptions, add_flags, options_from_args
-from sdfleet.bench.throughput import pair_ratios, run_throughput, summarize_samples
-from sdfleet.bench.workload import Sample, rotated, steady_rate, write_bench_manifest
+from sdfleet.bench.throughput import (
+    fill_warning,
+    pair_ratios,
+    run_throughput,
+    summarize_samples,
+    too_few_rows,
+)
+from sdfleet.bench.workload import (
+    FILE_CLOCK_S,
+    Sample,
+    Workload,
+    rotated,
+    steady_rate,
+    write_bench_manifest,
+)
 from sdfleet.jobs.cli import main
 
 
@@ -84,10 +99,43 @@ def test_each_repeat_rotates_the_order():
     ]
 
 
-def test_steady_rate_ignores_startup_and_grouped_writes():
-    # 5 groups of 4 images, one group every 0.5 s, after 7 s of start-up: 8 images/s
+def test_steady_rate_runs_from_the_first_replica_ready_to_the_last_image():
+    # ready at 6.5 s; 5 groups of 4 images, one group every 0.5 s from 7 s
     times = [7.0 + 0.5 * group + 0.001 * k for group in range(5) for k in range(4)]
-    assert steady_rate(times) == pytest.approx(8.0, rel=0.02)
+    expected = 20 / (times[-1] + FILE_CLOCK_S - 6.5)
+    assert steady_rate(times, ready_at=6.5) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("block", [1, 4, 128, 1024])
+def test_steady_rate_cannot_be_faster_than_images_were_made(block):
+    # 2048 images made one every 10 ms (100 images/s) after a replica is ready at t=0, but
+    # written in blocks: a slope over the writes would call a block "instant"
+    made = [0.01 * (i + 1) for i in range(2048)]
+    written = sorted(made[min(len(made), (i // block + 1) * block) - 1] for i in range(2048))
+    rate = steady_rate(written, ready_at=0.0)
+    assert rate <= 100.0
+    assert rate == pytest.approx(100.0, rel=0.01)  # and it is the true rate, whatever the block
+
+
+def test_fixed_seconds_are_never_negative():
+    # a rate taken over the whole wall time (or a hair more, file clock granularity)
+    tight = Sample("ray", 0, images=100, wall_s=1.0, startup_s=0.0, images_per_s=99.9)
+    assert tight.fixed_s == 0.0
+    assert sample("a", 0, 10).fixed_s == pytest.approx(2.0 - 10 / 10)
+
+
+def test_a_contender_without_enough_rows_for_a_steady_figure_is_warned_about(tmp_path):
+    work = Workload(
+        ModelSpec(model="builtin:null"), tmp_path / "m.parquet", 1, 64, 7.5, batch_size=4
+    )
+    warnings = too_few_rows(work, 1000, ["a", "b", "c", "ray"], ray_replicas=2)
+    assert len(warnings) == 1 and warnings[0].startswith("ray: 1000 rows is fewer")
+    assert "(2560: 10 x 2 replica(s) x 128 rows per block)" in warnings[0]
+    assert too_few_rows(work, 2560, ["ray"], ray_replicas=2) == []
+    assert len(too_few_rows(work, 39, ["b"])) == 1 and not too_few_rows(work, 40, ["b"])
+    slow_fill = Sample("ray", 1, 100, 30.0, 5.0, images_per_s=10.0, fill_s=2.0)
+    assert "2 s from ready to the first image, 20% of its 10 s" in fill_warning(slow_fill)
+    assert fill_warning(replace(slow_fill, fill_s=0.5)) is None
 
 
 def test_manifest_rows_have_ids_prompts_and_seeds(tmp_path):
