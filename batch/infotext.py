@@ -140,11 +140,18 @@ class InfotextModel:
     name: str
     hash: str | None
     samplers: SamplerLabels | None = None
+    controlnets: dict[str, str] | None = None  # `ControlNet i` fields (every row runs them)
 
     @classmethod
     def of_loaded(cls, spec: Any, base_scheduler: Any) -> InfotextModel:
         """For a replica's `ModelSpec` and its model's own scheduler (before any swap)."""
-        return cls(model_name(spec.model), model_hash(spec), SamplerLabels(base_scheduler))
+        units = getattr(spec, "controlnets", ())
+        return cls(
+            model_name(spec.model),
+            model_hash(spec),
+            SamplerLabels(base_scheduler),
+            controlnet_fields(units) if units else None,
+        )
 
     def sampler_fields(self, scheduler: str | None) -> dict[str, str]:
         if self.samplers is not None:
@@ -169,7 +176,20 @@ def generation_fields(params: dict[str, Any], model: InfotextModel | None) -> di
         "Denoising strength": params.get("strength"),
         "Lora hashes": params.get("lora_hashes"),  # A1111's extra networks, as it writes them
         "TI hashes": params.get("ti_hashes"),
+        **(model.controlnets or {}),  # as A1111's ControlNet extension writes its units
     }
+
+
+def controlnet_fields(units: Any) -> dict[str, str]:
+    """`ControlNet i` fields of `batch.controlnets.ControlNetUse`s, each model named with the
+    first 8 hex digits of its weights' sha256, as A1111's ControlNet extension names them."""
+    from sdfleet.batch.controlnets import a1111_controlnet_fields
+
+    hashes = []
+    for unit in units:
+        found = sorted(resolve_path(unit.model).glob("*.safetensors"))
+        hashes.append(short_hash(str(found[0])) if found else None)
+    return a1111_controlnet_fields(units, hashes)
 
 
 def quote(value: Any) -> str:
