@@ -45,14 +45,7 @@ from sdfleet.anim.spec import AnimationJob, load_animation_job, resolve_clips
 from sdfleet.batch.errors import ConfigError
 from sdfleet.batch.models import ModelSpec, model_spec
 from sdfleet.batch.pool import NodeResources, check_shared_storage, holds_gpu
-from sdfleet.batch.ray_context import (
-    RayFailure,
-    alive_nodes,
-    connect,
-    pipeline_settings,
-    ray_data,
-    ray_failure,
-)
+from sdfleet.batch.ray_context import RayFailure, pipeline_settings, ray_data, ray_failure
 
 logger = logging.getLogger(__name__)
 
@@ -317,11 +310,9 @@ def plan_clip_pool(
     never more actors than clips. Returns (PoolPlan, torch threads per CPU replica, None
     meaning every core of its machine)."""
     from sdfleet.batch.pool import plan_pool
-    from sdfleet.batch.ray_runner import cpu_threads_per_replica
+    from sdfleet.batch.ray_runner import cpu_threads_per_replica, join_cluster
 
-    connect(address)
-    nodes = alive_nodes()
-    check_clip_storage(nodes, out)
+    nodes = join_cluster(address, {"out": out}, CLIP_STORAGE_FIX)  # as `check_clip_storage`
     plan = plan_pool(
         nodes, replicas, num_cpus_per_replica=num_cpus, allow_fewer=True, use_gpus=holds_gpu(device)
     )

@@ -16,7 +16,14 @@ from typing import Any
 from sdfleet.batch.actor import GenerateBatch, RunConfig
 from sdfleet.batch.errors import ConfigError, PipelineError
 from sdfleet.batch.outputs import OutputDir, parquet_files
-from sdfleet.batch.pool import PoolPlan, check_shared_storage, holds_gpu, plan_pool
+from sdfleet.batch.pool import (
+    SHARED_STORAGE_FIX,
+    NodeResources,
+    PoolPlan,
+    check_shared_storage,
+    holds_gpu,
+    plan_pool,
+)
 from sdfleet.batch.progress import CallDone, Progress, RunProgress
 from sdfleet.batch.ray_context import (
     RayFailure,
@@ -45,14 +52,11 @@ def run_ray(
     `actor_class`: the replica actor (tests and benchmarks pass a subclass)."""
 
     # 1. join the cluster (or start a local one) and see what it has
-    connect(address or options.address)
-    nodes = alive_nodes()
-    check_cluster_device(config.model.device, nodes)
     out = OutputDir(config.out_uri)
     checkpoint = options.checkpoint_path or out.child_uri("_checkpoint")
-    check_shared_storage(
-        nodes, {"manifest": files[0], "out": config.out_uri, "checkpoint": checkpoint}
-    )
+    storage = {"manifest": files[0], "out": config.out_uri, "checkpoint": checkpoint}
+    nodes = join_cluster(address or options.address, storage)
+    check_cluster_device(config.model.device, nodes)
     # 2. size the pool before anything loads (resuming adds Ray's checkpoint-filter actor)
     resuming = has_checkpoint(checkpoint)
     plan = plan_pool(
@@ -92,6 +96,18 @@ def run_ray(
     stats.stage_seconds["generate"] = (tracker.total.last_finish or ready) - ready
     stats.stage_seconds["pipeline"] = time.time() - started
     stats.record(tracker)
+
+
+def join_cluster(
+    address: str | None, storage: dict[str, str], fix: str = SHARED_STORAGE_FIX
+) -> list[NodeResources]:
+    """Join `address` (or start a private local instance: `batch.ray_context.connect`) and
+    check that every node sees the `storage` paths (`batch.pool.check_shared_storage`, whose
+    message ends with `fix`); the alive nodes. Batch jobs and clip runs start this way."""
+    connect(address)
+    nodes = alive_nodes()
+    check_shared_storage(nodes, storage, fix)
+    return nodes
 
 
 def check_cluster_device(device: str | None, nodes: list) -> None:

@@ -3,6 +3,7 @@ clip manifests; many clips with one failing, in-process and on Ray."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -141,9 +142,11 @@ def test_clip_manifest_problems_name_the_row(tmp_path: Path) -> None:
 
 def clip_tasks(tmp_path: Path, max_frames: int = 6) -> list[ClipTask]:
     """A Parquet clip manifest of three clips on builtin:tiny at 64x64: a 2D one, a walk, and one
-    whose init_image is a corrupt file (it exists, so it passes the checks made before any
-    model loads, and fails when the clip renders)."""
-    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a picture")
+    whose init_image is a corrupt file (a good header, so it passes the checks made before any
+    model loads, and pixels cut off, so it fails when the clip renders)."""
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(png, "PNG")
+    (tmp_path / "corrupt.png").write_bytes(png.getvalue()[:60])
     pq.write_table(
         pa.table(
             {
@@ -176,7 +179,7 @@ def check_statuses(rows: list[dict], tasks: list[ClipTask]) -> None:
     by_id = {row["id"]: row for row in rows}
     assert by_id["zoom"]["status"] == "ok" and by_id["walk"]["status"] == "ok"
     assert by_id["broken"]["status"] == "error"
-    assert "UnidentifiedImageError" in by_id["broken"]["error"]
+    assert "image file is truncated" in by_id["broken"]["error"]
     assert read_status(tasks[2].paths)["status"] == "error"
     for task in tasks[:2]:
         assert probe_video(task.paths.video)["frames"] == task.job.max_frames
@@ -206,10 +209,10 @@ def test_clip_outputs_on_a_cluster_of_machines_must_be_a_shared_mount(tmp_path, 
     check_clip_storage(TWO_MACHINES, "file:///mnt/clips")
     check_clip_storage(TWO_MACHINES[:1], "out/clips")  # one machine: any folder
     # run_clips_ray checks it once it knows the cluster, before any actor starts
-    from sdfleet.anim import ray_clips
+    from sdfleet.batch import ray_runner  # clip runs join the cluster as batch jobs do
 
-    monkeypatch.setattr(ray_clips, "connect", lambda address: None)
-    monkeypatch.setattr(ray_clips, "alive_nodes", lambda: TWO_MACHINES)
+    monkeypatch.setattr(ray_runner, "connect", lambda address: None)
+    monkeypatch.setattr(ray_runner, "alive_nodes", lambda: TWO_MACHINES)
     tasks = clip_tasks(tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"out='{tmp_path}'")):
         run_clips_ray(tasks, out=str(tmp_path))
