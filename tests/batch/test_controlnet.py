@@ -195,3 +195,32 @@ def test_a_control_image_of_another_size_is_fitted_by_its_resize_mode(tmp_path: 
         (control,) = load_row_inputs(request, (unit,)).controls
         assert control.size == (64, 64)
         assert np.array_equal(as_array(control), as_array(fit_to_size(wide, (64, 64), mode)))
+
+
+@pytest.mark.slow
+def test_the_marketing_controlnet_example_runs(tmp_path: Path) -> None:
+    """jobs/examples/marketing_controlnet.yaml, with its files made by its script, in a copy of
+    the repository layout it names them in."""
+    import importlib.util
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from sdfleet.jobs.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "make_example_controlnet", repo / "manifests" / "make_example_controlnet.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.write_files(tmp_path / "manifests")
+    (tmp_path / "jobs" / "examples").mkdir(parents=True)
+    job = tmp_path / "jobs" / "examples" / "marketing_controlnet.yaml"
+    shutil.copy(repo / "jobs" / "examples" / "marketing_controlnet.yaml", job)
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out), "--quiet"]) == 0
+    results = pq.read_table(out / "results").to_pylist()
+    assert len(results) == 6 and {r["status"] for r in results} == {"ok"}
+    assert {r["mode"] for r in results} == {"txt2img", "img2img"}
+    assert all('"preprocessor": "canny"' in r["controlnets"] for r in results)
