@@ -65,11 +65,16 @@ class ScheduleRule:
 
 _ANY = ScheduleRule()
 MAX_CONTRAST = 10.0
+MAX_AMOUNT = 10.0  # unsharp mask: frame + amount * (frame - blurred)
+MAX_GUIDANCE = 100.0  # as a batch row's guidance_scale (`batch.manifest`)
+MIN_ZOOM, MAX_ZOOM = 0.5, 2.0  # per frame
 # fmt: off
 # Field -> rule; the plan names each value after its field without "_schedule".
 SCHEDULE_RULES: dict[str, ScheduleRule] = {
-    "angle": _ANY, "zoom": ScheduleRule(0, open_range=True, fix="zoom scales each frame: 1.0 "
-                                        "is still, 1.01 zooms in 1% per frame"),
+    "angle": _ANY, "zoom": ScheduleRule(MIN_ZOOM, MAX_ZOOM, fix="zoom scales each frame: 1.0 is "
+                                        "still, 1.01 zooms in 1% per frame; beyond 2 or under "
+                                        "0.5 a frame keeps less than half of each side of the "
+                                        "one before, as a translation past half the canvas does"),
     "translation_x": _ANY, "translation_y": _ANY,
     "transform_center_x": _ANY, "transform_center_y": _ANY,
     "perspective_flip_theta": _ANY, "perspective_flip_phi": _ANY,
@@ -81,9 +86,11 @@ SCHEDULE_RULES: dict[str, ScheduleRule] = {
     "noise_schedule": ScheduleRule(0, 1, fix="noise is the share of fresh noise, e.g. 0.065"),
     "contrast_schedule": ScheduleRule(0, MAX_CONTRAST, fix="contrast multiplies the frame, "
                                       "1.0 = unchanged; past a few every pixel saturates"),
-    "cfg_scale_schedule": ScheduleRule(0, fix="a guidance scale such as 7"),
+    "cfg_scale_schedule": ScheduleRule(0, MAX_GUIDANCE, fix="a guidance scale such as 7; far "
+                                       "above 30 every pixel saturates"),
     "steps_schedule": ScheduleRule(1, 1000, integer=True, fix="steps are denoising steps, e.g. 25"),
-    "amount_schedule": ScheduleRule(0, fix="anti-blur amount, 0 = off, e.g. 0.1"),
+    "amount_schedule": ScheduleRule(0, MAX_AMOUNT, fix="anti-blur amount, 0 = off, e.g. 0.1; "
+                                    "past a few every edge saturates"),
     "kernel_schedule": ScheduleRule(1, integer=True, odd=True, fix="blur kernel size, e.g. 5; "
                                     "an even size n is used as n + 1"),
     "sigma_schedule": ScheduleRule(0, open_range=True, fix="blur sigma in pixels, e.g. 1.0"),

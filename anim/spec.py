@@ -51,6 +51,7 @@ from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS, EncodeOptions
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
+from sdfleet.batch.manifest import MAX_SIDE_PX
 from sdfleet.batch.prompt_options import PromptOptions
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ Dtype = Annotated[
     BeforeValidator(_canonical(*DTYPES.values(), aliases=DTYPES)),
 ]
 Frozen = ConfigDict(extra="forbid", frozen=True)
+MAX_PERLIN_CELLS = 512
 
 
 def clip_field_names() -> list[str]:
@@ -174,8 +176,8 @@ class AnimationJob(PromptOptions):
     ] = "2D"
     max_frames: int = Field(120, ge=1, le=100_000)
     fps: float = Field(15, gt=0, le=240)
-    width: int = Field(512, ge=8, le=8192, validation_alias=AliasChoices("width", "W"))
-    height: int = Field(512, ge=8, le=8192, validation_alias=AliasChoices("height", "H"))
+    width: int = Field(512, ge=8, le=MAX_SIDE_PX, validation_alias=AliasChoices("width", "W"))
+    height: int = Field(512, ge=8, le=MAX_SIDE_PX, validation_alias=AliasChoices("height", "H"))
     init_image: str | None = None
     # what schedules read besides their text (anim.audio, anim.parseq)
     audio: AudioSpec | None = Field(None, description="sound file whose series drive schedules")
@@ -209,8 +211,10 @@ class AnimationJob(PromptOptions):
     sigma_schedule: Schedule = "0:(1.0)"
     threshold_schedule: Schedule = "0:(0.0)"
     noise_type: Literal["uniform", "perlin"] = "perlin"
-    perlin_w: int = Field(8, ge=1)
-    perlin_h: int = Field(8, ge=1)
+    # cells across the first octave; each octave doubles them (a cell under a pixel is white
+    # noise, and the lattice grows with the count: 100000 asked for gigabytes a frame)
+    perlin_w: int = Field(8, ge=1, le=MAX_PERLIN_CELLS)
+    perlin_h: int = Field(8, ge=1, le=MAX_PERLIN_CELLS)
     perlin_octaves: int = Field(4, ge=1, le=7)
     perlin_persistence: float = Field(0.5, gt=0, le=1)
     diffusion_cadence: int = Field(1, ge=1, le=50)

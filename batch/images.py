@@ -10,15 +10,22 @@ alpha drops it, showing whatever colour the transparent pixels happen to store. 
 - CMYK, YCbCr, LAB, palette, 1-bit: converted through PIL's colour conversions;
 - EXIF orientation is applied (a phone photo stored sideways is turned upright, as viewers show
   it).
+
+Validation reads only headers (`input_image_problems`, `image_header_problems`): a path or URI
+that cannot be read, or a file that holds no image, is found before any model loads.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, uri_read_problems
 
 BACKGROUND = (255, 255, 255)
 
@@ -87,6 +94,28 @@ def image_header_problems(source: bytes | str | Path) -> list[str]:
             f"{head!r}); give a PNG, JPEG or WEBP image (or another format Pillow reads)"
         ]
     return []
+
+
+def input_image_problems(
+    image: Any, base_dir: Path | None, relative_to: str = "the manifest's folder"
+) -> list[str]:
+    """Why an image column's value (encoded bytes, a path, a URI) cannot be read, with the fix.
+    Files (local paths, file:// URIs) must exist and hold an image by their header
+    (`batch.images.image_header_problems`); object stores are not asked (no network at
+    validation); encoded bytes are only checked for being there: bytes that do not decode fail
+    their own row, as a corrupt image of a dataset does."""
+    if isinstance(image, bytes):
+        return ["empty bytes; give the encoded image or a path"] if image == b"" else []
+    if not isinstance(image, str):
+        return ["give encoded image bytes or a path/URI string"]
+    if is_uri(image):
+        if problems := uri_read_problems(image):
+            return problems
+        return image_header_problems(local_path(image)) if is_local(image) else []
+    path = resolve_path(image, base_dir)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        return [f"no readable file at {path}; fix the path (relative paths are from {relative_to})"]
+    return image_header_problems(path)
 
 
 def _first_bytes(path: Path, size: int = 8) -> bytes:

@@ -10,7 +10,6 @@ documented in manifests/SCHEMA.md.
 from __future__ import annotations
 
 import math
-import os
 import re
 import string
 from array import array
@@ -22,13 +21,12 @@ import numpy as np
 import pyarrow as pa
 
 from sdfleet.batch.conditioning import inpaint_issues
-from sdfleet.batch.controlnets import control_issues
 from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.file_names import file_name_problems, id_character_problems
-from sdfleet.batch.images import image_header_problems
+from sdfleet.batch.images import input_image_problems
 from sdfleet.batch.outputs import output_name
-from sdfleet.batch.paths import is_local, is_uri, local_path, resolve_path, uri_read_problems
+from sdfleet.batch.paths import is_uri
 from sdfleet.batch.prompt_checks import AdapterContext, row_prompt_issues
 from sdfleet.batch.request import (
     KNOWN_COLUMNS,
@@ -227,18 +225,11 @@ def row_problems(
         *_number_issues(row, defaults),
         *_init_image_issues(row, defaults, base_dir),
         *inpaint_issues(row, defaults.mask_from_boxes, base_dir),
-        *_control_issues(row, defaults, base_dir),
         *_mask_uri_issues(row),
         *_scheduler_issues(row_value(row, defaults, "scheduler")),
         *_adapter_issues(row, defaults, base_dir),
     ]
     return [Problem(source, index, row.get("id"), *issue) for issue in issues]
-
-
-def _control_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
-    """The job's ControlNet units against this row (`batch.controlnets.control_issues`)."""
-    masked = row.get("mask_image") is not None or defaults.mask_from_boxes is not None
-    return control_issues(row, defaults.controlnets, masked, base_dir)
 
 
 def _adapter_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
@@ -415,29 +406,6 @@ def _strength_without_image_issues(strength: Any) -> list[Issue]:
         "give the row its init_image, or leave strength empty on rows without one"
     )
     return [("strength", strength, fix)]
-
-
-def input_image_problems(image: Any, base_dir: Path | None) -> list[str]:
-    """Why an image column's value (encoded bytes, a path, a URI) cannot be read, with the fix.
-    Files (local paths, file:// URIs) must exist and hold an image by their header
-    (`batch.images.image_header_problems`); object stores are not asked (no network at
-    validation); encoded bytes are only checked for being there: bytes that do not decode fail
-    their own row, as a corrupt image of a dataset does."""
-    if isinstance(image, bytes):
-        return ["empty bytes; give the encoded image or a path"] if image == b"" else []
-    if not isinstance(image, str):
-        return ["give encoded image bytes or a path/URI string"]
-    if is_uri(image):
-        if problems := uri_read_problems(image):
-            return problems
-        return image_header_problems(local_path(image)) if is_local(image) else []
-    path = resolve_path(image, base_dir)
-    if not path.is_file() or not os.access(path, os.R_OK):
-        return [
-            f"no readable file at {path}; fix the path (relative paths are from the "
-            "manifest's folder)"
-        ]
-    return image_header_problems(path)
 
 
 def _mask_uri_issues(row: dict) -> list[Issue]:

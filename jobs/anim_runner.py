@@ -37,6 +37,7 @@ from sdfleet.anim.ray_clips import (
 )
 from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
+from sdfleet.batch.images import input_image_problems
 from sdfleet.batch.model_checks import check_model_files
 from sdfleet.batch.models import model_spec
 from sdfleet.batch.out_lock import check_out_folder, hold_out
@@ -177,12 +178,16 @@ def clip_problems(job: AnimationJob) -> list[str]:
     problems = []
     for message in scheduler_name_problems(job.scheduler):
         problems.append(f"scheduler: {message}{suggest_name(job.scheduler, SCHEDULERS)}")
-    for field, value in (("init_image", job.init_image), ("soundtrack", job.video.soundtrack)):
-        if value is not None and not is_uri(value) and not Path(value).is_file():
-            problems.append(
-                f"{field}: {value!r} does not exist; fix the path (relative paths "
-                "are from the job file's folder)"
-            )
+    if job.init_image is not None:  # a URI that cannot be read, a missing file, no image
+        folder = "the job file's folder"
+        for problem in input_image_problems(job.init_image, None, relative_to=folder):
+            problems.append(f"init_image: {job.init_image!r}: {problem}")
+    soundtrack = job.video.soundtrack
+    if soundtrack is not None and not is_uri(soundtrack) and not Path(soundtrack).is_file():
+        problems.append(
+            f"soundtrack: {soundtrack!r} does not exist; fix the path (relative paths "
+            "are from the job file's folder)"
+        )
     return problems
 
 

@@ -90,7 +90,7 @@ def test_problems_are_found_before_any_model_loads(tmp_path: Path, monkeypatch, 
 
 
 def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> None:
-    (tmp_path / "bad.png").write_bytes(b"not a png")
+    (tmp_path / "bad.png").write_bytes(shape_image_png(2)[:60])  # a good header, then cut off
     (tmp_path / "start.png").write_bytes(shape_image_png(2, size=48))  # resized to 64x64
     job = write_job(
         tmp_path,
@@ -108,7 +108,7 @@ def test_clips_job_with_one_failing_clip(tiny_dir, tmp_path: Path, capsys) -> No
     assert (summary["ok"], summary["error"]) == (2, 1)
     assert probe_video(out / "calm" / "calm.mp4")["frames"] == 3
     assert probe_video(out / "spin" / "spin.mp4")["frames"] == 3
-    assert "bad: error: UnidentifiedImageError" in capsys.readouterr().out
+    assert "bad: error: OSError: image file is truncated" in capsys.readouterr().out
 
 
 def test_parquet_clip_manifest(tiny_dir, tmp_path: Path) -> None:
@@ -175,7 +175,7 @@ def test_validate_checks_an_animation_job_like_run(tmp_path: Path, capsys) -> No
 
 
 def test_allow_row_errors_covers_failed_clips(tiny_dir, tmp_path: Path) -> None:
-    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "broken.png").write_bytes(shape_image_png(2)[:60])  # fails when it is decoded
     clips = [{"id": "fine"}, {"id": "bad", "init_image": "broken.png"}]
     job = write_job(tmp_path, "clips", max_frames=2, clips=clips)
     assert run(job, tmp_path / "out", "--executor", "local") == EXIT_ROWS_FAILED

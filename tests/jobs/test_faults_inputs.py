@@ -286,3 +286,54 @@ def test_motion_within_the_canvas_is_fine(tmp_path, capsys):
     motion = {"translation_x": "0:(32)", "translation_y": "0:(-32)", "kernel_schedule": "0:(63)"}
     job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4} | motion))
     assert main(["validate", str(job)]) == EXIT_OK
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"zoom": "0:(0)"}, "zoom: gives 0 at frame 0; expected a value >= 0.5 and <= 2"),
+        ({"zoom": "0:(-1.5)"}, "zoom: gives -1.5 at frame 0"),
+        ({"zoom": "0:(1e9)"}, "zoom: gives 1e+09 at frame 0"),
+        ({"strength_schedule": "0:(1.2)"}, "strength_schedule: gives 1.2 at frame 0"),
+        ({"strength_schedule": "0:(-0.1)"}, "strength_schedule: gives -0.1 at frame 0"),
+        ({"cfg_scale_schedule": "0:(1e30)"}, "cfg_scale_schedule: gives 1e+30 at frame 0"),
+        ({"amount_schedule": "0:(1e30)"}, "amount_schedule: gives 1e+30 at frame 0"),
+        ({"fps": -8}, "fps: Input should be greater than 0 (got -8)"),
+        ({"fps": 0}, "fps: Input should be greater than 0 (got 0)"),
+        ({"max_frames": -4}, "max_frames: Input should be greater than or equal to 1 (got -4)"),
+        ({"max_frames": 0}, "max_frames: Input should be greater than or equal to 1 (got 0)"),
+        ({"W": 65536}, "W: Input should be less than or equal to 4096 (got 65536)"),
+        ({"H": -64}, "H: Input should be greater than or equal to 8 (got -64)"),
+        ({"perlin_w": 100000}, "perlin_w: Input should be less than or equal to 512 (got 100000)"),
+    ],
+)
+def test_animation_values_out_of_bounds(tmp_path, capsys, no_model_loads, fields, said):
+    assert said in anim_refused(tmp_path, capsys, **fields)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("http://example.com/start.png", "init_image: 'http://example.com/start.png': http://"),
+        ("file:///nowhere/start.png", "no file at /nowhere/start.png"),
+        ("nowhere/start.png", "no readable file at {tmp}/nowhere/start.png; fix the path"),
+        ("start.txt", "not an image the readers can decode (UnidentifiedImageError"),
+    ],
+)
+def test_an_animation_init_image_that_cannot_be_read(tmp_path, capsys, no_model_loads, value, said):
+    """Found with the clip's files (a clip's relative path is from its own folder), before
+    any model loads; named by clip id and field."""
+    (tmp_path / "start.txt").write_text("a boat on a lake")
+    job = tmp_path / "clip.yaml"
+    job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4, "init_image": value}))
+    err = refused(job, tmp_path, capsys)
+    assert "animation job:   clip: init_image: " in err and said.format(tmp=tmp_path) in err
+
+
+def test_an_animation_init_image_that_is_an_image_passes(tmp_path, capsys):
+    from sdfleet.jobs.examples import shape_image_png
+
+    (tmp_path / "start.png").write_bytes(shape_image_png(2))
+    job = tmp_path / "clip.yaml"
+    job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4, "init_image": "start.png"}))
+    assert main(["validate", str(job)]) == EXIT_OK

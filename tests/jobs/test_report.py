@@ -54,7 +54,7 @@ def null_out(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("null_out")
     (folder / "src").mkdir()
     (folder / "src" / "good.png").write_bytes(shape_image_png(2))
-    (folder / "src" / "bad.png").write_bytes(b"not a png")
+    (folder / "src" / "bad.png").write_bytes(shape_image_png(2)[:60])  # a header, cut off
     rows = [
         {"id": f"{p}-{s}", "prompt": f"a {p}, {s}", "style": s, "product": p, "seed": i}
         for i, (p, s) in enumerate((p, s) for p in ("mug", "lamp") for s in ("oil", "ink"))
