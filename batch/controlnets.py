@@ -67,18 +67,24 @@ class ControlNetUse:
 
 
 def check_controlnet_files(
-    units: Sequence[ControlNetUse], base_unet: dict | None, allow_pickle: bool
+    units: Sequence[ControlNetUse],
+    base_unet: dict | None,
+    allow_pickle: bool,
+    pickle_suffixes: tuple[str, ...],
 ) -> None:
     """ModelError naming `controlnets[i].model`, the value and the fix, for a unit that would
     not load or does not fit the model; `base_unet`: the model's UNet config where it can be
-    read without loading (None: compared when the model has loaded)."""
+    read without loading (None: compared when the model has loaded); `pickle_suffixes`: the
+    weight files refused without allow_pickle (`batch.models.PICKLE_SUFFIXES`)."""
     for index, unit in enumerate(units):
-        config = read_controlnet_config(unit.model, index, allow_pickle)
+        config = read_controlnet_config(unit.model, index, allow_pickle, pickle_suffixes)
         if base_unet is not None:
             check_fits_base(config, base_unet, unit.model, index)
 
 
-def read_controlnet_config(name: str, index: int, allow_pickle: bool) -> dict[str, Any]:
+def read_controlnet_config(
+    name: str, index: int, allow_pickle: bool, pickle_suffixes: tuple[str, ...]
+) -> dict[str, Any]:
     """The config.json of a ControlNet folder, after checking it is one with usable weights."""
     where = f"controlnets[{index}].model: {name!r}"
     folder = resolve_path(name)
@@ -101,17 +107,15 @@ def read_controlnet_config(name: str, index: int, allow_pickle: bool) -> dict[st
             "sdfleet runs diffusers ControlNets (SD 1.x/2.x, SDXL): convert it, or give "
             "another folder"
         )
-    _check_weights(folder, where, allow_pickle)
+    _check_weights(folder, where, allow_pickle, pickle_suffixes)
     return config
 
 
-def _check_weights(folder: Path, where: str, allow_pickle: bool) -> None:
-    from sdfleet.batch.models import PICKLE_SUFFIXES  # models imports this module
-
+def _check_weights(folder: Path, where: str, allow_pickle: bool, suffixes: tuple) -> None:
     names = [p.name for p in folder.iterdir() if p.is_file()]
     if any(n.endswith(".safetensors") for n in names):
         return
-    pickled = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    pickled = sorted(n for n in names if n.endswith(suffixes))
     if pickled and allow_pickle:
         return
     if pickled:

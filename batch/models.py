@@ -121,7 +121,8 @@ def resolve_model_source(spec: ModelSpec) -> ModelSource:
     if spec.controlnets:
         from sdfleet.batch.controlnets import check_controlnet_files
 
-        check_controlnet_files(spec.controlnets, base_unet_config(source), spec.allow_pickle)
+        base = base_unet_config(source)
+        check_controlnet_files(spec.controlnets, base, spec.allow_pickle, PICKLE_SUFFIXES)
     return source
 
 
