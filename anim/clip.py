@@ -121,6 +121,16 @@ def write_status(paths: ClipPaths, payload: Mapping[str, Any]) -> None:
     write_atomic(paths.status, json.dumps(stamped, indent=2).encode() + b"\n")
 
 
+def mark_interrupted(paths: ClipPaths) -> None:
+    """A clip left `running` by an interrupt (SIGINT, SIGTERM; in this process or in a Ray
+    actor the interrupt took down) says so, with the frames its saved state counts: what a
+    rerun continues from."""
+    status = read_status(paths)
+    if status and status.get("status") == "running":
+        frames = saved_frames(paths.state)
+        write_status(paths, status | {"status": "interrupted", "frames_written": frames})
+
+
 def is_finished(paths: ClipPaths, print_: str) -> bool:
     """True when the folder holds this exact clip, rendered and encoded."""
     status = read_status(paths) or {}

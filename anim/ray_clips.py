@@ -191,6 +191,8 @@ def status_row(
     out |= {"id": str(row["id"]), "folder": str(row.get("root"))}
     if error is not None:
         out |= {"status": "error", "error": error[:2000]}
+    elif out["status"] == "interrupted":  # `anim.clip.mark_interrupted`
+        out["error"] = f"interrupted after {out['frames_written']} frames; run again to continue"
     elif out["status"] != "ok":
         out |= {"status": "error", "error": out["error"] or "the clip did not finish"}
     return out

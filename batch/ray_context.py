@@ -18,6 +18,8 @@ import enum
 import logging
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -57,6 +59,9 @@ def connect(address: str | None) -> None:
     # (file listing, reads, the checkpoint filter, writes) need slots of their own beside the
     # replica, which uses every core through torch threads, or the pipeline deadlocks.
     num_cpus = None if address else (os.cpu_count() or 1) + 1
+    # ray.init replaces the SIGTERM handler with sys.exit(15); the command line's own (SIGTERM
+    # as Ctrl-C: statuses written, exit 1) stays
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(
             address=address or "local",  # None would join a running cluster, then refuse num_cpus
@@ -71,6 +76,8 @@ def connect(address: str | None) -> None:
             "address (ray status on the head prints it) or drop --address to "
             "start a local instance."
         ) from exc
+    if callable(sigterm) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sigterm)
 
 
 def alive_nodes() -> list[NodeResources]:

@@ -26,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdfleet.anim.clip import check_resumable, with_absolute_paths
+from sdfleet.anim.clip import check_resumable, mark_interrupted, with_absolute_paths
 from sdfleet.anim.plan import FrameRecord, compile_plan
 from sdfleet.anim.probe import find_ffmpeg
 from sdfleet.anim.ray_clips import (
     ClipTask,
+    collect_statuses,
     read_clip_manifest,
     run_clips_local,
     run_clips_ray,
@@ -58,8 +59,11 @@ def run_animation_job(
     executor: str | None,
     address: str | None,
     show_progress: bool = True,
+    output: str = "text",
 ) -> int:
-    """Render every clip of `job` (see the module doc); returns the exit status."""
+    """Render every clip of `job` (see the module doc); returns the exit status. `output`:
+    what is printed after the run: "text" (a line per clip), "json" (the summary on stdout)
+    or "quiet" (nothing)."""
     started = time.time()
     out = out or default_out(job_path)
     # 1. the clips, and every check that needs no model (as `validate` makes them)
@@ -68,10 +72,19 @@ def run_animation_job(
     #    told otherwise
     executor = executor or ("ray" if job.clips or job.clips_manifest else "local")
     with hold_out(out, "animation"):
-        rows = render_tasks(tasks, out, executor, address, header(job_path), show_progress)
+        try:
+            rows = render_tasks(tasks, out, executor, address, header(job_path), show_progress)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM (`jobs.cli`): the statuses tell the truth
+            for task in tasks:
+                mark_interrupted(task.paths)
+            write_summary(clip_root(out), collect_statuses(tasks), executor, time.time() - started)
+            raise
         # 3. summary and report
-        write_summary(clip_root(out), rows, executor, time.time() - started)
-    report_clips(rows)
+        summary = write_summary(clip_root(out), rows, executor, time.time() - started)
+    if output == "json":
+        print(json.dumps(summary, indent=2))
+    elif output == "text":
+        report_clips(rows)
     return EXIT_OK if all(row["status"] == "ok" for row in rows) else EXIT_ROWS_FAILED
 
 
@@ -215,17 +228,22 @@ def render_tasks(
         return run_clips_local(tasks, header, bar.update)
 
 
-def write_summary(root: Path, rows: list[dict[str, Any]], executor: str, wall_s: float) -> None:
+def write_summary(
+    root: Path, rows: list[dict[str, Any]], executor: str, wall_s: float
+) -> dict[str, Any]:
     ok = sum(row["status"] == "ok" for row in rows)
+    stopped = sum(row["status"] in ("interrupted", "running") for row in rows)
     summary = {
         "executor": executor,
         "clips": len(rows),
         "ok": ok,
-        "error": len(rows) - ok,
+        "error": len(rows) - ok - stopped,
+        "interrupted": stopped,  # a rerun continues them
         "wall_s": round(wall_s, 3),
         "statuses": rows,
     }
     write_atomic(root / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
 
 
 def run_demo_clip(out: Path, show_progress: bool = False) -> int:

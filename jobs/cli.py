@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sdfleet.batch.errors import PipelineError, SdfleetError
@@ -23,7 +28,8 @@ logger = logging.getLogger("sdfleet")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdfleet", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    add_verbosity(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a batch or animation job")
     run.add_argument("job", type=Path)
@@ -31,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["ray", "local"], help="override the job's executor")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local one)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--json", action="store_true", help="print the run's summary (summary.json) to stdout"
+    )
     run.add_argument(
         "--allow-row-errors",
         action="store_true",
@@ -55,7 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--executor", choices=["ray", "local"], default=None)
     add_contributed_commands(sub)
+    for command in sub.choices.values():  # `sdfleet run job.yaml -q` as well as `sdfleet -q run`
+        add_verbosity(command, default=argparse.SUPPRESS)
     return parser
+
+
+def add_verbosity(parser: argparse.ArgumentParser, default: object) -> None:
+    """-v / -q on `parser`; a sub-command's SUPPRESS default leaves the main parser's value
+    unless the flag is given after the sub-command. One a contributed command already
+    defines is its own."""
+    for flags, dest, text in (
+        (("-v", "--verbose"), "verbose", "debug logging"),
+        (("-q", "--quiet"), "quiet", "errors only: no progress bar, no lines after the run"),
+    ):
+        try:
+            parser.add_argument(*flags, dest=dest, action="store_true", default=default, help=text)
+        except argparse.ArgumentError:
+            pass
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sdfleet")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
 
 
 COMMAND_GROUP = "sdfleet.commands"
@@ -89,12 +123,21 @@ def add_contributed_commands(sub) -> None:
 def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
     """Run one command; the exit status. `actor_class`: the batch replica actor (default
     `batch.actor.GenerateBatch`); tests and benchmarks pass a subclass."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v and -q: give one of them")
     args.actor_class = actor_class
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if args.verbose else logging.ERROR if args.quiet else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    plain_terminal()
+    with sigterm_as_interrupt():
+        return run_command(args)
+
+
+def run_command(args) -> int:
     commands = {
         "run": cmd_run,
         "validate": cmd_validate,
@@ -114,6 +157,36 @@ def main(argv: list[str] | None = None, actor_class: type | None = None) -> int:
     except KeyboardInterrupt:
         print("sdfleet: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_CRASH
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job, `kill`) takes the path Ctrl-C takes: statuses
+    written, exit 1, resumable. The handler before is back once the command returns."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers (a caller running main() in a thread)
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def plain_terminal() -> None:
+    """NO_COLOR (https://no-color.org), or stderr that is not a terminal: no colour codes,
+    Ray's log prefixes included (Ray reads RAY_COLOR_PREFIX as each line is printed)."""
+    if os.environ.get("NO_COLOR") or not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+
+
+def output_mode(args) -> str:
+    """What `run` prints after the run: the summary as JSON, nothing, or the lines."""
+    return "json" if args.json else "quiet" if args.quiet else "text"
 
 
 def cmd_validate(args) -> int:
@@ -160,7 +233,13 @@ def cmd_run(args) -> int:
         from sdfleet.jobs.anim_runner import run_animation_job
 
         status = run_animation_job(
-            job, args.job, args.out, args.executor, args.address, show_progress=not args.no_progress
+            job,
+            args.job,
+            args.out,
+            args.executor,
+            args.address,
+            show_progress=show_progress(args),
+            output=output_mode(args),
         )
     else:
         from sdfleet.batch.actor import GenerateBatch
@@ -172,11 +251,16 @@ def cmd_run(args) -> int:
             args.out,
             args.executor or job.executor,
             args.address,
-            show_progress=not args.no_progress,
+            show_progress=show_progress(args),
             actor_class=args.actor_class or GenerateBatch,
             retry_errors=args.retry_errors,
+            output=output_mode(args),
         )
     return EXIT_OK if status == EXIT_ROWS_FAILED and args.allow_row_errors else status
+
+
+def show_progress(args) -> bool:
+    return not (args.no_progress or args.quiet)
 
 
 def cmd_demo(args) -> int:

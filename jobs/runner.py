@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -182,12 +183,18 @@ def run_batch(
     show_progress: bool = True,
     actor_class: type[GenerateBatch] = GenerateBatch,
     retry_errors: bool = False,
+    output: str = "text",
 ) -> int:
-    """`sdfleet run` of a batch job: check, run with a progress bar, report; the exit status."""
+    """`sdfleet run` of a batch job: check, run with a progress bar, report; the exit status.
+    `output`: what is printed after the run: "text" (counts, rate, errors), "json" (the
+    summary on stdout) or "quiet" (nothing)."""
     prepared = prepare_batch_job(job, job_path, out)
     with progress_bar(prepared.expected_outputs, show_progress) as bar:
         summary = run_batch_job(prepared, executor, bar.update, address, actor_class, retry_errors)
-    report_batch(summary, prepared.config.out_uri)
+    if output == "json":
+        print(json.dumps(summary, indent=2))
+    elif output == "text":
+        report_batch(summary, prepared.config.out_uri)
     return exit_status(summary)
 
 
@@ -230,15 +237,20 @@ def _run_held(
     if retry_errors:
         retried = forget_failed_rows(out, checkpoint_uri(prepared.job, out))
         stats.extra["retried_failed_rows"] = retried
-    if executor == "local":
-        run_local(prepared.config, prepared.files, stats, progress, actor_class)
-    elif executor == "ray":
-        from sdfleet.batch.ray_runner import run_ray
+    try:
+        if executor == "local":
+            run_local(prepared.config, prepared.files, stats, progress, actor_class)
+        elif executor == "ray":
+            from sdfleet.batch.ray_runner import run_ray
 
-        options = prepared.job.ray
-        run_ray(prepared.config, prepared.files, stats, progress, options, address, actor_class)
-    else:
-        raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
+            options = prepared.job.ray
+            run_ray(prepared.config, prepared.files, stats, progress, options, address, actor_class)
+        else:
+            raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM (`jobs.cli`): summary.json counts what is done
+        stats.extra["interrupted"] = True
+        summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors)
+        raise
     return summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors)
 
 
