@@ -21,6 +21,13 @@ scheduler on a pipeline derived with `from_pipe`, the NaN check); on top of it t
    (0: Deforum's strength 1, keep the previous frame) runs no model, the prepared picture is the
    frame.
 
+ControlNet (the job's `controlnets`, loaded with the model): a 2D img2img frame's control image
+is made from its prepared init, the previous frame warped by the motion (colour-matched,
+contrast, noise: the picture img2img starts from, Deforum's ControlNet "loopback" input), by each
+unit's preprocessor (seeded by the frame's seed), so motion keeps the structure the previous
+frame had. Frame 0 without an init image has no previous frame and runs without ControlNet; walk
+frames (txt2img) run without it too.
+
 Failure policy: a frame whose output has NaN/inf values (fp16 overflow) raises
 `GenerationError` naming the frame(s); the clip runner decides what that means for the clip.
 """
@@ -38,7 +45,7 @@ from sdfleet.anim.plan import FrameRecord
 from sdfleet.batch.adapters import adapter_key
 from sdfleet.batch.errors import GenerationError
 from sdfleet.batch.prompt_checks import AdapterContext
-from sdfleet.batch.sampler import NAN_FIX, PromptEmbeds, Sample, Sampler
+from sdfleet.batch.sampler import NAN_FIX, Control, PromptEmbeds, Sample, Sampler
 from sdfleet.batch.schedulers import img2img_steps
 
 if TYPE_CHECKING:
@@ -65,17 +72,20 @@ class PipelineFrames:
         height: int,
         scheduler: str | None,
         adapters: AdapterContext | None = None,
+        controlnets: tuple = (),
     ) -> None:
         # a Sampler is shared by the clips of one actor (its derived pipelines are cached)
         self.sampler = model if isinstance(model, Sampler) else Sampler(model)
         self.width, self.height = width, height
         self.scheduler = scheduler
         self.adapters = adapters or AdapterContext()
+        self.controlnets = controlnets  # `batch.controlnets.ControlNetUse`s, loaded in model
         self._texts: dict[tuple[str, tuple], Any] = {}
 
     @classmethod
     def for_job(cls, model: Sampler | Pipelines, job: AnimationJob) -> PipelineFrames:
-        return cls(model, job.width, job.height, job.scheduler, job.adapters(None))
+        units = tuple(unit.use() for unit in job.controlnets)
+        return cls(model, job.width, job.height, job.scheduler, job.adapters(None), units)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -139,7 +149,23 @@ class PipelineFrames:
                 record.denoise,
             )
             return init
-        return self._run([record], image=init.unsqueeze(0), strength=record.denoise)[0]
+        control = self.control(record, init)
+        image = init.unsqueeze(0)  # (1, 3, H, W)
+        return self._run([record], image=image, strength=record.denoise, control=control)[0]
+
+    def control(self, record: FrameRecord, init: torch.Tensor) -> Control | None:
+        """The frame's ControlNet conditioning, from its prepared init (3, H, W) in [0, 1]."""
+        if not self.controlnets:
+            return None
+        from sdfleet.batch.controlnets import control_images
+        from sdfleet.batch.replica import to_pil
+
+        picture = to_pil(init.permute(1, 2, 0).numpy())  # (H, W, 3) uint8, as frames are
+        size = (self.width, self.height)
+        images = control_images(
+            self.controlnets, [None] * len(self.controlnets), picture, size, record.seed, None
+        )
+        return Control.of_units(self.controlnets, [[image] for image in images])
 
     def walk(self, records: Sequence[FrameRecord], noise: torch.Tensor) -> torch.Tensor:
         """txt2img of records sharing steps and cfg, from initial noise (B, C, h, w); one

@@ -50,6 +50,7 @@ from sdfleet.anim.rules import SCHEDULE_RULES, job_problems
 from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS, EncodeOptions
+from sdfleet.batch.controlnets import ControlNetOption
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
 from sdfleet.batch.manifest import MAX_SIDE_PX
 from sdfleet.batch.prompt_options import PromptOptions
@@ -170,6 +171,9 @@ class AnimationJob(PromptOptions):
     scheduler: str = Field("euler", pattern=r"^[a-z0-9_+\-]+$")
     device: str | None = Field(None, pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     dtype: Dtype = None
+    controlnets: list[ControlNetOption] = Field(
+        default_factory=list, max_length=8, description="2D: from each prepared previous frame"
+    )
     # clip
     animation_mode: Annotated[
         Literal["2D", "interpolation"], BeforeValidator(_canonical("2D", "interpolation"))

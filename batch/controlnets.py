@@ -16,7 +16,7 @@ Checks before a model loads (`check_controlnet_files`): the folder exists and is
 `ControlNetModel` with loadable weights (safetensors unless allow_pickle), made for the model's
 base (the UNet's cross-attention width, block widths and SDXL's added conditioning must match).
 
-Pure: the standard library, PIL and `batch.control` (OpenCV); no torch.
+Pure: the standard library, pydantic, PIL and `batch.control` (OpenCV); no torch.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sdfleet.batch.control import (
     PREPROCESSORS,
     RESIZE_MODES,
     fit_to_size,
     preprocess,
+    preprocessor_problems,
     preprocessor_settings,
 )
 from sdfleet.batch.errors import ModelError
@@ -61,6 +64,34 @@ class ControlNetUse:
 
     def __post_init__(self) -> None:
         assert self.preprocessor in PREPROCESSORS and self.resize_mode in RESIZE_MODES
+
+
+class ControlNetOption(BaseModel):
+    """A job's `controlnets:` entry (batch and animation jobs): one unit, applied to every row
+    or frame; validated once, at the edge, then used as its `ControlNetUse`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="a diffusers ControlNet folder")
+    scale: float = Field(1.0, ge=0, le=4, description="controlnet_conditioning_scale")
+    start: float = Field(0.0, ge=0, le=1, description="share of the steps before it acts")
+    end: float = Field(1.0, ge=0, le=1, description="share of the steps after which it stops")
+    preprocessor: str = Field("none", description="none, canny, tile or shuffle")
+    preprocessor_options: dict[str, float] = Field(default_factory=dict)
+    resize_mode: Literal[RESIZE_MODES] = "crop"  # type: ignore[valid-type]
+    image_column: str = Field(CONTROL_COLUMN, description="the manifest column of its image")
+
+    @model_validator(mode="after")
+    def _usable(self) -> ControlNetOption:
+        if problems := preprocessor_problems(self.preprocessor, self.preprocessor_options):
+            raise ValueError("; ".join(problems))
+        if self.start >= self.end:
+            raise ValueError(f"start {self.start} must be below end {self.end}")
+        return self
+
+    def use(self) -> ControlNetUse:
+        values = self.model_dump(exclude={"preprocessor_options"})
+        return ControlNetUse(**values, options=tuple(sorted(self.preprocessor_options.items())))
 
 
 # ------------------------------------------------------------------------------ before loading

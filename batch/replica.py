@@ -205,12 +205,8 @@ def sample_of(rows: list[tuple[GenRequest, RowInputs]], controlnets: tuple = ())
         "loras": first.loras,
     }
     if controlnets:
-        common["control"] = Control(
-            images=[[p.controls[k] for _, p in rows] for k in range(len(controlnets))],
-            scales=[unit.scale for unit in controlnets],
-            starts=[unit.start for unit in controlnets],
-            ends=[unit.end for unit in controlnets],
-        )
+        images = [[p.controls[k] for _, p in rows] for k in range(len(controlnets))]
+        common["control"] = Control.of_units(controlnets, images)  # (units, B)
     if first.mode == "img2img":
         return Sample(**common, image=[p.main for _, p in rows], strength=first.strength)
     if first.mode == "inpaint":

@@ -102,6 +102,16 @@ class Control:
     starts: Sequence[float]  # control_guidance_start
     ends: Sequence[float]  # control_guidance_end
 
+    @classmethod
+    def of_units(cls, units: Sequence[Any], images: Sequence[Sequence[Any]]) -> Control:
+        """For a job's `batch.controlnets.ControlNetUse`s and, per unit, its B images."""
+        return cls(
+            images=images,
+            scales=[unit.scale for unit in units],
+            starts=[unit.start for unit in units],
+            ends=[unit.end for unit in units],
+        )
+
     def kwargs(self, image_key: str) -> dict[str, Any]:
         """diffusers' arguments: one ControlNet takes scalars and its B images; several take
         lists, and per ControlNet a (B, 3, H, W) tensor in [0, 1] (diffusers' img2img refuses

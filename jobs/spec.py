@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sdfleet.batch.control import RESIZE_MODES, preprocessor_problems
-from sdfleet.batch.controlnets import CONTROL_COLUMN, ControlNetUse
+from sdfleet.batch.controlnets import ControlNetOption
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
 from sdfleet.batch.masks import MaskFromBoxes, mask_from_boxes_problems
@@ -96,31 +95,6 @@ class MaskFromBoxesOptions(Strict):
         if problems := mask_from_boxes_problems(value, "pixel"):
             raise ValueError("; ".join(problems))
         return value
-
-
-class ControlNetOption(Strict):
-    """One ControlNet unit (`batch.controlnets`): applied to every row, several at once."""
-
-    model: str = Field(description="a diffusers ControlNet folder")
-    scale: float = Field(1.0, ge=0, le=4, description="controlnet_conditioning_scale")
-    start: float = Field(0.0, ge=0, le=1, description="share of the steps before it acts")
-    end: float = Field(1.0, ge=0, le=1, description="share of the steps after which it stops")
-    preprocessor: str = Field("none", description="none, canny, tile or shuffle")
-    preprocessor_options: dict[str, float] = Field(default_factory=dict)
-    resize_mode: Literal[RESIZE_MODES] = "crop"  # type: ignore[valid-type]
-    image_column: str = Field(CONTROL_COLUMN, description="the manifest column of its image")
-
-    @model_validator(mode="after")
-    def _usable(self) -> ControlNetOption:
-        if problems := preprocessor_problems(self.preprocessor, self.preprocessor_options):
-            raise ValueError("; ".join(problems))
-        if self.start >= self.end:
-            raise ValueError(f"start {self.start} must be below end {self.end}")
-        return self
-
-    def use(self) -> ControlNetUse:
-        values = self.model_dump(exclude={"preprocessor_options"})
-        return ControlNetUse(**values, options=tuple(sorted(self.preprocessor_options.items())))
 
 
 class BatchJob(Strict, PromptOptions):
