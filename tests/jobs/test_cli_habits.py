@@ -4,6 +4,7 @@ the last with real signals sent to a real `sdfleet` process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -192,3 +193,40 @@ def test_sigterm_leaves_an_animation_status_that_says_interrupted(
     resumed = json.loads((out / "status.json").read_text())
     assert resumed["status"] == "ok" and resumed["frames_written"] == 40
     assert resumed["resumed_from"] == status["frames_written"]  # continued, not started over
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sigterm_stops_a_ray_run_with_exit_1_and_the_rerun_makes_the_rest_once(
+    tiny_dir, tmp_path, sdfleet_cache
+):
+    """On Ray too: ray.init sets its own SIGTERM handler (sys.exit(15)); ours stays."""
+    job = write_job(tmp_path, 40, executor="ray", ray={"rows_per_block": 2})
+    out = tmp_path / "out"
+    env = os.environ | {"SDFLEET_CACHE": str(sdfleet_cache), "RAY_AUTH_MODE": "disabled"}
+    command = [sys.executable, str(FAULTS), json.dumps({"sleep_s": 0.4})]
+    command += ["run", str(job), "--out", str(out), "--no-progress"]
+    first = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(list(out.glob("_checkpoint/*.parquet"))) >= 2, first, 240)
+        code, err = terminate(first)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # what the driver's Ray left behind
+    assert code == EXIT_CRASH, err
+    assert "interrupted; run the same command again to resume" in err
+    assert "Traceback" not in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] is True and summary["unique_outputs"] < 40
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == EXIT_OK, again.stderr
+    found = Counter(r["output_id"] for r in pq.read_table(out / "results").to_pylist())
+    assert len(found) == 40 and max(found.values()) == 1
