@@ -8,11 +8,17 @@ job model later is covered without anyone remembering to add it here.
 
 Both job kinds use it: the batch runner compares the settings with the job.yaml recorded in
 OUT (`settings_changes`, to say what changed); an animation clip hashes them with its plan
-(`fingerprint`) into its status and resume state. Pure: the standard library only.
+(`fingerprint`) into its status and resume state.
+
+Per row, the batch results record a request's parameters by value and the rest of its inputs
+as hashes (`inputs_fingerprint`, in the results column `INPUTS_COLUMN`): `batch.kept_rows`
+compares both with the manifest's rows before a resume keeps them. Pure: the standard library
+only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -83,3 +89,46 @@ def fingerprint(job: Mapping[str, Any], *parts: str) -> str:
         digest.update(part.encode())
     digest.update(json.dumps(pixel_settings(job), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+# The results column that holds a request's `inputs_fingerprint`.
+INPUTS_COLUMN = "inputs_sha256"
+
+
+def inputs_fingerprint(request: Any, recorded: frozenset[str]) -> str:
+    """``field=<12 hex>;...`` for every dataclass field of `request` not in `recorded`: the
+    per-row part of the resume fingerprint. The results record most of a request by value
+    (prompt, seed, steps ...), compared column by column on a resume; this covers the rest (an
+    init image's bytes, the inpainting mask and settings, control images, and any field added
+    later, without anyone remembering to add it), one short sha256 per field so that a change
+    can be named. Bytes are hashed, never kept."""
+    parts = []
+    for item in dataclasses.fields(request):
+        if item.name in recorded:
+            continue
+        text = json.dumps(_canonical(getattr(request, item.name)), sort_keys=True, default=str)
+        parts.append(f"{item.name}={hashlib.sha256(text.encode()).hexdigest()[:12]}")
+    return ";".join(parts)
+
+
+def inputs_changes(before: str, now: str) -> list[str]:
+    """The field names whose hashes differ between two `inputs_fingerprint`s."""
+    old, new = _fields(before), _fields(now)
+    return [name for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+
+
+def _fields(fingerprint: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in fingerprint.split(";") if "=" in part)
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-able form of a request field: bytes as their sha256, dataclasses as dicts."""
+    if isinstance(value, bytes):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return value

@@ -4,10 +4,12 @@ A rerun into OUT skips every committed id. The job's settings are compared with 
 (`batch.fingerprint`), but the manifest is data, not a setting: the same ids with new prompts
 would be reported "already done" while OUT holds the old pictures. `kept_row_changes` expands
 each committed row of the manifest as the replica would (`batch.actor.expand_rows`) and
-compares its generation parameters (`request_params`, the columns every result row records)
-and its outputs with the results, so a resume either keeps exactly the rows it would make, or
-is refused saying which changed. (An init image given as bytes is recorded as ``<bytes>``:
-for those, a change of path or of presence is seen, not one of the bytes.)
+compares its generation parameters (`request_params`, the columns every result row records),
+the hashes of the inputs recorded only as hashes (`batch.fingerprint.inputs_fingerprint`: an
+init image's bytes, the inpainting mask and its settings, control images, any request field
+added later) and its outputs with the results, so a resume either keeps exactly the rows it
+would make, or is refused saying which changed. A file's contents are not hashed: a path
+whose file was replaced since is kept (a new --out, or new ids, remake it).
 
 Memory: the committed results' parameter columns (Arrow), and one manifest chunk at a time.
 """
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 
 from sdfleet.batch.actor import RunConfig, expand_rows, request_params
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.fingerprint import INPUTS_COLUMN, inputs_changes
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.run import read_results
 from sdfleet.batch.sources import open_parquet
@@ -80,7 +83,7 @@ def _committed_params(out: OutputDir) -> pa.Table | None:
     if not paths:
         return None
     present = set(pq.read_schema(paths[0], filesystem=filesystem).names)
-    wanted = ["id", "output_id", "status", *sorted(_param_names())]
+    wanted = ["id", "output_id", "status", *sorted(_param_names()), INPUTS_COLUMN]
     return read_results(out, [name for name in wanted if name in present])
 
 
@@ -111,6 +114,7 @@ def _chunk_changes(config: RunConfig, rows: list[dict], had: list[dict]) -> list
     now: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for request in expand_rows(rows, config):
         params = request_params(request, config.model.model)
+        params[INPUTS_COLUMN] = request.carried.get(INPUTS_COLUMN)
         now[request.row_id][request.output_name] = params
     changes = []
     for row_id, outputs in now.items():
@@ -127,12 +131,19 @@ def _chunk_changes(config: RunConfig, rows: list[dict], had: list[dict]) -> list
 
 
 def _field_changes(row_id: str, output_id: str, was: dict, now: dict) -> list[str]:
+    """``row 'x': prompt 'a' -> 'b'``, or for what the results hold only as hashes (results
+    made before they held any are compared by their recorded columns alone), the fields."""
     names = [n for n in now if n in was and was[n] != now[n]]
+    if was.get(INPUTS_COLUMN) is None and INPUTS_COLUMN in names:  # an older part: no hashes
+        names.remove(INPUTS_COLUMN)
     if not names:
         return []
     where = f"row {row_id!r}" if row_id == output_id else f"row {row_id!r} ({output_id})"
-    said = ", ".join(f"{n} {_short(was[n])} -> {_short(now[n])}" for n in names[:3])
-    return [f"{where}: {said}"]
+    said = [f"{n} {_short(was[n])} -> {_short(now[n])}" for n in names if n != INPUTS_COLUMN]
+    if INPUTS_COLUMN in names and not said:
+        inputs = ", ".join(inputs_changes(was[INPUTS_COLUMN], now[INPUTS_COLUMN]))
+        said = [f"{inputs} changed (init image bytes, mask or control images)"]
+    return [f"{where}: {', '.join(said[:3])}"]
 
 
 def _short(value: Any) -> str:

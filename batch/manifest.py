@@ -24,6 +24,7 @@ from sdfleet.batch.conditioning import inpaint_issues
 from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.file_names import file_name_problems, id_character_problems
+from sdfleet.batch.fingerprint import INPUTS_COLUMN
 from sdfleet.batch.images import input_image_problems
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri
@@ -97,7 +98,7 @@ def check_columns(files: list[str]) -> None:
     column must have one type across the manifest's files (the results are one table)."""
     from sdfleet.batch.outputs import result_types
 
-    reserved = set(result_types()) - set(KNOWN_COLUMNS)
+    reserved = (set(result_types()) | {INPUTS_COLUMN}) - set(KNOWN_COLUMNS)
     first_seen: dict[str, tuple[pa.DataType, str]] = {}
     for path in files:
         schema = open_manifest_file(path).schema_arrow

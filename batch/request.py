@@ -14,6 +14,7 @@ from typing import Any
 from sdfleet.batch.adapters import EmbeddingUse, LoraUse, adapter_key
 from sdfleet.batch.controlnets import CONTROL_COLUMN, control_columns, controlnet_record
 from sdfleet.batch.datasets_io import image_source
+from sdfleet.batch.fingerprint import INPUTS_COLUMN, inputs_fingerprint
 from sdfleet.batch.masks import INPAINT_COLUMNS, MaskFromBoxes, row_boxes
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri, resolve_path
@@ -74,6 +75,18 @@ class Inpaint:
     blur: float = 4.0
     only_masked: bool = False
     padding: int = 32
+
+
+# GenRequest fields that name the output or that the results record by value
+# (`batch.actor.request_params`: loras and embeddings by name and hash), compared column by
+# column on a resume (`batch.kept_rows`). Every other field is in the row's INPUTS_COLUMN.
+RECORDED_FIELDS = frozenset(
+    {
+        *("row_id", "variant", "output_name", "carried", "prompt", "negative_prompt", "seed"),
+        *("num_inference_steps", "guidance_scale", "width", "height", "scheduler", "strength"),
+        *("loras", "embeddings"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,8 @@ def expand_row(
             local_source(row.get(unit.image_column), base_dir) for unit in defaults.controlnets
         ),
     )
+    # the inputs the results do not record by value, hashed (`batch.fingerprint`)
+    base.carried[INPUTS_COLUMN] = inputs_fingerprint(base, RECORDED_FIELDS)
     return [
         replace(
             base,

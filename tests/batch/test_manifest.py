@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest.mock import ANY
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from sdfleet.batch.errors import ManifestError
+from sdfleet.batch.fingerprint import INPUTS_COLUMN
 from sdfleet.batch.manifest import prompt_template_problems, row_problems, validate_manifest
 from sdfleet.batch.request import RowDefaults, expand_row
 from sdfleet.batch.seeds import derive_seed
@@ -130,7 +132,7 @@ def test_expand_row_variants_seeds_and_carried_columns():
     requests = expand_row(row, DEFAULTS, job_seed=1)
     assert [r.output_name for r in requests] == ["sku_0", "sku_1", "sku_2"]
     assert [r.seed for r in requests] == [10, 11, 12]
-    assert requests[0].carried == {"label": "cup", "w": 1.5}
+    assert requests[0].carried == {"label": "cup", "w": 1.5, INPUTS_COLUMN: ANY}
     derived = expand_row({"id": "sku", "prompt": "mug"}, DEFAULTS, job_seed=1)
     assert derived[0].seed == derive_seed(1, "sku", 0) and derived[0].output_name == "sku"
 
