@@ -199,14 +199,22 @@ def record_base(record: dict[str, Any]) -> Path | None:
 
 
 def with_absolute_paths(job: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """A job dump with its relative `manifest`, `model` and `model_config` absolute from
-    base_dir (where they name something there); None leaves them as they are."""
+    """A job dump with its relative `manifest`, `model`, `model_config` and ControlNet
+    `model`s absolute from base_dir (where they name something there); None leaves them as
+    they are."""
     if base_dir is None:
         return job
     fixed = dict(job)
     for name in RECORD_PATH_FIELDS:
         if isinstance(fixed.get(name), str):
             fixed[name] = absolute_from(fixed[name], base_dir)
+    if isinstance(fixed.get("controlnets"), list):  # each unit's `model` folder too
+        fixed["controlnets"] = [
+            unit | {"model": absolute_from(unit["model"], base_dir)}
+            if isinstance(unit, dict) and isinstance(unit.get("model"), str)
+            else unit
+            for unit in fixed["controlnets"]
+        ]
     return fixed
 
 

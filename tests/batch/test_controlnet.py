@@ -224,3 +224,6 @@ def test_the_marketing_controlnet_example_runs(tmp_path: Path) -> None:
     assert len(results) == 6 and {r["status"] for r in results} == {"ok"}
     assert {r["mode"] for r in results} == {"txt2img", "img2img"}
     assert all('"preprocessor": "canny"' in r["controlnets"] for r in results)
+    # the record OUT/job.yaml runs from anywhere: its ControlNet folder is read absolute
+    assert main(["run", str(out / "job.yaml"), "--out", str(out), "--quiet"]) == 0
+    assert len(pq.read_table(out / "results").to_pylist()) == 6
