@@ -5,7 +5,8 @@ Each is the real class at toy size with weights from a fixed seed, saved the way
 loaded back through the same code real checkpoints use. Pictures are meaningless; code paths are
 real. Used by tests and by the examples' set-up scripts; nothing here downloads.
 
-- `tiny_controlnet_dir(k)`: `ControlNetModel.from_unet(builtin:tiny's UNet)`. `from_unet` zeroes
+- `tiny_controlnet_dir(k)`: `ControlNetModel.from_unet(builtin:tiny's UNet)` (and
+  `tiny_sdxl_controlnet_dir(k)`, the same from builtin:tiny-sdxl's). `from_unet` zeroes
   the output convolutions (a fresh ControlNet changes nothing); here they get small seeded
   weights, different per `k`, so a test can tell one ControlNet, two, and none apart.
 - `tiny_inpaint_dir()`: builtin:tiny with a 9-channel UNet (latents, mask, masked-image latents),
@@ -15,6 +16,7 @@ real. Used by tests and by the examples' set-up scripts; nothing here downloads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,14 +33,23 @@ def _built(name: str, build: Callable[[Path], None], marker: str) -> Path:
 
 def tiny_controlnet_dir(k: int = 0) -> Path:
     """A ControlNet for builtin:tiny (a diffusers folder), distinct per `k`."""
-    return _built(f"tiny-controlnet-{k}", lambda out: _build_controlnet(out, k), "config.json")
+    build = functools.partial(_build_controlnet, k=k, base=tiny_model_dir())
+    return _built(f"tiny-controlnet-{k}", build, "config.json")
 
 
-def _build_controlnet(out: Path, k: int) -> None:
+def tiny_sdxl_controlnet_dir(k: int = 0) -> Path:
+    """A ControlNet for builtin:tiny-sdxl (SDXL's added text/time conditioning included)."""
+    from sdfleet.batch.tiny_sdxl import tiny_sdxl_dir
+
+    build = functools.partial(_build_controlnet, k=k, base=tiny_sdxl_dir())
+    return _built(f"tiny-sdxl-controlnet-{k}", build, "config.json")
+
+
+def _build_controlnet(out: Path, k: int, base: Path) -> None:
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir(), subfolder="unet")
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     # four widths: three stride-2 convolutions take the control image to the latents' 1/8 size
     widths = (8, 16, 16, 32)
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=widths)

@@ -227,3 +227,41 @@ def test_the_marketing_controlnet_example_runs(tmp_path: Path) -> None:
     # the record OUT/job.yaml runs from anywhere: its ControlNet folder is read absolute
     assert main(["run", str(out / "job.yaml"), "--out", str(out), "--quiet"]) == 0
     assert len(pq.read_table(out / "results").to_pylist()) == 6
+
+
+@pytest.mark.slow
+def test_sdxl_rows_equal_plain_diffusers_and_an_sd_controlnet_is_refused() -> None:
+    """builtin:tiny-sdxl with a ControlNet made from its UNet, txt2img, against diffusers'
+    StableDiffusionXLControlNetPipeline; builtin:tiny's ControlNet is for another base."""
+    import diffusers
+
+    from sdfleet.batch.errors import ModelError
+    from sdfleet.batch.model_checks import check_model_files
+    from sdfleet.batch.tiny_conditioning import tiny_sdxl_controlnet_dir
+    from sdfleet.batch.tiny_sdxl import tiny_sdxl_dir
+
+    unit = ControlNetUse(str(tiny_sdxl_controlnet_dir(0)), scale=0.9, end=0.8)
+    replica = Replica(ModelSpec(model="builtin:tiny-sdxl", controlnets=(unit,)), batch_size=2)
+    defaults = RowDefaults(**{**DEFAULTS.__dict__, "controlnets": (unit,)})
+    rows = rows_for((unit,), with_init=False)
+    results = replica.generate([r for row in rows for r in expand_row(row, defaults, 0)])
+    assert all(r.error is None for r in results), [r.error for r in results]
+    net = diffusers.ControlNetModel.from_pretrained(unit.model)
+    pipe = diffusers.StableDiffusionXLControlNetPipeline.from_pretrained(
+        tiny_sdxl_dir(), controlnet=net
+    )
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(
+        prompt=[r["prompt"] for r in rows], negative_prompt=["", ""],
+        image=[picture(k) for k in range(2)], width=64, height=64,
+        num_inference_steps=STEPS, guidance_scale=7.5, controlnet_conditioning_scale=0.9,
+        control_guidance_end=0.8,
+        generator=[torch.Generator().manual_seed(r["seed"]) for r in rows],
+    ).images  # fmt: skip
+    for result, want in zip(results, expected):
+        assert np.array_equal(as_array(result.image), as_array(want)), result.request.row_id
+    other = ModelSpec(
+        model="builtin:tiny-sdxl", controlnets=(ControlNetUse(str(tiny_controlnet_dir(0))),)
+    )
+    with pytest.raises(ModelError, match="is a ControlNet for .* but the model is SDXL"):
+        check_model_files(other)
