@@ -222,8 +222,11 @@ def control_issues(
 
 
 def _first_per_column(issues: list[Issue]) -> list[Issue]:
-    seen: set[str] = set()
-    return [i for i in issues if not (i[0] in seen or seen.add(i[0]))]
+    """One problem per column (units sharing a column would repeat it)."""
+    first: dict[str, Issue] = {}
+    for issue in issues:
+        first.setdefault(issue[0], issue)
+    return list(first.values())
 
 
 def control_columns(units: Sequence[ControlNetUse]) -> set[str]:
