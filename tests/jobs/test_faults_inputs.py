@@ -27,11 +27,18 @@ def no_model_loads(monkeypatch):
 
 
 def refused(job: Path, tmp_path: Path, capsys) -> str:
-    """`validate` and `run` both exit 2 with one message; the message."""
+    """`validate` and `run` on both executors exit 2 with one message, and no Ray starts
+    (the Ray executor validates on the driver first); the message."""
+    import ray
+
     assert main(["validate", str(job)]) == EXIT_CONFIG
     said = capsys.readouterr().err
-    assert main(["run", str(job), "--out", str(tmp_path / "out"), "--no-progress"]) == EXIT_CONFIG
-    assert capsys.readouterr().err == said
+    for executor in ("local", "ray"):
+        argv = ["run", str(job), "--out", str(tmp_path / "out"), "--executor", executor]
+        assert main([*argv, "--no-progress"]) == EXIT_CONFIG
+        assert capsys.readouterr().err == said
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out").exists()  # nothing written
     assert "Traceback" not in said
     return said
 

@@ -148,3 +148,49 @@ def test_a_field_added_later_is_covered_without_being_listed():
         inputs_fingerprint(one, RECORDED_FIELDS), inputs_fingerprint(two, RECORDED_FIELDS)
     )
     assert changed == ["hires_scale"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "column"),
+    [
+        ({"id": "empty", "prompt": "p", "init_image": b""}, "init_image"),  # a bytes column
+        ({"id": "web", "prompt": "p", "mask_image": "http://example.com/m.png"}, "mask_image"),
+        ({"id": "tab\u202egnp", "prompt": "p"}, "id"),
+        ({"id": "late", "prompt": "p", "strength": 0.4}, "strength"),
+    ],
+)
+def test_a_bad_row_added_to_a_finished_out_loses_nothing(
+    finished, monkeypatch, capsys, bad, column
+):
+    job, out, rows = finished
+    rewrite_manifest(out.parent, [*rows, bad])
+    from sdfleet.batch import models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for an invalid manifest")
+
+    monkeypatch.setattr(models, "load_pipelines", refuse)
+    before = snapshot(out)
+    capsys.readouterr()
+    assert run(job, out) == EXIT_CONFIG
+    assert f"row {bad['id']!r} (#3), column '{column}'" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_changed_inpainting_is_refused_on_ray(tiny_dir, tmp_path, capsys):
+    """The Ray replicas record the same hashes; the driver compares them before Ray starts."""
+    rows = source_rows(tmp_path)
+    job, out = write_job(tmp_path, rows, defaults=SMALL, executor="ray"), tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    before = snapshot(out)
+    rewrite_manifest(tmp_path, [r | {"mask_blur": 8.0} if r["id"] == "paint" else r for r in rows])
+    capsys.readouterr()
+    assert run(job, out) == EXIT_CONFIG
+    assert "row 'paint': inpaint changed" in capsys.readouterr().err
+    assert snapshot(out) == before
+    rewrite_manifest(tmp_path, rows)
+    assert run(job, out) == EXIT_OK
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["skipped_already_done_rows"], summary["generated_this_run"]) == (3, 0)
