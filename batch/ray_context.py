@@ -26,6 +26,7 @@ from typing import Any
 
 from sdfleet.batch.errors import ConfigError, SdfleetError
 from sdfleet.batch.pool import NodeResources
+from sdfleet.batch.ray_stderr import filter_ray_noise
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def connect(address: str | None) -> None:
         ) from exc
     if callable(sigterm) and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, sigterm)
+    filter_ray_noise()  # `batch.ray_stderr`: Ray's one harmless ERROR line per run
 
 
 def alive_nodes() -> list[NodeResources]:
