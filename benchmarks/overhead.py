@@ -119,6 +119,7 @@ def peak_rss_mib() -> float:
 def measure_run(request: dict[str, Any]) -> dict[str, Any]:
     """`sdfleet run` of the null job, timed by stage, in this (fresh) process."""
     from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.progress import no_progress
     from sdfleet.bench.contenders import bench_job, replicas_startup_s
     from sdfleet.bench.workload import Workload, start_ray
     from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
@@ -139,7 +140,7 @@ def measure_run(request: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     prepared = prepare_batch_job(job, folder / "job.yaml", str(folder))
     validated, since = time.perf_counter(), time.time()
-    summary = run_batch_job(prepared, executor, lambda outputs: None)
+    summary = run_batch_job(prepared, executor, no_progress)
     wall = time.perf_counter() - started
     startup = summary["stage_s"]["load"] if executor == "local" else replicas_startup_s(since)
     rows = summary["ok"]

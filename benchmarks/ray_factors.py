@@ -2,6 +2,7 @@
 block size, one factor at a time, with sdfleet's own replica actor (`batch.actor.GenerateBatch`).
 
     python benchmarks/ray_factors.py [--rows 2000] [--model builtin:null] [--repeats 2]
+                                     [--rows-per-block K]  (only K, with and without checkpoint)
 
 Each variant builds read_parquet -> [repartition(k)] -> map_batches(GenerateBatch) ->
 write_parquet, with or without `CheckpointConfig` (what `sdfleet run` sets for resume), and
@@ -92,6 +93,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--model", default="builtin:null")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--rows-per-block", type=int, help="only this block size, with and without checkpoint"
+    )
     args = parser.parse_args()
 
     from sdfleet.bench.report import format_table
@@ -101,6 +105,8 @@ def main() -> None:
     manifest = write_bench_manifest(root / "manifest.parquet", args.rows)
     start_ray()
     variants = [(None, False), (16, False), (None, True), (16, True), (256, True)]
+    if args.rows_per_block:
+        variants = [(args.rows_per_block, False), (args.rows_per_block, True)]
     results: dict[tuple, list[dict[str, float]]] = {v: [] for v in variants}
     for repeat in range(args.repeats):
         for rows_per_block, checkpoint in variants:

@@ -20,6 +20,12 @@ SDFLEET=${SDFLEET:-sdfleet}
 # plain Ray Data against sdfleet on Ray with more rows, so Ray's fixed start-up weighs less
 "$SDFLEET" bench --rows 512 --batch-size 4 --repeats 3 --cpu-threads 1 --contenders a,c,ray \
   --out "$OUT/throughput-ray-t1"
+# the same on builtin:null (no model cost: what each pipeline costs per image), >= 1k rows
+"$SDFLEET" bench --model builtin:null --rows 2048 --batch-size 4 --repeats 5 --cpu-threads 1 \
+  --contenders a,c,ray --out "$OUT/throughput-null-2k"
+"$SDFLEET" bench --model builtin:null --rows 8192 --batch-size 4 --repeats 3 --cpu-threads 1 \
+  --contenders c,ray --out "$OUT/throughput-null-8k"
+"${PYTHON:-python}" benchmarks/ray_factors.py --rows 8192 --rows-per-block 128 --repeats 1
 
 # 2. animation: 2D render against a plain img2img loop; the encoder
 "$SDFLEET" bench --animation --frames 24 --size 64 --steps 8 --repeats 5 --cpu-threads 1 \
