@@ -86,7 +86,7 @@ def image_header_problems(source: bytes | str | Path) -> list[str]:
         with Image.open(opened) as image:
             image.size  # noqa: B018 - read from the header by open
     except Image.DecompressionBombError as exc:
-        return [f"{exc}; give a smaller image"]
+        return [f"{str(exc).rstrip('.')}; give a smaller image"]
     except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         head = source[:8] if isinstance(source, bytes) else _first_bytes(Path(source))
         return [
@@ -101,7 +101,7 @@ def input_image_problems(
 ) -> list[str]:
     """Why an image column's value (encoded bytes, a path, a URI) cannot be read, with the fix.
     Files (local paths, file:// URIs) must exist and hold an image by their header
-    (`batch.images.image_header_problems`); object stores are not asked (no network at
+    (`image_header_problems`); object stores are not asked (no network at
     validation); encoded bytes are only checked for being there: bytes that do not decode fail
     their own row, as a corrupt image of a dataset does."""
     if isinstance(image, bytes):

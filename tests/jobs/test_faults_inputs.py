@@ -344,3 +344,20 @@ def test_an_animation_init_image_that_is_an_image_passes(tmp_path, capsys):
     job = tmp_path / "clip.yaml"
     job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4, "init_image": "start.png"}))
     assert main(["validate", str(job)]) == EXIT_OK
+
+
+def test_an_init_image_whose_header_asks_for_billions_of_pixels(tmp_path, capsys, no_model_loads):
+    """A 40000 x 40000 PNG header (a few bytes): refused by its size, nothing is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"")
+    (tmp_path / "huge.png").write_bytes(png)
+    row = {"id": "huge", "prompt": "p", "init_image": "huge.png"}
+    said = manifest_row_refused(tmp_path, capsys, row, "init_image")
+    assert "1600000000 pixels" in said and "give a smaller image" in said
