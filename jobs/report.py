@@ -41,6 +41,7 @@ MAX_CODED_VALUES = 5000  # a column with more distinct values is shown per row, 
 NOT_FILTERS = {
     "output_id", "image_path", "sha256", "seconds", "node", "worker", "device", "gpu_ids",
     "cpu_threads", "ray_node_id", "init_image", "negative_prompt", "error", "model", "id",
+    "mask_image", "control_image", "inputs_sha256",
 }  # fmt: skip
 MARKER = ".sdfleet-report"
 

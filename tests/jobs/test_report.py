@@ -328,3 +328,21 @@ def test_cost_summary(summary: dict, price: float, per_image_s, cost) -> None:
         None if cost is None else pytest.approx(cost, abs=1e-4)
     )
     assert cost_summary(summary, None)["cost_per_1000_images"] is None
+
+
+def test_input_hashes_and_image_paths_are_shown_per_row_not_filtered():
+    """Per-row values (the inputs' hashes, source paths) would make one useless filter option
+    per row; the label and axis columns stay filters."""
+    import pyarrow as pa
+
+    from sdfleet.jobs.report import coded_columns
+
+    table = pa.table(
+        {
+            "style": ["ink", "oil"],
+            "inputs_sha256": ["init_image=aa;inpaint=bb", "init_image=cc;inpaint=dd"],
+            "mask_image": ["/m/a.png", "/m/b.png"],
+            "control_image": ["/c/a.png", "/c/b.png"],
+        }
+    )
+    assert set(coded_columns(table)) == {"style"}
