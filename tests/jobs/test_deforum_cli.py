@@ -37,7 +37,7 @@ def test_validate_lists_the_refused_keys_then_passes_once_accepted(name, capsys)
     status = main(["validate", str(path), "--accept-deforum-differences"])
     out, err = capsys.readouterr()
     if name == "eudk_deforum_settings.txt":  # its init image is a path on the author's PC
-        assert status == EXIT_CONFIG and "picturename.png' does not exist" in err
+        assert status == EXIT_CONFIG and "picturename.png; fix the path" in err
     else:
         frames = json.loads(path.read_text())["max_frames"]
         assert status == EXIT_OK and f"ok (animation, {frames} frames)" in out
