@@ -346,3 +346,23 @@ def test_input_hashes_and_image_paths_are_shown_per_row_not_filtered():
         }
     )
     assert set(coded_columns(table)) == {"style"}
+
+
+@pytest.mark.slow
+def test_the_marketing_matrix_example_runs_end_to_end_into_a_report(tiny_dir, tmp_path, capsys):
+    """jobs/examples/marketing_matrix_job.yaml as its header says: run, then report with a
+    style x aspect grid (4 products x 3 styles x 3 aspects x 2 seeds = 72 images)."""
+    out = tmp_path / "out"
+    job = REPO / "jobs" / "examples" / "marketing_matrix_job.yaml"
+    assert main(["run", str(job), "--out", str(out), "--executor", "local", "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ok"], summary["error"]) == (72, 0)
+    assert summary["cost"]["cost_per_1000_images"] > 0  # the job's price_per_gpu_hour
+    grid = ["report", str(out), "--grid", "style,aspect", "--where", "seed_index=0"]
+    assert main(grid) == 0
+    report = out / "report"
+    assert (report / "index.html").is_file()
+    pngs = sorted(report.rglob("xyz_style_aspect*.png"))
+    assert pngs, sorted(p.name for p in report.rglob("*.png"))[:20]
+    with Image.open(pngs[0]) as picture:  # 3 aspects x 3 styles of cells, with labels
+        assert picture.width > 3 * 32 and picture.height > 3 * 32
