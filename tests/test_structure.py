@@ -167,3 +167,17 @@ def test_function_level_and_relative_imports_are_seen(tmp_path):
     )
     names = set(imported_names(source, "sdfleet.anim.mod"))
     assert {"sdfleet.anim.spec", "sdfleet.anim.sibling", "sdfleet.jobs.cli"} <= names
+
+
+def test_the_readme_layout_table_names_every_module():
+    """The README's "Layout" table is where a reader finds where each thing happens: a module
+    it does not name is one nobody finds."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    modules = [
+        f"{package}/{path.name}"
+        for package in ("batch", "anim", "jobs")
+        for path in sorted((ROOT / package).glob("*.py"))
+        if path.name != "__init__.py"
+    ]
+    assert [name for name in modules if f"`{name}`" not in layout] == []
