@@ -52,7 +52,7 @@ from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS, EncodeOptions
 from sdfleet.batch.controlnets import ControlNetOption
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
-from sdfleet.batch.manifest import MAX_SIDE_PX
+from sdfleet.batch.manifest import MAX_SIDE_PX, text_problems
 from sdfleet.batch.prompt_options import PromptOptions
 
 logger = logging.getLogger(__name__)
@@ -309,6 +309,16 @@ class AnimationJob(PromptOptions):
             if not value:
                 raise ValueError("no prompts; add at least one, e.g. {0: 'a cat'}")
             return {str(key): text for key, text in value.items()}
+        return value
+
+    @field_validator("prompts", "animation_prompts_positive", "animation_prompts_negative")
+    @classmethod
+    def _unicode_text(cls, value: Any) -> Any:
+        """No lone surrogate (a YAML escape): frames' metadata and the tokenizer need text."""
+        texts = value.items() if isinstance(value, Mapping) else [("", value)]
+        for key, text in texts:
+            for problem in text_problems(text):
+                raise ValueError(f"the prompt of key {key!r}: {problem}" if key else problem)
         return value
 
     @field_validator("schedule_interpolation")

@@ -303,7 +303,26 @@ def _prompt_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
     negative = row.get("negative_prompt")
     if negative is not None and not isinstance(negative, str):
         issues.append(("negative_prompt", negative, "negative_prompt must be a string"))
+    for column in ("prompt", "negative_prompt"):  # a job's YAML may hold what Parquet cannot
+        text = row_value(row, defaults, column)
+        if isinstance(text, str) and (problems := text_problems(text)):
+            where = "" if row.get(column) is not None else f" (the job's default {column})"
+            issues.append((column, text, problems[0] + where))
     return issues
+
+
+def text_problems(text: str) -> list[str]:
+    """A lone surrogate in `text` (a YAML ``"\\ud800"`` escape makes one; Parquet text cannot
+    hold one): not Unicode text, so the results, the image metadata and the tokenizer cannot
+    take it. The fix names its place ([] when there is none)."""
+    for position, char in enumerate(text):
+        if "\ud800" <= char <= "\udfff":
+            return [
+                f"character {position} is U+{ord(char):04X}, a lone surrogate: not Unicode text "
+                "(results and image metadata cannot hold it); remove it or write the character "
+                "it stands for"
+            ]
+    return []
 
 
 def _template_fields(template: str) -> list[str]:
@@ -325,7 +344,7 @@ def prompt_template_problems(template: str) -> list[str]:
             ]
     if not any(name for _, name, _, _ in fields):
         return [f"{template!r} names no column; use e.g. '{{prompt}}, {{style}} style'"]
-    return []
+    return text_problems(template)
 
 
 def _side_issues(row: dict, defaults: RowDefaults) -> list[Issue]:

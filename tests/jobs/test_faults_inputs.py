@@ -361,3 +361,44 @@ def test_an_init_image_whose_header_asks_for_billions_of_pixels(tmp_path, capsys
     row = {"id": "huge", "prompt": "p", "init_image": "huge.png"}
     said = manifest_row_refused(tmp_path, capsys, row, "init_image")
     assert "1600000000 pixels" in said and "give a smaller image" in said
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def yaml_job_text(tmp_path: Path, body: str, prompt: str | None = "a boat") -> Path:
+    prompts = pa.array([prompt], pa.string())
+    pq.write_table(pa.table({"id": ["a"], "prompt": prompts}), tmp_path / "m.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"manifest: m.parquet\nexecutor: local\n{body}\n")
+    return job
+
+
+@pytest.mark.parametrize(
+    ("body", "column"),
+    [
+        ('defaults: {negative_prompt: "blur\\ud800ry"}', "negative_prompt"),
+        ('defaults: {prompt: "a \\udc00 boat"}', "prompt"),
+    ],
+)
+def test_a_lone_surrogate_in_a_job_text(tmp_path, capsys, no_model_loads, body, column):
+    """YAML's \\u escapes can make one; Parquet cannot hold one, nor can image metadata."""
+    job = yaml_job_text(tmp_path, body, prompt=None if column == "prompt" else "a boat")
+    said = refused(job, tmp_path, capsys)
+    assert f"m.parquet: row 'a' (#0), column '{column}'" in said
+    assert "a lone surrogate: not Unicode text" in said
+    assert f"(the job's default {column})" in said
+
+
+def test_a_lone_surrogate_in_a_prompt_template(tmp_path, capsys, no_model_loads):
+    job = yaml_job_text(tmp_path, 'defaults: {prompt_template: "{prompt}, \\ud800 style"}')
+    said = refused(job, tmp_path, capsys)
+    assert "prompt_template" in said and "a lone surrogate: not Unicode text" in said
+
+
+def test_a_lone_surrogate_in_an_animation_prompt(tmp_path, capsys, no_model_loads):
+    job = tmp_path / "clip.yaml"
+    fields = {k: v for k, v in ANIM_BASE.items() if k != "prompts"} | {"max_frames": 4}
+    job.write_text(yaml.safe_dump(fields) + 'prompts: {"0": "a paper \\ud800 boat"}\n')
+    said = refused(job, tmp_path, capsys)
+    assert "prompts: the prompt of key '0': character 8 is U+D800, a lone surrogate" in said
