@@ -99,7 +99,9 @@ class GenerateBatch:
 
     def call_key(self, request: GenRequest) -> Hashable:
         """Requests with one key can share a pipeline call: the replica's own grouping (its
-        `generate` groups by the same key, so a planned call is exactly one of its calls)."""
+        `generate` groups by the same key, so a planned call is exactly one of its calls; the
+        text route has no public name on `Replica` yet). Were they ever to differ, a planned
+        call would take several replica calls: still correct, only reported less often."""
         return (request.group_key(), self.replica._route(request))
 
     def expand(self, rows: list[dict[str, Any]]) -> list[GenRequest]:

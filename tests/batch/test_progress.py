@@ -10,7 +10,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from sdfleet.batch.actor import GenerateBatch, RunConfig, plan_calls
 from sdfleet.batch.models import ModelSpec
@@ -18,6 +17,7 @@ from sdfleet.batch.progress import CallDone, ProgressEvent, RateClock, RunProgre
 from sdfleet.batch.request import RowDefaults
 from sdfleet.batch.sources import table_from_rows
 from sdfleet.jobs.console import progress_bar, report_batch
+from tests.batch.test_ray import rows, write_job
 
 
 def calls(*spec: tuple[str, int, float, float]) -> list[CallDone]:
@@ -162,8 +162,8 @@ def actor_config(tmp_path: Path, **fields) -> RunConfig:
 def test_a_block_writes_each_call_s_images_when_the_call_returns(tiny_dir, tmp_path):
     recorder = Recorder(tmp_path / "out" / "images")
     actor = GenerateBatch(actor_config(tmp_path), progress=recorder)
-    rows = [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(6)]
-    table = actor(table_from_rows(rows))
+    manifest = [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(6)]
+    table = actor(table_from_rows(manifest))
     assert [c.images for c in recorder.calls] == [2, 2, 2]  # one report per pipeline call
     # after call k, the images of calls 1..k are on disk: written before the block ended
     assert recorder.seen == [
@@ -175,14 +175,14 @@ def test_a_block_writes_each_call_s_images_when_the_call_returns(tiny_dir, tmp_p
 
 
 def test_rows_a_block_returns_carry_paths_not_pictures(tiny_dir, tmp_path):
-    rows = [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(3)]
-    table = GenerateBatch(actor_config(tmp_path))(table_from_rows(rows))
+    manifest = table_from_rows([{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(3)])
+    table = GenerateBatch(actor_config(tmp_path))(manifest)
     assert "image" not in table.column_names
     assert not [f.name for f in table.schema if pa.types.is_binary(f.type)]
     for row in table.to_pylist():
         assert all(v is None or isinstance(v, str | int | float | bool) for v in row.values())
     # bytes only when the job asks for them (embed_image_bytes), as the `image` struct
-    embedded = GenerateBatch(actor_config(tmp_path, embed_image_bytes=True))(table_from_rows(rows))
+    embedded = GenerateBatch(actor_config(tmp_path, embed_image_bytes=True))(manifest)
     first = embedded.column("image").to_pylist()[0]
     assert first["path"] == "images/r0.png" and first["bytes"][:4] == b"\x89PNG"
 
@@ -201,20 +201,6 @@ def local_ray(tiny_dir, monkeypatch):
     ray.shutdown()
 
 
-def write_job(tmp_path: Path, n: int) -> Path:
-    rows = [{"id": f"r{i:03d}", "prompt": f"prompt {i}"} for i in range(n)]
-    pq.write_table(table_from_rows(rows), tmp_path / "m.parquet")
-    job = {
-        "manifest": "m.parquet",
-        "executor": "ray",
-        "batch_size": 2,
-        "defaults": {"num_inference_steps": 2, "width": 64, "height": 64},
-        "ray": {"rows_per_block": 8},
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    return tmp_path / "job.yaml"
-
-
 def run_ray_job(job: Path, out: Path, actor_class=GenerateBatch) -> tuple[dict, list]:
     from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
     from sdfleet.jobs.spec import load_job
@@ -228,7 +214,8 @@ def run_ray_job(job: Path, out: Path, actor_class=GenerateBatch) -> tuple[dict, 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_16_row_ray_job_reports_every_call(local_ray, tmp_path):
-    summary, events = run_ray_job(write_job(tmp_path, 16), tmp_path / "out")
+    job = write_job(tmp_path, rows(16), {"rows_per_block": 8})
+    summary, events = run_ray_job(job, tmp_path / "out")
     assert events[0].stage == "loading" and events[0].done == 0
     counts = [e.done for e in events if e.stage == "generating"]
     assert counts == [2, 4, 6, 8, 10, 12, 14, 16]  # per call of 2, not per block of 8
@@ -245,7 +232,7 @@ def test_a_resumed_ray_job_counts_what_is_done_and_ends_at_100_percent(local_ray
     from sdfleet.batch.errors import StorageError
     from tests.batch.faults import faulty_actor
 
-    job, out = write_job(tmp_path, 24), tmp_path / "out"
+    job, out = write_job(tmp_path, rows(24), {"rows_per_block": 8}), tmp_path / "out"
     # the disk fills at the last block's last call: the first two blocks are committed
     hooks = {"full_disk_on_id": "r023", "full_disk_marker": str(tmp_path / "once")}
     with pytest.raises(StorageError):
