@@ -142,7 +142,7 @@ def _field_changes(row_id: str, output_id: str, was: dict, now: dict) -> list[st
     said = [f"{n} {_short(was[n])} -> {_short(now[n])}" for n in names if n != INPUTS_COLUMN]
     if INPUTS_COLUMN in names and not said:
         inputs = ", ".join(inputs_changes(was[INPUTS_COLUMN], now[INPUTS_COLUMN]))
-        said = [f"{inputs} changed (init image bytes, mask or control images)"]
+        said = [f"{inputs} changed (held in the results as a hash, {INPUTS_COLUMN})"]
     return [f"{where}: {', '.join(said[:3])}"]
 
 

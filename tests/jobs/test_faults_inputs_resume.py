@@ -88,7 +88,7 @@ def test_changed_init_image_bytes_are_refused(finished, monkeypatch, capsys):
     change = {"init_image": shape_image_png(6, size=32)}
     rewrite_manifest(out.parent, [r | change if r["id"] == "bytes" else r for r in rows])
     err = refused_rerun(monkeypatch, capsys, job, out)
-    assert "row 'bytes': init_image changed (init image bytes, mask or control images)" in err
+    assert "row 'bytes': init_image changed (held in the results as a hash, inputs_sha256)" in err
 
 
 def test_the_same_rows_resume_as_done(finished, capsys):
