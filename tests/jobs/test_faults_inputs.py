@@ -402,3 +402,18 @@ def test_a_lone_surrogate_in_an_animation_prompt(tmp_path, capsys, no_model_load
     job.write_text(yaml.safe_dump(fields) + 'prompts: {"0": "a paper \\ud800 boat"}\n')
     said = refused(job, tmp_path, capsys)
     assert "prompts: the prompt of key '0': character 8 is U+D800, a lone surrogate" in said
+
+
+def test_a_clip_manifests_init_image_that_is_no_image(tmp_path, capsys, no_model_loads):
+    """A clip's relative init_image is read from the clip manifest's folder, and checked there
+    before any clip renders."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "start.png").write_text("not a picture")
+    table = pa.table({"id": ["calm", "bad"], "init_image": [None, "start.png"]})
+    pq.write_table(table, tmp_path / "clips" / "clips.parquet")
+    job = tmp_path / "clip.yaml"
+    fields = {"max_frames": 2, "clips_manifest": "clips/clips.parquet"}
+    job.write_text(yaml.safe_dump(ANIM_BASE | fields))
+    said = refused(job, tmp_path, capsys)
+    assert f"bad: init_image: '{tmp_path}/clips/start.png': not an image the readers" in said
+    assert "calm:" not in said
