@@ -83,6 +83,25 @@ def write_byte_level_tokenizer(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
+def text_config(tokenizer, hidden: int, intermediate: int, layers: int):
+    """A toy CLIP text encoder's config over `tokenizer` (77 positions, 4 heads, its own
+    start/end tokens; padding is the end token, as in CLIP's tokenizer)."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.convert_tokens_to_ids(_BOS),
+        eos_token_id=tokenizer.convert_tokens_to_ids(_EOS),
+        pad_token_id=tokenizer.convert_tokens_to_ids(_EOS),
+    )
+
+
 def build_tiny_pipeline():
     """Build the toy pipeline from `TINY_SEED`; global RNG state is restored afterwards."""
     import torch
@@ -92,12 +111,11 @@ def build_tiny_pipeline():
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_byte_level_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
-    vocab_size = len(tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         unet = UNet2DConditionModel(
@@ -123,20 +141,7 @@ def build_tiny_pipeline():
             norm_num_groups=8,
             sample_size=64,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                bos_token_id=tokenizer.convert_tokens_to_ids(_BOS),
-                eos_token_id=tokenizer.convert_tokens_to_ids(_EOS),
-                pad_token_id=tokenizer.convert_tokens_to_ids(_EOS),
-            )
-        )
+        text_encoder = CLIPTextModel(text_config(tokenizer, hidden=32, intermediate=37, layers=2))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from sdfleet.batch.shapes.world import COLOURS, KINDS, POSITIONS, SIZES_PX
-from sdfleet.batch.tiny import byte_characters
+from sdfleet.batch.tiny import byte_characters, text_config
 
 _BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 IMAGE_PX = 64
@@ -77,26 +77,13 @@ def build_components(seed: int) -> dict:
 
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(Path(tmp))
         tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=64,
-            bos_token_id=tokenizer.convert_tokens_to_ids(_BOS),
-            eos_token_id=tokenizer.convert_tokens_to_ids(_EOS),
-            pad_token_id=tokenizer.convert_tokens_to_ids(_EOS),
-        )
-    )
+    text_encoder = CLIPTextModel(text_config(tokenizer, hidden=64, intermediate=128, layers=3))
     unet = UNet2DConditionModel(
         sample_size=LATENT_PX,
         in_channels=4,
