@@ -11,6 +11,7 @@ import posixpath
 from typing import Any
 
 from sdfleet.batch.datasets_io import IMAGE_COLUMN, is_results
+from sdfleet.batch.fingerprint import INPUTS_COLUMN
 
 
 def as_manifest_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -24,7 +25,9 @@ def as_manifest_row(row: dict[str, Any]) -> dict[str, Any]:
     from sdfleet.batch.outputs import result_types
 
     kept = {"id", "prompt", "negative_prompt"}
-    recorded = set(result_types())
+    # the results' own columns, and those sdfleet adds beside the carried ones: the units of
+    # the earlier job's ControlNets and its inputs' hashes describe that run, not this one
+    recorded = set(result_types()) | {"controlnets", INPUTS_COLUMN}
     manifest_row = {k: v for k, v in row.items() if k in kept or k not in recorded}
     image = row.get(IMAGE_COLUMN)
     if not isinstance(image, dict) or not image.get("bytes"):

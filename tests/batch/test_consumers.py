@@ -382,3 +382,24 @@ def test_ray_results_load_in_datasets_as_images(tiny_dir, tmp_path):
     assert isinstance(dataset.features["image"], ImageFeature)
     assert sorted(row["id"] for row in dataset) == ["cat", "dog"]
     assert all(isinstance(row["image"], Image.Image) for row in dataset)
+
+
+def test_a_results_row_leaves_its_runs_own_columns_behind():
+    """The earlier job's ControlNet units and input hashes describe that run: the next job
+    gets the row's id, prompts, labels and image, not them."""
+    from sdfleet.batch.outputs import result_types
+    from sdfleet.batch.results_rows import as_manifest_row
+
+    row = dict.fromkeys(result_types()) | {
+        "id": "cat",
+        "prompt": "a cat",
+        "negative_prompt": "",
+        "status": "ok",
+        "image_path": "images/cat.png",
+        "label": 1,
+        "controlnets": '[{"model": "canny"}]',
+        "inputs_sha256": "init_image=aa",
+    }
+    made = as_manifest_row(row)
+    assert set(made) == {"id", "prompt", "negative_prompt", "label", "init_image"}
+    assert made["init_image"] == {"bytes": None, "path": "../images/cat.png"}
