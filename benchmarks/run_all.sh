@@ -40,3 +40,5 @@ SDFLEET=${SDFLEET:-sdfleet}
   --out "$OUT/overhead-ray-16"
 "$SDFLEET" bench --overhead --rows 10000,100000 --contenders ray --rows-per-block 256 \
   --out "$OUT/overhead-ray-256"
+
+"${PYTHON:-python}" -m sdfleet.bench.adapter_switching --rows 96 --repeats 5 --out "$OUT/adapters"
