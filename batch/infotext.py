@@ -11,6 +11,9 @@ JPEG and WEBP keep it in the Exif UserComment (tag 0x9286, type UNDEFINED, an 8-
 `Sampler:` carries A1111's sampler label for the diffusers scheduler that ran, with
 `Schedule type:` where the sigma spacing is not the one A1111 picks by itself for that sampler.
 `Model:` is the checkpoint's name and `Model hash:` A1111's short hash (`model_hash`).
+A hires fix writes A1111's fields: `Size:` is the first pass's, `Denoising strength:` the
+second pass's, then `Hires upscale:` (or `Hires resize:`), `Hires steps:` where set and
+`Hires upscaler:` (`batch.hires.HiresFix.a1111_fields`), before the extra networks' hashes.
 
 Pure: the standard library only; diffusers is imported only to build a named scheduler from a
 loaded model's scheduler config (`SamplerLabels`), inside a replica that has it loaded already.
@@ -141,6 +144,7 @@ class InfotextModel:
     hash: str | None
     samplers: SamplerLabels | None = None
     controlnets: dict[str, str] | None = None  # `ControlNet i` fields (every row runs them)
+    hires: Any = None  # `batch.hires.HiresFix` of the job (txt2img rows run it)
 
     @classmethod
     def of_loaded(cls, spec: Any, base_scheduler: Any) -> InfotextModel:
@@ -151,6 +155,7 @@ class InfotextModel:
             model_hash(spec),
             SamplerLabels(base_scheduler),
             controlnet_fields(units) if units else None,
+            getattr(spec, "hires", None),
         )
 
     def sampler_fields(self, scheduler: str | None) -> dict[str, str]:
@@ -164,7 +169,9 @@ def generation_fields(params: dict[str, Any], model: InfotextModel | None) -> di
     keys). Without a loaded model (`model` None) the model name comes from the row, the hash is
     left out, and so is the sampler when the row names none."""
     model = model or InfotextModel(model_name(str(params["model"])), None)
-    size = f"{params['width']}x{params['height']}"
+    size = f"{params['width']}x{params['height']}"  # a hires fix's first pass, as A1111's
+    hires = model.hires if params.get("mode", "txt2img") == "txt2img" else None
+    strength = hires.denoise if hires is not None else params.get("strength")
     return {
         "Steps": params["num_inference_steps"],
         **model.sampler_fields(params.get("scheduler")),
@@ -173,7 +180,8 @@ def generation_fields(params: dict[str, Any], model: InfotextModel | None) -> di
         "Size": size,
         "Model hash": model.hash,
         "Model": model.name,
-        "Denoising strength": params.get("strength"),
+        "Denoising strength": strength,
+        **(hires.a1111_fields() if hires is not None else {}),  # A1111's extra params, first
         "Lora hashes": params.get("lora_hashes"),  # A1111's extra networks, as it writes them
         "TI hashes": params.get("ti_hashes"),
         **(model.controlnets or {}),  # as A1111's ControlNet extension writes its units

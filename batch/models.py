@@ -52,6 +52,8 @@ class ModelSpec:
     refiner: str | None = None  # an SDXL refiner model, run from `refiner_switch` of the steps
     refiner_switch: float = 0.8
     controlnets: tuple = ()  # `batch.controlnets.ControlNetUse`s, loaded beside the model
+    hires: Any = None  # `batch.hires.HiresFix`: A1111's hires fix for txt2img rows
+    upscale: Any = None  # `batch.hires.UpscaleStage`: every image through an upscaler model
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def model_spec(
         refiner=refiner_model,
         refiner_switch=refiner.switch_at if refiner is not None else 0.8,
         controlnets=controlnets,
+        hires=job.hires.use(base_dir) if getattr(job, "hires", None) else None,
+        upscale=job.upscale.use(base_dir) if getattr(job, "upscale", None) else None,
     )
 
 

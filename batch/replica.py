@@ -9,7 +9,9 @@ one call (generators, scheduler, NaN check). On top of it the replica
    whose outputs are dropped,
 3. retries a chunk that ran out of memory once at half the shape, and
 4. isolates rows: a bad init image, a NaN output, a safety-checker hit (the row says so) or any
-   other error fails its own row only.
+   other error fails its own row only;
+5. runs the job's hires fix on txt2img calls and its upscale stage on every image
+   (`batch.hires`), the upscaler models loaded on first use.
 
 Why pad: each request gets its own `torch.Generator` seeded from its row, but CPU and GPU kernels
 pick different reduction orders for different batch sizes, so every call runs at the same batch
@@ -29,6 +31,7 @@ from typing import Any
 from sdfleet.batch.conditioning import finish_inpaint, mask_size_problems, prepare_inpaint
 from sdfleet.batch.controlnets import control_images
 from sdfleet.batch.errors import ManifestError
+from sdfleet.batch.hires import Upscalers, run_hires
 from sdfleet.batch.masks import box_mask
 from sdfleet.batch.models import ModelSpec, Pipelines, load_model
 from sdfleet.batch.paths import is_uri
@@ -86,6 +89,9 @@ class Replica:
         self.pad_batches = pad_batches
         self.pipes: Pipelines = load_model(spec, cpu_threads)  # pins CPU threads (see there)
         self.controlnets = spec.controlnets  # every row runs them (`batch.controlnets`)
+        self.hires = getattr(spec, "hires", None)  # txt2img rows: two passes (`batch.hires`)
+        self.upscale = getattr(spec, "upscale", None)  # every image: the post stage
+        self.upscalers = Upscalers(spec.allow_pickle, self.pipes.device)  # loaded on first use
         self.sampler = Sampler(self.pipes)
         self.cpu_threads = self.pipes.cpu_threads
         self.load_seconds = time.perf_counter() - t0
@@ -161,7 +167,11 @@ class Replica:
         padded = ready + [ready[-1]] * padding
         # 2. one sampler call for the padded chunk
         t0 = time.perf_counter()
-        sampled = self.sampler.sample(sample_of(padded, self.controlnets))
+        sample = sample_of(padded, self.controlnets)
+        if self.hires is not None and sample.mode == "txt2img":
+            sampled = run_hires(self.sampler, sample, self.hires, self.upscalers)
+        else:
+            sampled = self.sampler.sample(sample)
         share = (time.perf_counter() - t0) / len(padded)
         # 3. a row whose output is unusable (NaN/inf) fails alone; padding rows are dropped
         results = []
@@ -178,6 +188,10 @@ class Replica:
             picture = to_pil(image.permute(1, 2, 0).numpy())  # (3, H, W) -> (H, W, 3)
             if request.mode == "inpaint":  # paste back, the source kept outside the mask
                 picture = finish_inpaint(inputs.main, picture)
+            if self.upscale is not None:  # the upscale-only post stage
+                stage = self.upscale
+                size = stage.output_size(*picture.size)
+                picture = self.upscalers.upscale_to(stage.model, picture, size, stage.tile)
             results.append(GenResult(request, picture, None, share, flagged=flag))
         return results
 

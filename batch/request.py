@@ -62,6 +62,8 @@ class RowDefaults:
     mask_from_boxes: MaskFromBoxes | None = None
     adapters: Any = None  # `batch.prompt_checks.AdapterContext`: syntax, lora_dir, job LoRAs
     controlnets: tuple = ()  # the job's `batch.controlnets.ControlNetUse`s, for every row
+    hires: Any = None  # the job's `batch.hires.HiresFix` (txt2img rows)
+    upscale: Any = None  # the job's `batch.hires.UpscaleStage` (every row)
 
 
 @dataclass(frozen=True)
@@ -163,10 +165,11 @@ def expand_row(
     carried = {k: v for k, v in row.items() if k not in inputs}
     if defaults.controlnets:  # the results record the units (`batch.controlnets`)
         carried["controlnets"] = controlnet_record(defaults.controlnets)
+    image = local_source(row.get("init_image"), base_dir)
+    carried |= stage_records(row, defaults, image is None)
     prompt = row_value(row, defaults, "prompt")
     if defaults.prompt_template:
         prompt = defaults.prompt_template.format_map(template_values(row, defaults))
-    image = local_source(row.get("init_image"), base_dir)
     negative = row_value(row, defaults, "negative_prompt") or ""
     base = GenRequest(
         row_id=row["id"],
@@ -201,6 +204,24 @@ def expand_row(
         )
         for k in range(count)
     ]
+
+
+def stage_records(row: dict, defaults: RowDefaults, txt2img: bool) -> dict[str, Any]:
+    """The results' `hires` and `upscale` columns and the image's `output_width` /
+    `output_height` (`batch.hires`), for a job with a hires fix or an upscale stage."""
+    if defaults.hires is None and defaults.upscale is None:
+        return {}
+    from sdfleet.batch.hires import output_size
+
+    hires = defaults.hires if txt2img else None  # the hires fix is txt2img's
+    size = int(row_value(row, defaults, "width")), int(row_value(row, defaults, "height"))
+    width, height = output_size(*size, hires, defaults.upscale)
+    return {
+        "hires": hires.record() if hires is not None else None,
+        "upscale": defaults.upscale.record() if defaults.upscale is not None else None,
+        "output_width": width,
+        "output_height": height,
+    }
 
 
 def local_source(value: Any, base_dir: Path | None) -> bytes | str | None:

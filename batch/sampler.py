@@ -27,6 +27,8 @@ frames (`anim.frames.PipelineFrames`: embedding cache, blends) both run through
   own scheduler on the loaded pipeline itself.
 - Randomness: one CPU ``torch.Generator`` per row, seeded from the row alone (diffusers
   ``generator=[...]``), so a row's image does not depend on its neighbours.
+- Output: images (B, 3, H, W) in [0, 1], or with ``output="latent"`` the latents left on the
+  device, which an img2img `Sample` takes as its ``image`` (a hires fix, `batch.hires`).
 - Steps x strength: one policy, `batch.schedulers.img2img_steps` (at least one img2img step).
 
 Failure policy: a row whose output holds NaN/inf values (fp16 overflow) gets a `GenerationError`
@@ -142,6 +144,7 @@ class Sample:
     mask_image: Any = None  # inpaint: B "L" masks the size of `image`, white = repaint
     loras: tuple = ()  # `batch.adapters.LoraUse`s active for this call (none: LoRA off)
     control: Control | None = None  # ControlNet (txt2img, img2img)
+    output: str = "pt"  # "latent": `Sampled.images` are the latents (a hires fix's first pass)
 
     @property
     def mode(self) -> str:
@@ -169,6 +172,8 @@ def check_sample(sample: Sample) -> None:
         raise ValueError("Sample.strength: img2img needs a strength")
     if sample.mode != "txt2img" and sample.latents is not None:
         raise ValueError("Sample.latents: initial noise is for txt2img; img2img noises its image")
+    if sample.output not in ("pt", "latent"):
+        raise ValueError(f"Sample.output: {sample.output!r} is 'pt' or 'latent'")
     if sample.control is not None:
         if sample.mode == "inpaint":
             raise ValueError("Sample.control: ControlNet runs txt2img and img2img, not inpaint")
@@ -208,8 +213,9 @@ class Sampler:
             if self.pipes.refiner is not None and refine:
                 output = self._refined(pipe, sample, text, common | kwargs)
             else:
-                output = pipe(**text, output_type="pt", **common, **kwargs)
-        images = output.images.float().cpu()  # (B, 3, H, W)
+                output = pipe(**text, output_type=sample.output, **common, **kwargs)
+        images = output.images  # latents stay where they are, for the next call
+        images = images.float().cpu() if sample.output == "pt" else images  # (B, 3, H, W)
         flagged = getattr(output, "nsfw_content_detected", None) or [None] * len(images)
         # 6. a row with NaN/inf values is an error, not a black square
         finite = torch.isfinite(images).flatten(1).all(dim=1).tolist()
@@ -230,7 +236,7 @@ class Sampler:
         keep = {"guidance_scale", "generator", "num_inference_steps"}
         rest = {k: v for k, v in kwargs.items() if k in keep}
         return refiner(
-            **refiner_text, image=latents, denoising_start=switch, output_type="pt", **rest
+            **refiner_text, image=latents, denoising_start=switch, output_type=sample.output, **rest
         )
 
     def _refiner(self, scheduler: str | None) -> Any:
@@ -261,12 +267,25 @@ class Sampler:
         steps = self.img2img_steps(pipe, sample.num_inference_steps, sample.strength)
         kwargs = {"image": sample.image, "strength": sample.strength, "num_inference_steps": steps}
         if sample.control is not None:  # the size is the image's, as for inpainting
-            width, height = _image_size(sample.image)
+            width, height = self._image_size(sample.image)
             kwargs |= sample.control.kwargs("control_image") | {"width": width, "height": height}
         if sample.mode == "inpaint":  # the size is the image's (diffusers' default is the UNet's)
             width, height = _image_size(sample.image)
             kwargs |= {"mask_image": sample.mask_image, "width": width, "height": height}
         return kwargs
+
+    def _image_size(self, images: Any) -> tuple[int, int]:
+        """(width, height) in pixels of B PIL images, a (B, 3, H, W) tensor or latents."""
+        width, height = _image_size(images)
+        if not (hasattr(images[0], "size") and not callable(images[0].size)):
+            if int(images.shape[1]) != 3:  # latents (B, C, H/f, W/f)
+                return width * self.vae_scale_factor, height * self.vae_scale_factor
+        return width, height
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """The VAE's down-sampling factor f (latents are 1/f of the image's size)."""
+        return int(self.pipes.txt2img.vae_scale_factor)
 
     def train_timesteps(self, scheduler: str | None) -> int:
         """The training steps of img2img with `scheduler`: no schedule has more steps, so a

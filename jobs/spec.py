@@ -13,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sdfleet.batch.controlnets import ControlNetOption
 from sdfleet.batch.errors import ConfigError, suggest_name
+from sdfleet.batch.hires import (
+    LATENT_UPSCALERS,
+    HiresOption,
+    UpscaleOption,
+    size_problems,
+    upscaler_file_problems,
+)
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
 from sdfleet.batch.masks import MaskFromBoxes, mask_from_boxes_problems
 from sdfleet.batch.paths import is_uri, resolve_path
@@ -124,6 +131,8 @@ class BatchJob(Strict, PromptOptions):
     )
     refiner: RefinerOption | None = Field(None, description="SDXL: a refiner for the last steps")
     controlnets: list[ControlNetOption] = Field(default_factory=list, max_length=8)
+    hires: HiresOption | None = Field(None, description="A1111's hires fix (txt2img rows)")
+    upscale: UpscaleOption | None = Field(None, description="every image through an upscaler")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -138,6 +147,29 @@ class BatchJob(Strict, PromptOptions):
             raise ValueError("controlnets: a refiner does not run with ControlNet; drop one")
         return self
 
+    @model_validator(mode="after")
+    def _upscalers_usable(self) -> BatchJob:
+        """The hires fix and upscale stage's model files, and the hires size of the defaults,
+        checked before any model loads (`batch.hires`)."""
+        if self.hires is not None and self.refiner is not None:
+            raise ValueError("hires: a refiner does not run with the hires fix; drop one")
+        files = []
+        if self.hires is not None and self.hires.upscaler not in LATENT_UPSCALERS:
+            files.append(("hires.upscaler", self.hires.upscaler))
+        if self.upscale is not None:
+            files.append(("upscale.model", self.upscale.model))
+        problems = [
+            problem
+            for field, name in files
+            for problem in upscaler_file_problems(field, name, self.allow_pickle)
+        ]
+        if self.hires is not None:
+            hires, size = self.hires.use(), (self.defaults.width, self.defaults.height)
+            problems += size_problems(hires, *size, "defaults.width/height")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     def row_defaults(self, adapters: AdapterContext | None = None) -> RowDefaults:
         """The rows' defaults with the job's resolved prompt syntax, LoRAs and embeddings
         (`adapters`, made here when not given: a ConfigError names a bad file)."""
@@ -150,6 +182,8 @@ class BatchJob(Strict, PromptOptions):
                 tuple(boxes.columns), boxes.units, boxes.invert
             )
         values["controlnets"] = tuple(unit.use() for unit in self.controlnets)
+        values["hires"] = self.hires.use() if self.hires is not None else None
+        values["upscale"] = self.upscale.use() if self.upscale is not None else None
         return RowDefaults(**values)
 
 
@@ -215,6 +249,11 @@ def with_absolute_paths(job: dict[str, Any], base_dir: Path | None) -> dict[str,
             else unit
             for unit in fixed["controlnets"]
         ]
+    for name, key in (("hires", "upscaler"), ("upscale", "model")):  # upscaler model files
+        stage = fixed.get(name)
+        if isinstance(stage, dict) and isinstance(stage.get(key), str):
+            if stage[key] not in LATENT_UPSCALERS:
+                fixed[name] = stage | {key: absolute_from(stage[key], base_dir)}
     return fixed
 
 
