@@ -246,3 +246,23 @@ def test_an_upscaler_applied_until_it_covers_the_target() -> None:
     model = upscalers.get(path)
     direct = upscale_image(model, upscale_image(model, image, 0), 0)
     assert np.array_equal(as_array(twice), as_array(direct))
+
+
+@pytest.mark.slow
+def test_controlnet_units_act_in_both_passes_at_their_sizes() -> None:
+    from sdfleet.batch.controlnets import ControlNetUse
+    from sdfleet.batch.tiny_conditioning import tiny_controlnet_dir
+    from tests.batch.test_controlnet import picture, png
+
+    units = (ControlNetUse(str(tiny_controlnet_dir(0)), scale=1.0),)
+    hires = HiresFix(upscaler="latent", scale=2.0, steps=2)
+    made = []
+    for chosen in (units, ()):
+        replica = Replica(ModelSpec(controlnets=chosen, hires=hires), batch_size=1)
+        defaults = RowDefaults(**{**DEFAULTS.__dict__, "controlnets": chosen, "hires": hires})
+        row = ROW | {"control_image": png(picture(1, (64, 48)))} if chosen else ROW
+        (result,) = replica.generate(expand_row(row, defaults, 0))
+        assert result.error is None, result.error
+        made.append(as_array(result.image))
+    assert made[0].shape == made[1].shape == (96, 128, 3)
+    assert not np.array_equal(made[0], made[1])  # the layout changed the picture
