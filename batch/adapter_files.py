@@ -89,18 +89,26 @@ def _text_encoder_index(key: str) -> int:
     return 0
 
 
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a `.safetensors` file (an 8-byte little-endian length, then that
+    much JSON), read without its tensors; OSError or ValueError for a truncated or mislabelled
+    file. Model components and adapter files are checked with it before anything loads."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
+            raise ValueError(f"header length {length} in a file of {size} bytes")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    return header
+
+
 def read_header(path: str | Path) -> AdapterHeader:
     """Tensor names, shapes and metadata of a `.safetensors` file, reading only its header."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
-                raise ValueError(f"header length {length} in a file of {size} bytes")
-            header = json.loads(handle.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
+        header = safetensors_header(path)
     except (OSError, ValueError) as exc:
         raise AdapterFileError(
             f"{str(path)!r} is not a readable .safetensors file ({exc}); check that the file is "

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from sdfleet.batch.adapter_files import safetensors_header
 from sdfleet.batch.errors import ModelError
 from sdfleet.batch.paths import is_uri, resolve_path
 
@@ -209,15 +210,8 @@ def check_model_index(path: Path) -> None:
 def check_safetensors_header(path: Path) -> None:
     """A .safetensors file starts with an 8-byte little-endian length and that much JSON;
     a truncated or mislabelled file fails here, before a model loads."""
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as handle:
-            length = int.from_bytes(handle.read(8), "little")
-            if not 2 <= length <= min(size - 8, 100_000_000):
-                raise ValueError(f"header length {length} in a file of {size} bytes")
-            header = json.loads(handle.read(length))
-        if not isinstance(header, dict):
-            raise ValueError("the header is not a JSON object")
+        safetensors_header(path)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"model: {str(path)!r} is not a readable .safetensors file ({exc}); check that "
