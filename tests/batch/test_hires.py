@@ -266,3 +266,38 @@ def test_controlnet_units_act_in_both_passes_at_their_sizes() -> None:
         made.append(as_array(result.image))
     assert made[0].shape == made[1].shape == (96, 128, 3)
     assert not np.array_equal(made[0], made[1])  # the layout changed the picture
+
+
+@pytest.mark.slow
+def test_the_marketing_hires_example_runs(tmp_path: Path) -> None:
+    """jobs/examples/marketing_hires.yaml (ControlNet layout + hires fix + upscale stage), with
+    its files made by its script, in a copy of the repository layout it names them in."""
+    import importlib.util
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from sdfleet.jobs.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "make_example_hires", repo / "manifests" / "make_example_hires.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.write_files(tmp_path / "manifests")
+    (tmp_path / "jobs" / "examples").mkdir(parents=True)
+    job = tmp_path / "jobs" / "examples" / "marketing_hires.yaml"
+    shutil.copy(repo / "jobs" / "examples" / "marketing_hires.yaml", job)
+    out = tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out), "--quiet"]) == 0
+    results = pq.read_table(out / "results").to_pylist()
+    assert len(results) == 3 and {r["status"] for r in results} == {"ok"}
+    for row in results:
+        assert (row["output_width"], row["output_height"]) == (256, 256)
+        with Image.open(out / row["image_path"]) as image:
+            assert image.size == (256, 256)
+            fields = a1111_rules.parse(image.text["parameters"])
+        assert fields["Hires upscaler"] == "tiny-esrgan-x2" and "ControlNet 0" in fields
+    # the record OUT/job.yaml runs from anywhere: its upscaler files are read absolute
+    assert main(["run", str(out / "job.yaml"), "--out", str(out), "--quiet"]) == 0
