@@ -50,6 +50,7 @@ from typing import Any
 import yaml
 
 from sdfleet.anim import deforum_keys as keys
+from sdfleet.anim.job_files import read_json_object
 from sdfleet.anim.parseq import UNSUPPORTED as PARSEQ_UNSUPPORTED
 from sdfleet.anim.parseq import unsupported_fields
 from sdfleet.anim.schedule import parse_schedule
@@ -105,21 +106,12 @@ def looks_like_settings(path: str | Path) -> bool:
 
 def read_settings(path: str | Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the settings file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; give the settings file Deforum wrote") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
+        return read_json_object(path)
+    except ValueError as exc:
         raise ConfigError(
-            f"{path}: not a valid Deforum settings file: {err.msg} at line {err.lineno}, column "
-            f"{err.colno}; Deforum writes JSON (an edited file may have lost a comma or quote)"
+            f"{path}: not a valid Deforum settings file: {exc}; give the JSON file Deforum "
+            "writes beside its frames (an edited file may have lost a comma or quote)"
         ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a Deforum settings file is a JSON object of settings")
-    return data
 
 
 def import_settings(

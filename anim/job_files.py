@@ -8,6 +8,8 @@ context (`base_dir`).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
@@ -33,3 +35,22 @@ class FileField(BaseModel):
     @classmethod
     def _file_only(cls, value: Any) -> Any:
         return {"file": value} if isinstance(value, str) else value
+
+
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object in a settings or document file (Deforum's settings, Parseq's render).
+    ValueError with the reason, phrased to follow "<the file> is not usable: ", when the file
+    cannot be read, is not UTF-8, is not JSON (line and column) or holds another JSON value."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{err.msg} at line {err.lineno}, column {err.colno}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    return data

@@ -32,16 +32,14 @@ API:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
 
-from sdfleet.anim.job_files import FileField
+from sdfleet.anim.job_files import FileField, read_json_object
 from sdfleet.batch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -149,21 +147,12 @@ def load_parseq(spec: ParseqSpec, max_frames: int, fps: float | None = None) -> 
 
 def read_document(path: str) -> dict[str, Any]:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"parseq: cannot read {path!r} ({exc.strerror}); fix the path") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"parseq: {path!r} is not UTF-8 text; give Parseq's JSON") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
+        return read_json_object(path)
+    except ValueError as exc:
         raise ConfigError(
-            f"parseq: {path!r} is not JSON ({err.msg} at line {err.lineno}, column "
-            f"{err.colno}); give the JSON Parseq renders (its 'rendered_frames')"
+            f"parseq: {path!r} is not a Parseq document: {exc}; give the JSON Parseq renders "
+            "(its 'rendered_frames'), and check the path"
         ) from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"parseq: {path!r} holds a JSON {type(document).__name__}, not an object")
-    return document
 
 
 def check_frames(document: dict[str, Any], source: str, max_frames: int) -> list[dict[str, Any]]:

@@ -362,7 +362,7 @@ def test_broken_settings_files_are_refused_naming_the_file(tmp_path):
     ):
         read_settings(path)
     path.write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="a Deforum settings file is a JSON object"):
+    with pytest.raises(ConfigError, match="Deforum settings file: a JSON list, not an object"):
         read_settings(path)
     with pytest.raises(ConfigError, match="prompts is not valid JSON"):
         import_settings({"prompts": "{0: 'a'"}, "s")

@@ -109,8 +109,8 @@ def test_a_field_defined_at_frame_0_must_be_a_number_in_every_frame():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("{not json", "is not JSON .* line 1, column 2"),
-        ("[1, 2]", "holds a JSON list, not an object"),
+        ("{not json", "is not a Parseq document: .* line 1, column 2"),
+        ("[1, 2]", "is not a Parseq document: a JSON list, not an object"),
         ('{"options": {}}', "no 'rendered_frames' list"),
         ('{"rendered_frames": [{"angle": 1}]}', r"rendered_frames\[0\] has no whole 'frame'"),
     ],
@@ -127,7 +127,7 @@ def test_the_field_takes_a_file_or_a_document_once():
     assert ParseqSpec.model_validate("p.json").file == "p.json"
     with pytest.raises(ValueError, match="file: .* or manifest:, once"):
         ParseqSpec(file="p.json", manifest={"rendered_frames": []})
-    with pytest.raises(ConfigError, match="cannot read 'nowhere.json'"):
+    with pytest.raises(ConfigError, match="is not a Parseq document: cannot read it"):
         load_parseq(ParseqSpec(file="nowhere.json"), 1)
 
 
