@@ -201,6 +201,9 @@ def local_ray(tiny_dir, monkeypatch):
     ray.shutdown()
 
 
+SMALL = {"num_inference_steps": 2, "width": 64, "height": 64}
+
+
 def run_ray_job(job: Path, out: Path, actor_class=GenerateBatch) -> tuple[dict, list]:
     from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
     from sdfleet.jobs.spec import load_job
@@ -243,3 +246,23 @@ def test_a_resumed_ray_job_counts_what_is_done_and_ends_at_100_percent(local_ray
     assert events[0].stage == "loading" and events[0].skipped == committed
     assert events[-1].done == summary["expected_outputs"] == 24  # the bar ends at 100%
     assert summary["generated_this_run"] == 24 - committed
+
+
+@pytest.mark.slow  # two runs of 24 rows x 2 images
+def test_a_resumed_local_job_counts_outputs_not_rows_and_ends_at_100_percent(tiny_dir, tmp_path):
+    from sdfleet.jobs.runner import prepare_batch_job, run_batch_job
+    from sdfleet.jobs.spec import load_job
+
+    # 24 rows x 2 images: the local executor commits 16 rows (32 outputs) a part, so 2 parts
+    job = write_job(tmp_path, rows(24), executor="local", defaults={"num_images": 2, **SMALL})
+    prepared = prepare_batch_job(load_job(job), job, str(tmp_path / "out"))
+    run_batch_job(prepared, "local", lambda event: None)
+    parts = sorted((tmp_path / "out" / "results").glob("*.parquet"))
+    assert len(parts) == 2
+    kept = pq.read_table(parts[0]).num_rows
+    parts[1].unlink()  # as if the run had stopped after its first part
+    events: list[ProgressEvent] = []
+    summary = run_batch_job(prepared, "local", events.append)
+    assert events[0].stage == "loading" and events[0].skipped == kept == 32
+    assert events[-1].done == summary["expected_outputs"] == 48
+    assert summary["generated_this_run"] == 48 - kept
