@@ -136,6 +136,15 @@ class UpscaleStage:
         scale = self.scale if self.scale is not None else upscaler_scale(self.model)
         return round(width * scale), round(height * scale)
 
+    def a1111_fields(self) -> dict[str, Any]:
+        """The fields A1111's Extras tab writes for an upscale (`Postprocess upscale by`,
+        `Postprocess upscaler`: the model file's stem)."""
+        scale = self.scale if self.scale is not None else upscaler_scale(self.model)
+        return {
+            "Postprocess upscale by": _number(scale),
+            "Postprocess upscaler": Path(self.model).stem,
+        }
+
     def record(self) -> str:
         """The results' `upscale` column (JSON)."""
         scale = self.scale if self.scale is not None else upscaler_scale(self.model)
@@ -309,7 +318,13 @@ def run_hires(sampler: Any, sample: Any, hires: HiresFix, upscalers: Upscalers) 
         image = [upscalers.upscale_to(hires.upscaler, p, target, hires.tile) for p in pictures]
     second = sampler.sample(second_pass(sample, hires, image, target))
     errors = tuple(a or b for a, b in zip(first.errors, second.errors))
-    return Sampled(second.images, errors, second.flagged)
+    flagged = tuple(_either(a, b) for a, b in zip(first.flagged, second.flagged))
+    return Sampled(second.images, errors, flagged or second.flagged)
+
+
+def _either(first: bool | None, second: bool | None) -> bool | None:
+    """The safety checker fired in either pass (None: it ran in neither)."""
+    return None if first is None and second is None else bool(first or second)
 
 
 def second_pass(sample: Any, hires: HiresFix, image: Any, target: tuple[int, int]) -> Any:

@@ -13,7 +13,9 @@ JPEG and WEBP keep it in the Exif UserComment (tag 0x9286, type UNDEFINED, an 8-
 `Model:` is the checkpoint's name and `Model hash:` A1111's short hash (`model_hash`).
 A hires fix writes A1111's fields: `Size:` is the first pass's, `Denoising strength:` the
 second pass's, then `Hires upscale:` (or `Hires resize:`), `Hires steps:` where set and
-`Hires upscaler:` (`batch.hires.HiresFix.a1111_fields`), before the extra networks' hashes.
+`Hires upscaler:` (`batch.hires.HiresFix.a1111_fields`), before the extra networks' hashes;
+an upscale stage ends the line with A1111's Extras fields (`Postprocess upscale by:`,
+`Postprocess upscaler:`).
 
 Pure: the standard library only; diffusers is imported only to build a named scheduler from a
 loaded model's scheduler config (`SamplerLabels`), inside a replica that has it loaded already.
@@ -145,6 +147,7 @@ class InfotextModel:
     samplers: SamplerLabels | None = None
     controlnets: dict[str, str] | None = None  # `ControlNet i` fields (every row runs them)
     hires: Any = None  # `batch.hires.HiresFix` of the job (txt2img rows run it)
+    upscale: Any = None  # `batch.hires.UpscaleStage` of the job (every row)
 
     @classmethod
     def of_loaded(cls, spec: Any, base_scheduler: Any) -> InfotextModel:
@@ -156,6 +159,7 @@ class InfotextModel:
             SamplerLabels(base_scheduler),
             controlnet_fields(units) if units else None,
             getattr(spec, "hires", None),
+            getattr(spec, "upscale", None),
         )
 
     def sampler_fields(self, scheduler: str | None) -> dict[str, str]:
@@ -185,6 +189,7 @@ def generation_fields(params: dict[str, Any], model: InfotextModel | None) -> di
         "Lora hashes": params.get("lora_hashes"),  # A1111's extra networks, as it writes them
         "TI hashes": params.get("ti_hashes"),
         **(model.controlnets or {}),  # as A1111's ControlNet extension writes its units
+        **(model.upscale.a1111_fields() if model.upscale is not None else {}),  # Extras' own
     }
 
 

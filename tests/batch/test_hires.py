@@ -233,6 +233,8 @@ def test_hires_and_upscale_stage_run_in_batch_and_are_recorded(tmp_path) -> None
         fields = a1111_rules.parse(a1111_rules.read_parameters(data))
         assert fields["Hires upscaler"] == "Latent (nearest)" and fields["Hires steps"] == "3"
         assert fields["Hires upscale"] == "1.5" and fields["Denoising strength"] == "0.7"
+        assert fields["Postprocess upscale by"] == "2"
+        assert fields["Postprocess upscaler"] == "tiny-esrgan-x2"
 
 
 def test_an_upscaler_applied_until_it_covers_the_target() -> None:
