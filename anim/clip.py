@@ -50,6 +50,7 @@ from sdfleet.anim.state import (
     write_state_arrays,
 )
 from sdfleet.anim.video import EncodeOptions, encode_frames, read_rgb
+from sdfleet.anim.video_input import VideoSource
 from sdfleet.anim.walk import render_walk_frames
 from sdfleet.batch.fingerprint import fingerprint as settings_fingerprint
 from sdfleet.batch.outputs import encode_image
@@ -217,7 +218,8 @@ def iter_clip_frames(
             plan, options, model.walk, model.latent_shape, state, walk_batch_size
         )
     init = load_init_image(job.init_image, job.width, job.height)
-    return render_frames(plan, options, model, state, init)
+    video = VideoSource.load(job, [record.frame for record in plan if record.diffused])
+    return render_frames(plan, options, model, state, init, video)
 
 
 def encode_clip_video(paths: ClipPaths, job: AnimationJob) -> Path:

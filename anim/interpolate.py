@@ -49,7 +49,7 @@ def optical_flow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(grey_a, grey_b, None, *FARNEBACK, 0)
 
 
-def _moved(image: np.ndarray, flow: np.ndarray, share: float) -> np.ndarray:
+def moved_by_flow(image: np.ndarray, flow: np.ndarray, share: float) -> np.ndarray:
     """`image` sampled at x - share * flow(x), as float32 (H, W, 3)."""
     import cv2
 
@@ -75,7 +75,7 @@ def interpolate_pair(a: np.ndarray, b: np.ndarray, factor: int) -> list[np.ndarr
     between = []
     for step in range(1, factor):
         t = step / factor
-        blend = (1 - t) * _moved(a, forward, t) + t * _moved(b, backward, 1 - t)
+        blend = (1 - t) * moved_by_flow(a, forward, t) + t * moved_by_flow(b, backward, 1 - t)
         between.append(np.clip(np.rint(blend), 0, 255).astype(np.uint8))
     return between
 

@@ -169,7 +169,7 @@ def _record_name(field: str) -> str:
 
 
 def _mode(job: AnimationJob, frame: int, diffused: bool, walk: bool) -> str:
-    if walk or (frame == 0 and job.init_image is None):
+    if walk or (frame == 0 and job.init_image is None and job.init_video is None):
         return "txt2img"
     return "img2img" if diffused else "tween"
 

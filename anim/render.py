@@ -50,6 +50,7 @@ from sdfleet.anim.state import RenderState
 
 if TYPE_CHECKING:
     from sdfleet.anim.spec import AnimationJob
+    from sdfleet.anim.video_input import VideoSource
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,12 @@ def render_frames(
     step_fn: StepFn,
     state: RenderState | None = None,
     init_image: torch.Tensor | None = None,
+    video: VideoSource | None = None,
 ) -> Iterator[Frame]:
     """Yield (frame, uint8 image, state after it) for every frame not yet in `state`.
+
+    With `video` (``init_video``), each diffused frame starts from its source frame, or with
+    hybrid options from the previous frame moved and composited (`anim.video_input`).
 
     The caller writes the frame, then saves the state, before asking for the next one (the
     colour reference inside the state is updated in place by later frames). Frames come in
@@ -243,7 +248,7 @@ def render_frames(
     state = state or RenderState(fingerprint="")
     if state.colour is None:
         state = replace(state, colour=options.new_colour_reference())
-    chain = _Chain(plan, options, step_fn, init_image)
+    chain = _Chain(plan, options, step_fn, init_image, video)
     # 2. one frame index at a time, each frame written exactly once
     try:
         while state.next_frame < len(plan):
@@ -273,8 +278,10 @@ class _Chain:
         options: ChainOptions,
         step_fn: StepFn,
         init_image: torch.Tensor | None,
+        video: VideoSource | None = None,
     ) -> None:
         self.plan, self.options, self.step_fn, self.init_image = plan, options, step_fn, init_image
+        self.video = video
         self.noise = NoiseAhead(options)
         self.diffused = [record.frame for record in plan if record.diffused]
 
@@ -283,13 +290,16 @@ class _Chain:
         assert state.colour is not None
         if state.prev_image is None or state.prev_key is None:
             assert record.frame == 0, "only frame 0 starts without a previous frame"
-            init = self.init_image
+            init = self.init_image if self.video is None else self.video.first()
         else:
             size = (self.options.width, self.options.height)
             matrix = accumulated_matrix(self.plan, state.prev_key, record.frame, *size)
-            init = prepare_init(
-                from_uint8(state.prev_image), record, matrix, state.colour, self.options, self.noise
-            )
+            previous = from_uint8(state.prev_image)
+            if self.video is not None:  # the source frame, or hybrid: moved, composited
+                warped = _warp(previous, matrix, self.options.border) if self.video.hybrid else None
+                previous = self.video.picture(warped, state.prev_key, record.frame)
+                matrix = _IDENTITY
+            init = prepare_init(previous, record, matrix, state.colour, self.options, self.noise)
         later = bisect.bisect_right(self.diffused, record.frame)
         if later < len(self.diffused):  # made while the model runs on this frame
             self.noise.prefetch(self.plan[self.diffused[later]])

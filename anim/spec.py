@@ -50,6 +50,7 @@ from sdfleet.anim.rules import SCHEDULE_RULES, job_problems
 from sdfleet.anim.schedule import parse_schedule, plain_number
 from sdfleet.anim.seeds import SEED_MAX
 from sdfleet.anim.video import X264_PRESETS, EncodeOptions
+from sdfleet.anim.video_input import HYBRID_MOTIONS, VideoInputSpec, video_input_problems
 from sdfleet.batch.controlnets import ControlNetOption
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
 from sdfleet.batch.manifest import MAX_SIDE_PX, text_problems
@@ -183,6 +184,15 @@ class AnimationJob(PromptOptions):
     width: int = Field(512, ge=8, le=MAX_SIDE_PX, validation_alias=AliasChoices("width", "W"))
     height: int = Field(512, ge=8, le=MAX_SIDE_PX, validation_alias=AliasChoices("height", "H"))
     init_image: str | None = None
+    # video input and Deforum's hybrid video (anim.video_input)
+    init_video: VideoInputSpec | None = Field(None, description="source video of the init pictures")
+    hybrid_composite: bool = False
+    hybrid_comp_alpha_schedule: Schedule = "0:(0.5)"
+    hybrid_motion: Annotated[
+        Literal["None", "optical_flow"],
+        BeforeValidator(lambda v: "None" if v is None else v),
+        BeforeValidator(_canonical(*HYBRID_MOTIONS, aliases={"Optical Flow": "optical_flow"})),
+    ] = "None"
     # what schedules read besides their text (anim.audio, anim.parseq)
     audio: AudioSpec | None = Field(None, description="sound file whose series drive schedules")
     parseq: ParseqSpec | None = Field(None, description="Parseq JSON overriding per-frame values")
@@ -373,7 +383,7 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
     except ValidationError as err:
         raise ConfigError(_report(source, _describe_errors(err))) from None
     # 2. values over the whole clip, for the base job and for every clip
-    problems = job_problems(job) + prompt_field_problems(job)
+    problems = job_problems(job) + prompt_field_problems(job) + video_input_problems(job)
     for index, clip in enumerate(job.clips or ()):
         prefix = f"clips[{index}] ({clip['id']})"
         try:
@@ -382,6 +392,7 @@ def load_animation_job(data: Mapping[str, Any], source: str = "<job>") -> Animat
             problems += _describe_errors(err, prefix)
             continue
         found = job_problems(clip_job) + prompt_field_problems(clip_job)
+        found += video_input_problems(clip_job)
         problems += [f"{prefix}.{problem}" for problem in found]
     if problems:
         raise ConfigError(_report(source, problems))
@@ -420,6 +431,7 @@ def _describe_errors(err: ValidationError, prefix: str = "") -> list[str]:
 
 def _known_names(parent: list[str]) -> list[str]:
     nested = {"video": VideoSpec, "audio": AudioSpec, "parseq": ParseqSpec}
+    nested["init_video"] = VideoInputSpec
     model = nested.get(parent[-1] if parent else "", AnimationJob)
     return [*model.model_fields, *(["W", "H"] if model is AnimationJob else [])]
 
