@@ -31,7 +31,7 @@ from typing import Any
 from sdfleet.batch.conditioning import finish_inpaint, mask_size_problems, prepare_inpaint
 from sdfleet.batch.controlnets import control_images
 from sdfleet.batch.errors import ManifestError
-from sdfleet.batch.hires import Upscalers, run_hires
+from sdfleet.batch.hires import Upscalers, run_hires, size_problems
 from sdfleet.batch.masks import box_mask
 from sdfleet.batch.models import ModelSpec, Pipelines, load_model
 from sdfleet.batch.paths import is_uri
@@ -154,6 +154,11 @@ class Replica:
         """Decode init images; a request whose image cannot be read fails alone."""
         ready, failed = [], {}
         for request in chunk:
+            if self.hires is not None and request.mode == "txt2img":
+                size = (request.width, request.height)
+                if problems := size_problems(self.hires, *size, f"row {request.row_id!r}"):
+                    failed[id(request)] = _error(request, ManifestError(problems[0]))
+                    continue
             try:
                 ready.append((request, load_row_inputs(request, self.controlnets)))
             except Exception as exc:  # noqa: BLE001

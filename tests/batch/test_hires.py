@@ -303,3 +303,16 @@ def test_the_marketing_hires_example_runs(tmp_path: Path) -> None:
         assert fields["Hires upscaler"] == "tiny-esrgan-x2" and "ControlNet 0" in fields
     # the record OUT/job.yaml runs from anywhere: its upscaler files are read absolute
     assert main(["run", str(out / "job.yaml"), "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_row_whose_hires_target_is_too_large_fails_alone() -> None:
+    from sdfleet.batch.replica import Replica as Plain
+
+    hires = HiresFix(scale=8.0)
+    replica = Plain.__new__(Plain)  # no model needed: the row fails before any call
+    replica.hires, replica.controlnets = hires, ()
+    defaults = RowDefaults(**{**DEFAULTS.__dict__, "hires": hires})
+    (request,) = expand_row(ROW | {"width": 2048, "height": 64}, defaults, 0)
+    ready, failed = replica._prepare_inputs([request])
+    assert ready == [] and "16384x512" in failed[id(request)].error
+    assert "change hires.scale" in failed[id(request)].error
