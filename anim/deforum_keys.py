@@ -218,9 +218,14 @@ GATES: dict[str, tuple[Callable[[Settings], bool], str]] = {
     "diffusion_redo": (_not("diffusion_redo", "0", 0, None), "diffusion redo is not available"),
     "hybrid_composite": (
         _not("hybrid_composite", "None", False, None),
-        "hybrid video compositing is not available",
+        "hybrid video is not read from Deforum files (Deforum extracts the video into its "
+        "own folders); write init_video and hybrid_composite in an sdfleet job",
     ),
-    "hybrid_motion": (_not("hybrid_motion", "None", None), "hybrid video motion is not available"),
+    "hybrid_motion": (
+        _not("hybrid_motion", "None", None),
+        "hybrid video is not read from Deforum files; write init_video and "
+        "hybrid_motion: optical_flow in an sdfleet job",
+    ),
     "use_mask_video": (_on("use_mask_video"), "mask videos are not available"),
     "use_looper": (_on("use_looper"), "guided images (looper) are not available"),
     "resume_from_timestring": (
