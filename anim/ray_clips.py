@@ -36,6 +36,7 @@ from sdfleet.anim.clip import (
     Progress,
     fingerprint,
     is_finished,
+    output_settings,
     read_status,
     render_clip,
     with_absolute_paths,
@@ -82,7 +83,13 @@ class ClipTask:
         return cls(str(row["id"]), job, Path(row["root"]))
 
     def is_finished(self) -> bool:
-        return is_finished(self.paths, fingerprint(self.job, compile_plan(self.job)))
+        """Rendered and encoded as the job now asks: a finished clip whose video settings
+        changed (fps, format, crf, soundtrack, contact sheet) is a task again, which encodes
+        its frames anew without rendering them (`anim.clip.refresh_outputs`)."""
+        paths = self.paths
+        if not is_finished(paths, fingerprint(self.job, compile_plan(self.job))):
+            return False
+        return (read_status(paths) or {}).get("outputs") == output_settings(self.job)
 
 
 # ---------------------------------------------------------------------------- clip manifests

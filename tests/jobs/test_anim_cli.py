@@ -251,3 +251,22 @@ def test_validate_and_run_list_the_clips_of_a_manifest_the_same_way(tmp_path, ca
     assert "b: scheduler: unknown scheduler 'eulr'" in from_validate
     assert capsys.readouterr().err == from_validate
     assert main(["plan", str(job)]) == EXIT_CONFIG
+
+
+def test_a_finished_clip_whose_video_settings_changed_is_encoded_again_not_rendered(
+    tiny_dir, tmp_path: Path
+) -> None:
+    """fps is an output setting: the rerun writes a video at the new rate from the same frames
+    (untouched on disk), and a third run with nothing changed writes nothing."""
+    out = tmp_path / "out"
+    assert run(write_job(tmp_path, max_frames=4), out) == EXIT_OK
+    frames = {p.name: p.stat().st_mtime_ns for p in (out / "frames").glob("*.png")}
+    assert probe_video(out / "clip.mp4")["fps"] == 8
+
+    assert run(write_job(tmp_path, max_frames=4, fps=4), out) == EXIT_OK
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "frames").glob("*.png")} == frames
+    assert probe_video(out / "clip.mp4")["fps"] == 4
+    encoded = (out / "clip.mp4").stat().st_mtime_ns
+
+    assert run(write_job(tmp_path, max_frames=4, fps=4), out) == EXIT_OK
+    assert (out / "clip.mp4").stat().st_mtime_ns == encoded
