@@ -316,3 +316,14 @@ def test_a_row_whose_hires_target_is_too_large_fails_alone() -> None:
     ready, failed = replica._prepare_inputs([request])
     assert ready == [] and "16384x512" in failed[id(request)].error
     assert "change hires.scale" in failed[id(request)].error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("upscaler", ["latent", "model"])
+def test_the_hires_fix_runs_on_sdxl(upscaler) -> None:
+    path = "latent" if upscaler == "latent" else str(tiny_upscaler_file(2))
+    hires = HiresFix(upscaler=path, scale=1.5, steps=2)
+    replica = Replica(ModelSpec(model="builtin:tiny-sdxl", hires=hires), batch_size=1)
+    defaults = RowDefaults(num_inference_steps=3, width=64, height=64, hires=hires)
+    (result,) = replica.generate(expand_row(ROW, defaults, 0))
+    assert result.error is None and result.image.size == (96, 96)
