@@ -261,7 +261,8 @@ class ResultCounts:
         """Distinct output ids: exact from the hashes when they are all distinct (the normal
         case); otherwise counted again on the ids themselves."""
         hashes = np.frombuffer(self.id_hashes, dtype=np.int64)
-        if len(np.unique(hashes)) == self.outputs:
+        hashes.sort()  # in place: np.unique would take copies, ~3x the hashes at 1M outputs
+        if not len(hashes) or int(np.count_nonzero(hashes[1:] != hashes[:-1])) + 1 == self.outputs:
             return self.outputs
         table = read_results(out, ["output_id"])
         return 0 if table is None else pc.count_distinct(table["output_id"], mode="all").as_py()

@@ -1,12 +1,23 @@
 """The driver's memory does not follow the row count: what it keeps per pipeline call is
-aggregates (`batch.progress.RunProgress`: a `RateClock` per replica), never a list of calls.
-docs/PERFORMANCE.md ("The Ray executor") has the measured figures at 100k and 1M rows."""
+aggregates (`batch.progress.RunProgress`: a `RateClock` per replica), never a list of calls;
+the summary counts distinct outputs on 8 bytes a row, sorted in place; the local Ray instance
+bounds the task lineage the driver keeps per block. docs/PERFORMANCE.md ("The Ray executor")
+has the measured figures."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tracemalloc
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sdfleet.batch.outputs import OutputDir
 from sdfleet.batch.progress import CallDone, ProgressEvent, RunProgress
+from sdfleet.batch.run import ResultCounts
 
 
 def feed(tracker: RunProgress, calls: int, workers: int = 4) -> None:
@@ -51,3 +62,47 @@ def test_progress_keeps_one_clock_per_replica_and_the_rates_stay_exact():
     # the span: first start 1000.0, last end 1000.0 + 9999 * 0.01 + 0.02
     span = 9_999 * 0.01 + 0.02
     assert abs(tracker.images_per_s() - 40_000 / span) < 1e-6
+
+
+# --- the summary's distinct count: hashes sorted in place, no copies -----------------------------
+
+
+def test_distinct_outputs_are_counted_from_the_hashes_alone(tmp_path):
+    counts = ResultCounts(max_errors=5)
+    for start in range(0, 3000, 1000):
+        ids = [f"row-{i:06d}" for i in range(start, start + 1000)]
+        counts.add(pa.table({"output_id": ids, "status": ["ok"] * 1000, "error": [None] * 1000}))
+    # no results/ in this OUT: a fall back to reading the ids would count 0
+    assert counts.unique_outputs(OutputDir(str(tmp_path))) == 3000 == counts.outputs
+
+
+def test_a_repeated_output_is_found_and_counted_on_the_ids(tmp_path):
+    part = pa.table({"output_id": ["a", "b", "a"], "status": ["ok"] * 3, "error": [None] * 3})
+    (tmp_path / "results").mkdir()
+    pq.write_table(part, tmp_path / "results" / "part-0.parquet")
+    counts = ResultCounts(max_errors=5)
+    counts.add(part)
+    assert counts.outputs == 3 and counts.unique_outputs(OutputDir(str(tmp_path))) == 2
+
+
+# --- Ray's lineage: bounded on the local instance sdfleet starts --------------------------------
+
+LINEAGE_PROBE = """
+import ray
+from sdfleet.batch.ray_context import MAX_LINEAGE_BYTES, connect
+connect(None)
+print(ray._private.worker._global_node._config.get("max_lineage_bytes"), MAX_LINEAGE_BYTES)
+"""
+
+
+@pytest.mark.slow
+def test_the_local_instance_bounds_the_lineage_the_driver_keeps():
+    """Each block's task spec (its small blocks inlined) stays with the driver while Ray Data
+    holds the written results; Ray's 1 GB default let the driver grow ~45 KB a block."""
+    env = os.environ | {"RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", LINEAGE_PROBE], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    kept, bound = done.stdout.split()[-2:]
+    assert kept == bound == str(16 * 1024 * 1024)
