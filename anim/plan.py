@@ -12,8 +12,11 @@ Choices (documented here because the renderer relies on them):
   0..max_frames-1 exists and no tween trails off the end (Deforum drops or lags the tail). A
   tween records ``tween_prev``/``tween_next`` (the diffused frames it blends) and
   ``tween_weight`` = share of ``tween_next``; it carries the seed of ``tween_prev``.
-- ``mode``: ``txt2img`` (frame 0 without ``init_image``; every walk frame), ``img2img`` (other
-  diffused 2D frames, and frame 0 with ``init_image``) or ``tween``.
+- ``mode``: ``txt2img`` (frame 0 without ``init_image``; a 2D ``hard_cuts`` frame; every walk
+  frame), ``img2img`` (other diffused 2D frames, and frame 0 with ``init_image``) or ``tween``.
+  A 2D frame after 0 in ``txt2img`` mode is a hard cut: it keeps nothing from the frames
+  before it (no init, a new colour reference), and it and the frame before it are diffused, so
+  the clip splits there into segments that render independently (`anim.segments`).
 - Walks (``animation_mode: interpolation``): every frame is diffused (independent txt2img, so
   frames batch; cadence is not used). The walk keys are frame 0, every prompt key and the last
   frame; the seed advances once per walk key (by ``seed_behavior``). A frame between keys a and
@@ -105,9 +108,14 @@ class FrameRecord:
         return record
 
 
-def diffused_frames(max_frames: int, cadence: int) -> list[bool]:
-    """True for frames 0, N, 2N, ... and for the last frame (so no tween runs off the end)."""
-    return [frame % cadence == 0 or frame == max_frames - 1 for frame in range(max_frames)]
+def diffused_frames(max_frames: int, cadence: int, cuts: Sequence[int] = ()) -> list[bool]:
+    """True for frames 0, N, 2N, ... and for the last frame (so no tween runs off the end);
+    a hard cut and the frame before it are diffused too (no tween spans a cut)."""
+    around = {*cuts, *(cut - 1 for cut in cuts)}
+    return [
+        frame % cadence == 0 or frame == max_frames - 1 or frame in around
+        for frame in range(max_frames)
+    ]
 
 
 def compile_plan(job: AnimationJob) -> list[FrameRecord]:
@@ -134,7 +142,7 @@ def compile_plan(job: AnimationJob) -> list[FrameRecord]:
     # 3. which frames are diffused; seeds, tween and walk positions
     if walk and job.diffusion_cadence > 1:
         logger.info("diffusion_cadence %d is not used by walks", job.diffusion_cadence)
-    diffused = [True] * n if walk else diffused_frames(n, job.diffusion_cadence)
+    diffused = [True] * n if walk else diffused_frames(n, job.diffusion_cadence, job.hard_cuts)
     seeds = frame_seeds(behavior, job.seed, diffused, job.seed_iter_N, seed_schedule)
     tweens = tween_positions(diffused)
     walk_keys = sorted({0, n - 1, *(key.frame for key in keys)})
@@ -170,6 +178,8 @@ def _record_name(field: str) -> str:
 
 def _mode(job: AnimationJob, frame: int, diffused: bool, walk: bool) -> str:
     if walk or (frame == 0 and job.init_image is None and job.init_video is None):
+        return "txt2img"
+    if frame in job.hard_cuts:  # starts fresh, as frame 0 does (`anim.render`)
         return "txt2img"
     return "img2img" if diffused else "tween"
 

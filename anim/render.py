@@ -288,8 +288,10 @@ class _Chain:
     def render_key(self, record: FrameRecord, state: RenderState) -> np.ndarray:
         """A diffused frame from the previous one (or from nothing / the init image)."""
         assert state.colour is not None
-        if state.prev_image is None or state.prev_key is None:
-            assert record.frame == 0, "only frame 0 starts without a previous frame"
+        if record.frame > 0 and record.mode == "txt2img":  # a hard cut: nothing kept
+            init = None
+        elif state.prev_image is None or state.prev_key is None:
+            assert record.frame == 0, "only frame 0 and hard cuts start without a previous frame"
             init = self.init_image if self.video is None else self.video.first()
         else:
             size = (self.options.width, self.options.height)
@@ -306,6 +308,8 @@ class _Chain:
         return diffuse(record, init, self.step_fn, state.colour, self.options)
 
     def key_frame(self, record: FrameRecord, state: RenderState) -> Frame:
+        if record.frame > 0 and record.mode == "txt2img":  # a hard cut: a new colour reference
+            state = replace(state, colour=self.options.new_colour_reference())
         image = self.render_key(record, state)
         return record.frame, image, self._advance(state, prev_key=record.frame, prev_image=image)
 

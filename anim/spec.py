@@ -232,6 +232,9 @@ class AnimationJob(PromptOptions):
     perlin_octaves: int = Field(4, ge=1, le=7)
     perlin_persistence: float = Field(0.5, gt=0, le=1)
     diffusion_cadence: int = Field(1, ge=1, le=50)
+    hard_cuts: tuple[int, ...] = Field(
+        (), description="2D frames that start fresh (txt2img, new colour reference)"
+    )
     interpolation: Interpolation = "linear"
     schedule_interpolation: dict[str, Interpolation] = Field(default_factory=dict)
     # colour
@@ -258,6 +261,26 @@ class AnimationJob(PromptOptions):
                 f"clips ({len(self.clips)} entries) and clips_manifest "
                 f"({self.clips_manifest!r}) are both set; keep one of them (to render both "
                 "sets, add the clips: entries as rows of the manifest)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_hard_cuts(self) -> AnimationJob:
+        """Frames 1..max_frames-1 of a 2D clip without init_video, each once, in order."""
+        cuts = self.hard_cuts
+        if not cuts:
+            return self
+        if self.animation_mode != "2D" or self.init_video is not None:
+            raise ValueError(
+                f"hard_cuts {list(cuts)}: cuts restart the 2D chain; a walk's frames are all "
+                "independent, and a video input clip takes every frame from its video. "
+                "Remove hard_cuts"
+            )
+        bad = [cut for cut in cuts if not 0 < cut < self.max_frames]
+        if bad or list(cuts) != sorted(set(cuts)):
+            raise ValueError(
+                f"hard_cuts {list(cuts)}: give increasing frames from 1 to "
+                f"{self.max_frames - 1} (max_frames - 1), each once"
             )
         return self
 
