@@ -112,7 +112,7 @@ def validate_animation_job(job: AnimationJob, job_path: Path, out: str | None = 
 def plan_animation_job(job: AnimationJob, job_path: Path) -> list[FrameRecord]:
     """The per-frame plan `sdfleet plan` prints (the base job's, for a job of several clips),
     after the checks of every clip's settings and files (`check_clips`); OUT plays no part."""
-    check_clips(animation_tasks(job, job_path, default_out(job_path)), in_out=False)
+    check_clips(animation_tasks(job, job_path, default_out(job_path)), job_path, in_out=False)
     return compile_plan(job)
 
 
@@ -121,7 +121,7 @@ def prepare_animation_job(job: AnimationJob, job_path: Path, out: str | None) ->
     path `validate` and `run` share."""
     check_out_folder(out or default_out(job_path))  # not a file, writable
     tasks = animation_tasks(job, job_path, out or default_out(job_path))
-    check_tasks(tasks)
+    check_tasks(tasks, job_path)
     return tasks
 
 
@@ -161,18 +161,18 @@ def animation_tasks(job: AnimationJob, job_path: Path, out: str) -> list[ClipTas
     ]
 
 
-def check_tasks(tasks: list[ClipTask]) -> None:
+def check_tasks(tasks: list[ClipTask], job_path: Path) -> None:
     """Model files (`batch.model_checks`), ffmpeg, then `check_clips`; ModelError/EncodeError
     as they come."""
     for spec in {model_spec(task.job) for task in tasks}:
         check_model_files(spec)
     find_ffmpeg()
-    check_clips(tasks)
+    check_clips(tasks, job_path)
 
 
-def check_clips(tasks: list[ClipTask], in_out: bool = True) -> None:
-    """Raise one ConfigError listing every clip's `clip_problems` and (`in_out`) what an
-    earlier render in its folder rules out (`anim.clip.check_resumable`)."""
+def check_clips(tasks: list[ClipTask], job_path: Path, in_out: bool = True) -> None:
+    """Raise one ConfigError, naming the job file, listing every clip's `clip_problems` and
+    (`in_out`) what an earlier render in its folder rules out (`anim.clip.check_resumable`)."""
     problems = []
     for task in tasks:
         problems += [f"{task.id}: {p}" for p in clip_problems(task.job)]
@@ -183,7 +183,8 @@ def check_clips(tasks: list[ClipTask], in_out: bool = True) -> None:
         except ConfigError as exc:
             problems.append(f"{task.id}: {exc}")
     if problems:
-        raise ConfigError("animation job: " + "\n  ".join(["", *problems]).lstrip("\n"))
+        listed = "\n  ".join(["", *problems]).lstrip("\n")
+        raise ConfigError(f"{job_path}: animation job: {listed}")
 
 
 def clip_problems(job: AnimationJob) -> list[str]:

@@ -334,7 +334,7 @@ def test_an_animation_init_image_that_cannot_be_read(tmp_path, capsys, no_model_
     job = tmp_path / "clip.yaml"
     job.write_text(yaml.safe_dump(ANIM_BASE | {"max_frames": 4, "init_image": value}))
     err = refused(job, tmp_path, capsys)
-    assert "animation job:   clip: init_image: " in err and said.format(tmp=tmp_path) in err
+    assert f"{job}: animation job:   clip: init_image: " in err and said.format(tmp=tmp_path) in err
 
 
 def test_an_animation_init_image_that_is_an_image_passes(tmp_path, capsys):
