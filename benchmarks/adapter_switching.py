@@ -136,15 +136,11 @@ def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=96)
-    parser.add_argument("--block", type=int, default=32, help="rows per generate call")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cpu-threads", type=int, default=None)
-    parser.add_argument("--out", default="out/bench/adapters")
+    from sdfleet.bench.workload import replica_bench_parser
+
+    parser = replica_bench_parser(
+        __doc__.splitlines()[0], rows=96, block=32, repeats=5, out="out/bench/adapters"
+    )
     run(parser.parse_args(argv))
     return 0
 

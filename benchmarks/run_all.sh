@@ -42,3 +42,5 @@ SDFLEET=${SDFLEET:-sdfleet}
   --out "$OUT/overhead-ray-256"
 
 "${PYTHON:-python}" -m sdfleet.bench.adapter_switching --rows 96 --repeats 5 --out "$OUT/adapters"
+"${PYTHON:-python}" -m sdfleet.bench.conditioning --rows 16 --repeats 5 --cpu-threads 1 \
+  --out "$OUT/conditioning"

@@ -9,6 +9,7 @@ image is counted before it was made, so it cannot report a rate faster than imag
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import time
@@ -146,6 +147,23 @@ def rows_needed(replicas: int, rows_per_unit: int, share: float = 0.1) -> int:
 class BenchError(SdfleetError):
     """A contender did not make every image (the comparison would be meaningless); the CLI
     prints it as a message, like every sdfleet error."""
+
+
+def replica_bench_parser(
+    description: str, rows: int, block: int, repeats: int, out: str
+) -> argparse.ArgumentParser:
+    """The flags of the benchmarks that drive one loaded replica in this process (LoRA
+    switching, conditioning): rows, rows per generate call, batch, size, steps, repeats."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--block", type=int, default=block, help="rows per generate call")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--cpu-threads", type=int, default=None)
+    parser.add_argument("--out", default=out)
+    return parser
 
 
 def rotated(names: Sequence[str], repeat: int) -> list[str]:
