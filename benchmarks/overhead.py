@@ -5,7 +5,7 @@ is left is sdfleet: manifest validation, batching, generators, PNG encoding with
 image writes, results Parquet and the summary. For each row count, and each executor, a fresh
 Python process (`python -m sdfleet.bench.overhead`) runs the real `sdfleet run` path
 (`prepare_batch_job` + `run_batch_job`) and reports wall time and the driver's peak memory
-(`ru_maxrss`: a fresh process per run, so one size's peak never carries into the next).
+(VmHWM: a fresh process per run, so one size's peak never carries into the next).
 
 Per row = (wall - start-up) / rows, where start-up is the model load (local) or Ray's start
 plus the replica actor coming up (ray); Ray's own start (`ray.init`) is timed apart.
@@ -112,8 +112,18 @@ def overhead_table(results: list[dict]) -> str:
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory (Linux reports ru_maxrss in KiB)."""
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak resident memory: VmHWM, the high-water mark of its own address
+    space. Not ru_maxrss: Linux carries that across fork and exec, so a child reported at
+    least its parent's size when it started (the bench process, ~400 MiB after writing a
+    manifest), whatever it used itself."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def measure_run(request: dict[str, Any]) -> dict[str, Any]:
