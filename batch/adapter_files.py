@@ -191,6 +191,17 @@ def embedding_fit_problems(header: AdapterHeader, base: BaseDims, model: str) ->
 # ------------------------------------------------------------------------------- files
 
 
+def pickle_problems(path: str | Path, allow_pickle: bool) -> list[str]:
+    """A pickled weights file (a model, adapter, ControlNet or upscaler) without
+    `allow_pickle`: what to say after the file's name, with the fix."""
+    if Path(path).suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
+        return [
+            "is a pickled file, which can run arbitrary code when loaded; convert it to "
+            ".safetensors, or set `allow_pickle: true` in the job if you trust it"
+        ]
+    return []
+
+
 def check_adapter_path(path: str, what: str, allow_pickle: bool) -> Path:
     """An existing adapter file that may be loaded; raises AdapterFileError with the fix."""
     file = resolve_path(path)
@@ -200,11 +211,8 @@ def check_adapter_path(path: str, what: str, allow_pickle: bool) -> Path:
         )
     if not file.is_file():
         raise AdapterFileError(f"{what} file {path!r} does not exist; check the path")
-    if file.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise AdapterFileError(
-            f"{what} {path!r} is a pickled file, which can run arbitrary code when loaded; "
-            "convert it to .safetensors, or set `allow_pickle: true` in the job if you trust it"
-        )
+    for problem in pickle_problems(file, allow_pickle):
+        raise AdapterFileError(f"{what} {path!r} {problem}")
     return file
 
 

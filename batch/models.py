@@ -19,13 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sdfleet.batch.adapter_files import safetensors_header
+from sdfleet.batch.adapter_files import PICKLE_SUFFIXES, pickle_problems, safetensors_header
 from sdfleet.batch.errors import ModelError
 from sdfleet.batch.paths import is_uri, resolve_path
 
 logger = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth", ".pkl")
 BUILTINS = (
     "builtin:tiny",
     "builtin:tiny-sdxl",
@@ -162,11 +161,8 @@ def _model_source(spec: ModelSpec) -> ModelSource:
             )
         return ModelSource("builtin", name)
     path = resolve_path(name)
-    if path.suffix.lower() in PICKLE_SUFFIXES and not spec.allow_pickle:
-        raise ModelError(
-            f"model: {name!r} is a pickled checkpoint, which can run arbitrary code when loaded. "
-            "Convert it to .safetensors, or set `allow_pickle: true` in the job if you trust it."
-        )
+    for problem in pickle_problems(path, spec.allow_pickle):
+        raise ModelError(f"model: {name!r} {problem}")
     if path.is_dir():
         if not (path / "model_index.json").exists():
             raise ModelError(

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdfleet.batch.adapter_files import pickle_problems
 from sdfleet.batch.errors import ModelError
-
-PICKLED_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 
 
 def import_spandrel():
@@ -72,11 +71,8 @@ def check_upscaler_file(path: str | Path, allow_pickle: bool) -> None:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"upscaler {str(path)!r}: no such file; give the path of a .safetensors")
-    if path.suffix.lower() in PICKLED_SUFFIXES and not allow_pickle:
-        raise ModelError(
-            f"upscaler {str(path)!r}: pickled weights run code when loaded; convert it to "
-            ".safetensors, or set allow_pickle: true if you trust the file"
-        )
+    for problem in pickle_problems(path, allow_pickle):
+        raise ModelError(f"upscaler {str(path)!r} {problem}")
 
 
 def load_upscaler(path: str | Path, allow_pickle: bool = False, device: str = "cpu"):
