@@ -244,7 +244,6 @@ def run_clips_ray(
     cluster's machines by `check_clip_storage`. The run stops when no clip finishes for
     `stall_timeout_s` or the pool is not up within `start_timeout_s` (`batch.ray_context`);
     what finished is kept and a rerun continues the rest."""
-    import ray
 
     # 1. what is left to do; nothing starts for a finished run
     todo = [task for task in tasks if not task.is_finished()]
@@ -255,12 +254,36 @@ def run_clips_ray(
     device = model_spec(todo[0].job).device
     plan, threads = plan_clip_pool(len(todo), address, replicas, num_cpus, out, device)
     # 3. one block per clip, one clip per actor call
+    rows = [task.to_row() for task in todo]
+    spec = model_spec(todo[0].job)
+    render_rows_on_pool(
+        rows, RenderClips, spec, header, plan, threads, stall_timeout_s, start_timeout_s
+    )
+    # 4. statuses, from the clips' own files
+    return collect_statuses(tasks)
+
+
+def render_rows_on_pool(
+    rows: list[dict[str, Any]],
+    actor: type[RenderClips],
+    spec: ModelSpec,
+    header: Mapping[str, str] | None,
+    plan: Any,
+    threads: int | None,
+    stall_timeout_s: float,
+    start_timeout_s: float,
+) -> list[dict[str, Any]]:
+    """One block per row, one row per call of `actor` (RenderClips or a subclass: clips,
+    segments) on a pool sized by `plan_clip_pool`; the rows it returned (none when Ray
+    stopped: the callers read the outcome back from the files)."""
+    import ray
+
     with ray_data(pipeline_settings(stall_timeout_s, start_timeout_s)):
-        dataset = ray.data.from_items([t.to_row() for t in todo], override_num_blocks=len(todo))
+        dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
         rendered = dataset.map_batches(
-            RenderClips,
+            actor,
             fn_constructor_kwargs={
-                "model": model_spec(todo[0].job),
+                "model": spec,
                 "header": dict(header or {}),
                 "cpu_threads": threads,
             },
@@ -270,11 +293,10 @@ def run_clips_ray(
             num_gpus=plan.num_gpus,
         )
         try:
-            rendered.take_all()
-        except Exception as exc:  # noqa: BLE001 - the statuses below say which clips are left
+            return rendered.take_all()
+        except Exception as exc:  # noqa: BLE001 - the statuses say which tasks are left
             logger.error("%s", stopped_message(exc, stall_timeout_s, start_timeout_s))
-    # 4. statuses, from the clips' own files
-    return collect_statuses(tasks)
+            return []
 
 
 def stopped_message(exc: BaseException, stall_timeout_s: float, start_timeout_s: float) -> str:

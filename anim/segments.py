@@ -12,7 +12,7 @@ frames of the clip rendered in sequence.
                                                    resumable (state/segment_<start>.npz)
     join_segments(job, paths)                      every segment done -> video, sheet, status ok
     SegmentTask (a row for an actor), RenderSegments (the clip actor, one segment per row),
-    run_segments_local(tasks)
+    run_segments_local(tasks), run_segments_ray(tasks, ...)   (then the clips are joined)
 
 Each segment task writes only its own frames and its own state file, so tasks on the pool never
 write the same file; the join runs once, after every task, on the driver.
@@ -41,10 +41,17 @@ from sdfleet.anim.clip import (
     write_status,
 )
 from sdfleet.anim.plan import FrameRecord, compile_plan
-from sdfleet.anim.ray_clips import RenderClips
+from sdfleet.anim.ray_clips import (
+    CLIP_STALL_TIMEOUT_S,
+    CLIP_START_TIMEOUT_S,
+    RenderClips,
+    plan_clip_pool,
+    render_rows_on_pool,
+)
 from sdfleet.anim.spec import AnimationJob
 from sdfleet.anim.state import RenderState, load_state, save_state, saved_frames
 from sdfleet.batch.errors import ConfigError
+from sdfleet.batch.models import model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -205,9 +212,42 @@ def run_segments_local(
         return []
     actor = actor or RenderSegments()
     rows = [actor.render_row(task.to_row()) for task in tasks]
-    failed = [row for row in rows if row["error"]]
-    if failed:
-        return rows
-    for task in {task.id: task for task in tasks}.values():
-        join_segments(task.job, task.paths, task.id)
+    join_finished(tasks)
     return rows
+
+
+def run_segments_ray(
+    tasks: Sequence[SegmentTask],
+    *,
+    address: str | None = None,
+    replicas: int | None = None,
+    num_cpus: float = 1.0,
+    out: str | None = None,
+    stall_timeout_s: float = CLIP_STALL_TIMEOUT_S,
+    start_timeout_s: float = CLIP_START_TIMEOUT_S,
+) -> list[dict[str, Any]]:
+    """The segment tasks side by side on a clip actor pool (`anim.ray_clips`: sized and
+    checked as for clips, never more actors than segments); then each clip whose segments
+    all finished is joined on the driver. Returns a row per segment."""
+    if not tasks:
+        return []
+    out = out or str(tasks[0].root)
+    spec = model_spec(tasks[0].job)
+    plan, threads = plan_clip_pool(len(tasks), address, replicas, num_cpus, out, spec.device)
+    rows = [task.to_row() for task in tasks]
+    args = (spec, None, plan, threads, stall_timeout_s, start_timeout_s)
+    done = render_rows_on_pool(rows, RenderSegments, *args)
+    join_finished(tasks)
+    return done
+
+
+def join_finished(tasks: Sequence[SegmentTask]) -> list[str]:
+    """Join each clip whose segments are all rendered; the ids joined."""
+    joined = []
+    for task in {task.id: task for task in tasks}.values():
+        plan = compile_plan(task.job)
+        where = [SegmentPaths(task.root, start=start).state for start, _ in segments(plan)]
+        if all(saved_frames(path) >= end for path, (_, end) in zip(where, segments(plan))):
+            join_segments(task.job, task.paths, task.id)
+            joined.append(task.id)
+    return joined

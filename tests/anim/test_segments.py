@@ -4,6 +4,7 @@ byte; a failed segment resumes."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,30 @@ def test_segments_on_tiny_equal_the_sequential_render(tmp_path: Path, tiny_pipes
     assert not any(row["error"] for row in rows)
     for frame in range(8):
         assert tasks[0].paths.frame(frame).read_bytes() == sequential.frame(frame).read_bytes()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_segments_on_two_ray_replicas_equal_the_sequential_render(tmp_path: Path, tiny_dir) -> None:
+    ray = pytest.importorskip("ray")
+    from sdfleet.anim.ray_clips import ClipTask, RenderClips
+    from sdfleet.anim.segments import run_segments_ray
+    from sdfleet.batch.models import model_spec
+
+    job = small_job(**CUT | {"W": 64, "H": 64, "steps_schedule": 3, "max_frames": 8})
+    sequential = ClipTask("clip", job, tmp_path / "sequential")
+    # the same torch threads as each replica below (1: two replicas on two CPUs)
+    RenderClips(model_spec(job), cpu_threads=1).render_row(sequential.to_row())
+    tasks = segment_tasks("clip", job, tmp_path / "segments")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # ours, never a running one
+    try:
+        rows = run_segments_ray(tasks, replicas=2, num_cpus=0.5)  # two segments side by side
+    finally:
+        ray.shutdown()
+    assert sorted(row["frames_written"] for row in rows) == [3, 5]  # frames 0..4, 5..7
+    assert read_status(tasks[0].paths)["status"] == "ok"
+    for frame in range(8):
+        assert (
+            tasks[0].paths.frame(frame).read_bytes() == sequential.paths.frame(frame).read_bytes()
+        )
