@@ -98,11 +98,9 @@ class GenerateBatch:
         return results_table(rows_to_columns(finished), carried)
 
     def call_key(self, request: GenRequest) -> Hashable:
-        """Requests with one key can share a pipeline call: the replica's own grouping (its
-        `generate` groups by the same key, so a planned call is exactly one of its calls; the
-        text route has no public name on `Replica` yet). Were they ever to differ, a planned
-        call would take several replica calls: still correct, only reported less often."""
-        return (request.group_key(), self.replica._route(request))
+        """Requests with one key can share a pipeline call: the replica's own grouping, so a
+        planned call is exactly one of its calls."""
+        return self.replica.call_key(request)
 
     def expand(self, rows: list[dict[str, Any]]) -> list[GenRequest]:
         """Manifest rows -> one request per output (`num_images` > 1 makes several)."""

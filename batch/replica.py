@@ -104,7 +104,7 @@ class Replica:
         """Results in the order of `requests`; a failing request never fails the others."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            groups[(request.group_key(), self._route(request))].append(index)
+            groups[self.call_key(request)].append(index)
         results: list[GenResult | None] = [None] * len(requests)
         for indices in groups.values():
             for start in range(0, len(indices), self.batch_size):
@@ -113,11 +113,15 @@ class Replica:
                     results[index] = result
         return results  # type: ignore[return-value]
 
-    def _route(self, request: GenRequest) -> tuple:
+    def call_key(self, request: GenRequest) -> tuple:
+        """Requests with one key share pipeline calls (`generate` groups by it): the same
+        scalars and adapters (`GenRequest.group_key`) and the same text route (strings, or
+        embeddings of n chunks: `Sampler.text_route`)."""
         try:
-            return self.sampler.text_route(request.prompt, request.negative_prompt)
+            route = self.sampler.text_route(request.prompt, request.negative_prompt)
         except Exception:  # noqa: BLE001 - the row fails alone when its call runs
-            return ("unreadable", request.row_id)
+            route = ("unreadable", request.row_id)
+        return (request.group_key(), route)
 
     def _run_chunk(
         self, chunk: list[GenRequest], pad_to: int | None = None, may_shrink: bool = True
