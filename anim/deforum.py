@@ -15,6 +15,10 @@ key is which, and Deforum's defaults for keys a file leaves out):
   are taken as they are (loading such a file, Deforum would add the negative text again);
 - ``use_init`` + ``init_image`` -> ``init_image``, with Deforum's ``strength`` for frame 0
   (later frames follow ``strength_schedule``, as in Deforum);
+- ``animation_mode: Video Input`` (and 2D ``hybrid_composite``/``hybrid_motion``) with a local
+  ``video_init_path`` -> ``init_video`` (``extract_nth_frame``, ``extract_from_frame``),
+  ``hybrid_composite: Normal`` + ``hybrid_comp_alpha_schedule``, ``hybrid_motion: Optical
+  Flow`` -> ``optical_flow`` (Farneback; another ``hybrid_flow_method`` is listed);
 - ``add_soundtrack: File`` + ``soundtrack_path`` -> ``video.soundtrack``; ``make_gif`` -> the
   video is a GIF (Deforum writes it besides the MP4; rerun with ``video.format: mp4`` to
   re-encode the same frames); ``parseq_manifest`` -> ``parseq`` (`anim.parseq`);
@@ -134,6 +138,7 @@ def import_settings(
     # 2. schedules and values with the same meaning; init image; prompts
     _schedules(s, out)
     _init(s, out)
+    _video_input(s, out)
     _prompts(s, given, out)
     # 3. outputs and Parseq
     _video(s, out)
@@ -197,12 +202,9 @@ def _frame_size(s: dict[str, Any], out: DeforumImport) -> None:
 
 def _mode(s: dict[str, Any], out: DeforumImport) -> None:
     mode = s["animation_mode"]
-    modes = {"2D": "2D", "Interpolation": "interpolation"}
+    modes = {"2D": "2D", "Interpolation": "interpolation", "Video Input": "2D"}  # + init_video
     if mode not in modes:
-        reason = {
-            "3D": keys.THREE_D_REASON,
-            "Video Input": "video input is not available; rendered as 2D from txt2img",
-        }.get(mode, "an unknown animation mode; rendered as 2D")
+        reason = {"3D": keys.THREE_D_REASON}.get(mode, "an unknown animation mode; rendered as 2D")
         _refuse(out, "animation_mode", mode, reason)
     out.job["animation_mode"] = modes.get(mode, "2D")
 
@@ -292,6 +294,45 @@ def _init(s: dict[str, Any], out: DeforumImport) -> None:
         s["strength_schedule"], float(s["strength"]), s["max_frames"], out.job["seed"]
     )
     out.notes.append(f"frame 0 keeps {float(s['strength']):g} of init_image (Deforum's strength)")
+
+
+def _video_input(s: dict[str, Any], out: DeforumImport) -> None:
+    """Video Input mode and 2D hybrid video -> init_video and the hybrid fields
+    (`anim.video_input`): Deforum's extract_nth_frame mapping, Normal compositing at the alpha
+    schedule, optical-flow motion by Farneback."""
+    composite = s.get("hybrid_composite") not in ("None", False, None)
+    motion = s.get("hybrid_motion") not in ("None", None)
+    if s["animation_mode"] != "Video Input" and not (composite or motion):
+        return
+    path = s.get("video_init_path")
+    if path in (None, "") or is_uri(str(path)):  # refused under the key that asked for it
+        key = "animation_mode" if s["animation_mode"] == "Video Input" else "hybrid_motion"
+        key = "hybrid_composite" if composite else key
+        reason = f"needs a local video_init_path (has {path!r}; sdfleet downloads nothing)"
+        _refuse(out, key, s[key], reason + "; rendered without the video")
+        return
+    nth, start = int(s.get("extract_nth_frame", 1)), int(s.get("extract_from_frame", 0))
+    out.job["init_video"] = {
+        "file": str(path),
+        "extract_nth_frame": nth,
+        "extract_from_frame": start,
+    }
+    out.notes.append("max_frames is the settings' own (Deforum counts the extracted frames)")
+    if composite:
+        if s["hybrid_composite"] not in ("Normal", True):
+            reason = "only Normal compositing (after motion) is rendered"
+            _refuse(out, "hybrid_composite", s["hybrid_composite"], reason)
+        out.job["hybrid_composite"] = True
+        out.job["hybrid_comp_alpha_schedule"] = s.get("hybrid_comp_alpha_schedule", "0:(0.5)")
+    if motion and s["hybrid_motion"] != "Optical Flow":
+        reason = "only optical-flow hybrid motion is rendered; not applied"
+        _refuse(out, "hybrid_motion", s["hybrid_motion"], reason)
+    elif motion:
+        out.job["hybrid_motion"] = "optical_flow"
+        method = s.get("hybrid_flow_method", "RAFT")
+        if method != "Farneback":
+            reason = "flow by OpenCV Farneback (no flow model weights)"
+            _refuse(out, "hybrid_flow_method", method, reason)
 
 
 def _prompts(s: dict[str, Any], given: dict[str, Any], out: DeforumImport) -> None:

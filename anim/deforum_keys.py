@@ -130,6 +130,8 @@ MAPPED = frozenset(
         *("animation_mode", "color_coherence", "make_gif", "add_soundtrack", "soundtrack_path"),
         *("parseq_manifest", "parseq_use_deltas", "sd_model_name"),
         *("enable_sampler_scheduling", "sampler_schedule"),
+        *("hybrid_composite", "hybrid_motion", "hybrid_comp_alpha_schedule"),
+        *("hybrid_flow_method", "video_init_path", "extract_nth_frame", "extract_from_frame"),
     }
 )
 
@@ -216,16 +218,6 @@ GATES: dict[str, tuple[Callable[[Settings], bool], str]] = {
         "optical-flow redo is not available",
     ),
     "diffusion_redo": (_not("diffusion_redo", "0", 0, None), "diffusion redo is not available"),
-    "hybrid_composite": (
-        _not("hybrid_composite", "None", False, None),
-        "hybrid video is not read from Deforum files (Deforum extracts the video into its "
-        "own folders); write init_video and hybrid_composite in an sdfleet job",
-    ),
-    "hybrid_motion": (
-        _not("hybrid_motion", "None", None),
-        "hybrid video is not read from Deforum files; write init_video and "
-        "hybrid_motion: optical_flow in an sdfleet job",
-    ),
     "use_mask_video": (_on("use_mask_video"), "mask videos are not available"),
     "use_looper": (_on("use_looper"), "guided images (looper) are not available"),
     "resume_from_timestring": (

@@ -233,3 +233,53 @@ def test_vid2vid_on_tiny_renders_and_resumes_byte_identical(tmp_path: Path, tiny
     for frame in range(8):
         assert broken.frame(frame).read_bytes() == clean.frame(frame).read_bytes(), frame
     assert clean.video.is_file()
+
+
+# ---------------------------------------------------------------------------- Deforum files
+
+
+def test_deforum_video_input_and_hybrid_keys_map_to_the_job(video: Path) -> None:
+    from sdfleet.anim.deforum import import_settings
+    from sdfleet.anim.spec import load_animation_job
+
+    settings = {
+        "animation_mode": "Video Input",
+        "video_init_path": str(video),
+        "extract_nth_frame": 2,
+        "extract_from_frame": 1,
+        "max_frames": 5,
+        "W": 32,
+        "H": 32,
+        "seed": 7,
+        "hybrid_composite": "Normal",
+        "hybrid_comp_alpha_schedule": "0: (0.4)",
+        "hybrid_motion": "Optical Flow",
+        "hybrid_flow_method": "RAFT",
+        "prompts": {"0": "a cat"},
+    }
+    imported = import_settings(settings, "settings.txt")
+    assert imported.job["animation_mode"] == "2D"
+    assert imported.job["init_video"] == {
+        "file": str(video),
+        "extract_nth_frame": 2,
+        "extract_from_frame": 1,
+    }
+    assert imported.job["hybrid_composite"] is True
+    assert imported.job["hybrid_motion"] == "optical_flow"
+    refused = {difference.key: difference.reason for difference in imported.differences}
+    assert "Farneback" in refused.pop("hybrid_flow_method")
+    assert not {"animation_mode", "hybrid_composite", "hybrid_motion"} & set(refused)
+    job = load_animation_job(imported.job, source="<settings>")
+    assert job.init_video.extract_nth_frame == 2 and job.hybrid_composite
+
+
+def test_deforum_video_keys_that_cannot_be_rendered_are_listed() -> None:
+    from sdfleet.anim.deforum import import_settings
+
+    url = "https://example.com/clip.mp4"
+    settings = {"animation_mode": "Video Input", "video_init_path": url, "prompts": {"0": "a"}}
+    refused = {d.key: d.reason for d in import_settings(settings, "settings.txt").differences}
+    assert "needs a local video_init_path" in refused["animation_mode"]
+    affine = {"hybrid_motion": "Affine", "video_init_path": "/v.mp4", "prompts": {"0": "a"}}
+    refused = {d.key: d.reason for d in import_settings(affine, "settings.txt").differences}
+    assert "optical-flow" in refused["hybrid_motion"]
