@@ -50,7 +50,7 @@ from sdfleet.anim.state import (
     write_state_arrays,
 )
 from sdfleet.anim.video import EncodeOptions, encode_frames, read_rgb
-from sdfleet.anim.video_input import VideoSource
+from sdfleet.anim.video_input import VideoSource, video_digest
 from sdfleet.anim.walk import render_walk_frames
 from sdfleet.batch.fingerprint import fingerprint as settings_fingerprint
 from sdfleet.batch.outputs import encode_image
@@ -105,9 +105,11 @@ class ClipPaths:
 
 
 def fingerprint(job: AnimationJob, plan: Sequence[FrameRecord]) -> str:
-    """sha256 of the plan and of every job field that changes pixels (all but
-    `batch.fingerprint.OUTPUT_ONLY_FIELDS`, the list the batch resume check uses too)."""
-    return settings_fingerprint(job.model_dump(mode="json"), plan_to_jsonl(plan))
+    """sha256 of the plan, of every job field that changes pixels (all but
+    `batch.fingerprint.OUTPUT_ONLY_FIELDS`, the list the batch resume check uses too) and of
+    the bytes of an ``init_video``."""
+    parts = (plan_to_jsonl(plan), *video_digest(job))  # the source video's bytes too
+    return settings_fingerprint(job.model_dump(mode="json"), *parts)
 
 
 def read_status(paths: ClipPaths) -> dict[str, Any] | None:

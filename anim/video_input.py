@@ -29,6 +29,7 @@ refused when the job loads, naming the video, its frame count and the clip's, un
 API:
     VideoInputSpec (the job field), source_frame_indices(max_frames, fps, source_fps, spec)
     video_input_problems(job) -> list[str]   (at load time; probes the video)
+    video_digest(job) -> tuple[str, ...]     (the video's bytes, for the resume fingerprint)
     VideoSource.load(job, plan) -> VideoSource | None; .first(), .picture(warped, prev, frame)
 """
 
@@ -166,6 +167,23 @@ def _alpha_problems(job: VideoJob) -> list[str]:
     except (ScheduleError, ConfigError) as err:
         return [str(err)]
     return []
+
+
+def video_digest(job: VideoJob) -> tuple[str, ...]:
+    """("init_video sha256 <hex>",) for a job with a video, else (): the resume fingerprint's
+    part for the video's bytes (another video under the same name is another render)."""
+    import hashlib
+
+    if job.init_video is None or job.init_video.file is None:
+        return ()
+    digest = hashlib.sha256()
+    try:
+        with open(job.init_video.file, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return ()  # refused when the job loads; nothing to render from
+    return (f"init_video sha256 {digest.hexdigest()}",)
 
 
 def read_source_frames(

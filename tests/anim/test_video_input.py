@@ -283,3 +283,16 @@ def test_deforum_video_keys_that_cannot_be_rendered_are_listed() -> None:
     affine = {"hybrid_motion": "Affine", "video_init_path": "/v.mp4", "prompts": {"0": "a"}}
     refused = {d.key: d.reason for d in import_settings(affine, "settings.txt").differences}
     assert "optical-flow" in refused["hybrid_motion"]
+
+
+def test_another_video_under_the_same_name_is_another_render(tmp_path: Path) -> None:
+    from sdfleet.anim.clip import fingerprint
+
+    path = write_video(tmp_path / "source.mp4", 6)
+    job = small_job(max_frames=4, init_video=str(path))
+    before = fingerprint(job, compile_plan(job))
+    assert fingerprint(job, compile_plan(job)) == before
+    write_video(tmp_path / "source.mp4", 8)  # replaced: the same path, other frames
+    assert fingerprint(job, compile_plan(job)) != before
+    plain = small_job(max_frames=4)
+    assert fingerprint(plain, compile_plan(plain)) != before
