@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from sdfleet.batch.shapes.world import Scene, caption, render
+from sdfleet.batch.shapes.world import POSITIONS, SIZES_PX, Scene, caption, render
 from sdfleet.batch.sources import table_from_rows
 
 # builtin:shapes draws these (docs/SHAPES.md); with a real model, products and styles such as
@@ -94,6 +94,45 @@ def augmentation_rows(image_dir: Path, count: int = 6) -> list[dict]:
                 "label": scene.kind,
                 "split": "train" if i < count - 2 else "val",
                 "prompt": caption(recoloured),  # a real model: "a photo of a simple shape"
+            }
+        )
+    return rows
+
+
+NEW_BACKGROUNDS = ("green", "blue", "white", "black", "yellow")
+
+
+def scene_box(scene: Scene, margin: int = 2) -> tuple[int, int, int, int]:
+    """The pixel box (x0, y0, x1, y1) around the scene's shape, `margin` pixels wider: the
+    label a detection dataset would carry."""
+    cx, cy = POSITIONS[scene.position]
+    half = (SIZES_PX[scene.size] + scene.dsize) // 2 + margin
+    cx, cy = cx + scene.dx, cy + scene.dy
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
+def box_augmentation_rows(image_dir: Path, count: int = 6) -> list[dict]:
+    """Source images (written to `image_dir`) with their shape's box as label columns; each
+    prompt keeps the shape and asks for another background, which the job repaints outside
+    the box (`mask_from_boxes` with `invert`)."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, scene in enumerate(AUGMENT_SOURCES[:count]):
+        name = f"src-{i:03d}.png"
+        (image_dir / name).write_bytes(world_image_png(scene))
+        x0, y0, x1, y1 = scene_box(scene)
+        taken = (scene.colour, scene.background)
+        background = next(c for c in NEW_BACKGROUNDS[i % 2 :] if c not in taken)
+        rows.append(
+            {
+                "id": f"box-{i:03d}",
+                "init_image": f"{image_dir.name}/{name}",
+                "label": scene.kind,
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "prompt": caption(replace(scene, background=background)),
             }
         )
     return rows

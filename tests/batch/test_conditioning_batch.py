@@ -96,3 +96,33 @@ def test_bad_inpainting_input_is_named_at_validation(tmp_path) -> None:
     bad = messages({"id": "d", "prompt": "p", "init_image": png(source()), "mask_image": mask,
                     "mask_blur": -1, "inpaint_padding": 2.5})  # fmt: skip
     assert [column for column, _ in bad] == ["mask_blur", "inpaint_padding"]
+
+
+@pytest.mark.slow
+def test_the_box_augmentation_example_keeps_every_boxed_object_exactly(tmp_path) -> None:
+    """jobs/examples/augmentation_boxes.yaml: its manifest is what manifests/make_examples.py
+    makes; every output's box region is the source's pixels exactly (the label stays true),
+    the background changed, and the label and box columns come through."""
+    import pyarrow.parquet as pq
+
+    from sdfleet.jobs.cli import main
+    from sdfleet.jobs.examples import box_augmentation_rows
+
+    repo = Path(__file__).resolve().parents[2]
+    committed = pq.read_table(repo / "manifests" / "augmentation_boxes.parquet").to_pylist()
+    assert box_augmentation_rows(tmp_path / "aug_images") == committed
+    job, out = repo / "jobs" / "examples" / "augmentation_boxes.yaml", tmp_path / "out"
+    assert main(["run", str(job), "--out", str(out), "--executor", "local", "-q"]) == 0
+    results = pq.read_table(out / "results").to_pylist()
+    assert len(results) == 2 * len(committed) and {r["status"] for r in results} == {"ok"}
+    by_id = {row["id"]: row for row in committed}
+    for result in results:
+        row = by_id[result["id"]]
+        assert (result["label"], result["x0"], result["y1"]) == (row["label"], row["x0"], row["y1"])
+        source = np.asarray(Image.open(repo / "manifests" / row["init_image"]).convert("RGB"))
+        made = np.asarray(Image.open(out / result["image_path"]).convert("RGB"))
+        box = np.s_[row["y0"] : row["y1"], row["x0"] : row["x1"]]
+        assert np.array_equal(made[box], source[box]), result["output_id"]
+        outside = np.ones(source.shape[:2], bool)
+        outside[box] = False
+        assert np.abs(made[outside].astype(int) - source[outside]).mean() > 30  # repainted

@@ -100,7 +100,9 @@ def test_local_rerun_skips_committed_rows(tiny_dir, tmp_path):
     assert first == {p.name: p.read_bytes() for p in (out / "images").iterdir()}
 
 
-@pytest.mark.parametrize("example", ["marketing.yaml", "augmentation.yaml"])
+@pytest.mark.parametrize(
+    "example", ["marketing.yaml", "augmentation.yaml", "augmentation_boxes.yaml"]
+)
 def test_example_jobs_validate(example, capsys):
     job = Path(__file__).resolve().parents[2] / "jobs" / "examples" / example
     assert main(["validate", str(job)]) == EXIT_OK
