@@ -36,6 +36,7 @@ from sdfleet.anim.ray_clips import (
     run_clips_local,
     run_clips_ray,
 )
+from sdfleet.anim.segments import run_segments_ray, segment_tasks, segments
 from sdfleet.anim.spec import AnimationJob, resolve_clips
 from sdfleet.batch.errors import ConfigError, suggest_name
 from sdfleet.batch.images import input_image_problems
@@ -221,12 +222,28 @@ def render_tasks(
     show_progress: bool,
 ) -> list[dict[str, Any]]:
     if executor == "ray":
-        return run_clips_ray(tasks, header, address=address, out=out)
+        return render_on_ray(tasks, out, address, header)
     if executor != "local":
         raise ConfigError(f"executor: {executor!r} is unknown; use 'ray' or 'local'")
     total = sum(task.job.max_frames for task in tasks)
     with progress_bar(total, show_progress) as bar:
         return run_clips_local(tasks, header, bar.update)
+
+
+def render_on_ray(
+    tasks: list[ClipTask], out: str, address: str | None, header: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Clips on the Ray pool; an unfinished clip with hard cuts goes as its segments, side by
+    side (`anim.segments`: byte-identical to its render in sequence), joined on the driver."""
+    todo = [task for task in tasks if not task.is_finished()]
+    cut = {task.id for task in todo if len(segments(compile_plan(task.job))) > 1}
+    pieces = [s for t in todo if t.id in cut for s in segment_tasks(t.id, t.job, t.root)]
+    if pieces:
+        run_segments_ray(pieces, address=address, out=out)
+    whole = [task for task in tasks if task.id not in cut]
+    if whole:
+        run_clips_ray(whole, header, address=address, out=out)
+    return collect_statuses(tasks)
 
 
 def write_summary(

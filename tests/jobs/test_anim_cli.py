@@ -270,3 +270,28 @@ def test_a_finished_clip_whose_video_settings_changed_is_encoded_again_not_rende
 
     assert run(write_job(tmp_path, max_frames=4, fps=4), out) == EXIT_OK
     assert (out / "clip.mp4").stat().st_mtime_ns == encoded
+
+
+def test_on_ray_a_clip_with_hard_cuts_goes_as_its_segments_and_the_rest_as_clips(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`sdfleet run` on Ray: the unfinished clip with a cut is split into its segments (side
+    by side on the pool), a clip without cuts is one task; statuses come from the clips."""
+    from sdfleet.anim.ray_clips import ClipTask
+    from sdfleet.jobs import anim_runner
+    from tests.anim.fakes import small_job
+
+    cut = ClipTask("cut", small_job(max_frames=10, hard_cuts=[5]), tmp_path / "cut")
+    whole = ClipTask("whole", small_job(max_frames=10), tmp_path / "whole")
+    sent: dict[str, list] = {}
+    monkeypatch.setattr(
+        anim_runner, "run_segments_ray", lambda pieces, **_: sent.setdefault("segments", pieces)
+    )
+    monkeypatch.setattr(
+        anim_runner, "run_clips_ray", lambda clips, *_, **__: sent.setdefault("clips", clips)
+    )
+    rows = anim_runner.render_on_ray([cut, whole], str(tmp_path), None, {})
+    assert [(p.id, p.start, p.end) for p in sent["segments"]] == [("cut", 0, 5), ("cut", 5, 10)]
+    assert [clip.id for clip in sent["clips"]] == ["whole"]
+    assert [row["id"] for row in rows] == ["cut", "whole"]  # nothing rendered: both unfinished
+    assert {row["status"] for row in rows} == {"error"}
