@@ -210,6 +210,7 @@ def request_params(request: GenRequest, model: str) -> dict[str, Any]:
         "strength": request.strength,
         "mode": request.mode,
         "init_image": init if isinstance(init, str) else (None if init is None else "<bytes>"),
+        "mask_blur": request.inpaint.blur if request.inpaint is not None else None,
         "model": model,
         **adapter_params(request.loras, request.embeddings),
     }

@@ -185,12 +185,18 @@ def generation_fields(params: dict[str, Any], model: InfotextModel | None) -> di
         "Model hash": model.hash,
         "Model": model.name,
         "Denoising strength": strength,
+        "Mask blur": _whole(params.get("mask_blur")),  # inpainting: A1111's extra parameter
         **(hires.a1111_fields() if hires is not None else {}),  # A1111's extra params, first
         "Lora hashes": params.get("lora_hashes"),  # A1111's extra networks, as it writes them
         "TI hashes": params.get("ti_hashes"),
         **(model.controlnets or {}),  # as A1111's ControlNet extension writes its units
         **(model.upscale.a1111_fields() if model.upscale is not None else {}),  # Extras' own
     }
+
+
+def _whole(value: float | None) -> float | int | None:
+    """4.0 -> 4, as A1111 writes an integer setting; 2.5 stays."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def controlnet_fields(units: Any) -> dict[str, str]:

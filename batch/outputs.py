@@ -161,6 +161,7 @@ def result_types():
         "strength": pa.float64(),
         "mode": pa.string(),
         "init_image": pa.string(),
+        "mask_blur": pa.float64(),  # inpainting rows
         "model": pa.string(),
         "loras": pa.string(),
         "lora_hashes": pa.string(),

@@ -160,3 +160,25 @@ def test_jpg_metadata_keeps_non_ascii_prompts():
     data = encode_image(Image.new("RGB", (8, 8)), "jpg", params)
     with Image.open(io.BytesIO(data)) as image:
         assert read_user_comment(image).splitlines()[0] == "café ☕ 東京"
+
+
+def test_an_inpainting_row_writes_a1111s_mask_blur_after_the_denoising_strength():
+    from tests.batch.a1111_rules import parse
+
+    params = {
+        "prompt": "p",
+        "num_inference_steps": 4,
+        "scheduler": "euler",
+        "guidance_scale": 7.0,
+        "seed": 1,
+        "width": 64,
+        "height": 64,
+        "model": "m",
+        "strength": 1.0,
+        "mode": "inpaint",
+        "mask_blur": 4.0,
+    }
+    text = a1111_parameters(params)
+    assert text.endswith("Denoising strength: 1.0, Mask blur: 4")
+    assert parse(text)["Mask blur"] == "4"
+    assert "Mask blur" not in a1111_parameters(params | {"mode": "img2img", "mask_blur": None})
