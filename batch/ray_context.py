@@ -43,9 +43,6 @@ QUIET_LOGGERS = {
     "ray.data.exceptions": logging.CRITICAL,
 }
 
-# Task lineage the driver keeps on a local instance (Ray's max_lineage_bytes, 1 GB by default).
-MAX_LINEAGE_BYTES = 16 * 1024 * 1024
-
 
 def connect(address: str | None) -> None:
     """Join `address` / RAY_ADDRESS, or start a private local instance; reuse an initialised
@@ -63,11 +60,6 @@ def connect(address: str | None) -> None:
     # (file listing, reads, the checkpoint filter, writes) need slots of their own beside the
     # replica, which uses every core through torch threads, or the pipeline deadlocks.
     num_cpus = None if address else (os.cpu_count() or 1) + 1
-    # The driver owns every block's task and keeps its lineage (the task spec, with the small
-    # blocks inlined in it) while Ray Data holds the written results: ~45 KB a block, 1 GB
-    # by default, so the driver grew with the rows. A bound keeps its memory flat; only lost
-    # objects of finished tasks need it, and a resume recovers from those (docs/PERFORMANCE.md).
-    system_config = None if address else {"max_lineage_bytes": MAX_LINEAGE_BYTES}
     # ray.init replaces the SIGTERM handler with sys.exit(15); the command line's own (SIGTERM
     # as Ctrl-C: statuses written, exit 1) stays
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -75,7 +67,6 @@ def connect(address: str | None) -> None:
         ray.init(
             address=address or "local",  # None would join a running cluster, then refuse num_cpus
             num_cpus=num_cpus,
-            _system_config=system_config,
             include_dashboard=False,
             logging_level=logging.WARNING,
             log_to_driver=True,

@@ -1,19 +1,14 @@
 """The driver's memory does not follow the row count: what it keeps per pipeline call is
 aggregates (`batch.progress.RunProgress`: a `RateClock` per replica), never a list of calls;
-the summary counts distinct outputs on 8 bytes a row, sorted in place; the local Ray instance
-bounds the task lineage the driver keeps per block. docs/PERFORMANCE.md ("The Ray executor")
-has the measured figures."""
+the summary counts distinct outputs on 8 bytes a row, sorted in place.
+docs/PERFORMANCE.md ("The Ray executor") has the measured figures."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from sdfleet.batch.outputs import OutputDir
 from sdfleet.batch.progress import CallDone, ProgressEvent, RunProgress
@@ -83,26 +78,3 @@ def test_a_repeated_output_is_found_and_counted_on_the_ids(tmp_path):
     counts = ResultCounts(max_errors=5)
     counts.add(part)
     assert counts.outputs == 3 and counts.unique_outputs(OutputDir(str(tmp_path))) == 2
-
-
-# --- Ray's lineage: bounded on the local instance sdfleet starts --------------------------------
-
-LINEAGE_PROBE = """
-import ray
-from sdfleet.batch.ray_context import MAX_LINEAGE_BYTES, connect
-connect(None)
-print(ray._private.worker._global_node._config.get("max_lineage_bytes"), MAX_LINEAGE_BYTES)
-"""
-
-
-@pytest.mark.slow
-def test_the_local_instance_bounds_the_lineage_the_driver_keeps():
-    """Each block's task spec (its small blocks inlined) stays with the driver while Ray Data
-    holds the written results; Ray's 1 GB default let the driver grow ~45 KB a block."""
-    env = os.environ | {"RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", LINEAGE_PROBE], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    kept, bound = done.stdout.split()[-2:]
-    assert kept == bound == str(16 * 1024 * 1024)
