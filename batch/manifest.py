@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from sdfleet.batch.conditioning import inpaint_issues
+from sdfleet.batch.controlnets import control_issues
 from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.file_names import file_name_problems, id_character_problems
@@ -227,10 +228,17 @@ def row_problems(
         *_init_image_issues(row, defaults, base_dir),
         *inpaint_issues(row, defaults.mask_from_boxes, base_dir),
         *_mask_uri_issues(row),
+        *_control_issues(row, defaults, base_dir),
         *_scheduler_issues(row_value(row, defaults, "scheduler")),
         *_adapter_issues(row, defaults, base_dir),
     ]
     return [Problem(source, index, row.get("id"), *issue) for issue in issues]
+
+
+def _control_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
+    """The job's ControlNet units against this row (`batch.controlnets.control_issues`)."""
+    masked = row.get("mask_image") is not None or defaults.mask_from_boxes is not None
+    return control_issues(row, defaults.controlnets, masked, base_dir)
 
 
 def _adapter_issues(row: dict, defaults: RowDefaults, base_dir: Path | None) -> list[Issue]:
