@@ -185,7 +185,8 @@ def test_changed_inpainting_is_refused_on_ray(tiny_dir, tmp_path, capsys):
     job, out = write_job(tmp_path, rows, defaults=SMALL, executor="ray"), tmp_path / "out"
     assert run(job, out) == EXIT_OK
     before = snapshot(out)
-    rewrite_manifest(tmp_path, [r | {"mask_blur": 8.0} if r["id"] == "paint" else r for r in rows])
+    changed = {"inpaint_padding": 4}  # a setting only the hash records
+    rewrite_manifest(tmp_path, [r | changed if r["id"] == "paint" else r for r in rows])
     capsys.readouterr()
     assert run(job, out) == EXIT_CONFIG
     assert "row 'paint': inpaint changed" in capsys.readouterr().err

@@ -262,7 +262,11 @@ def test_a_full_disk_in_a_replica_stops_with_the_message_and_resumes(
         assert main(argv, faulty_actor(hooks)) == EXIT_CRASH
         err = capsys.readouterr().err
         assert "sdfleet: stopped: cannot write" in err and "r005.png: No space left" in err
-        assert "Traceback" not in err and err.count("\n") == 1
+        # one line of ours; a line Ray's log monitor forwards from its own processes
+        # ("(pid=gcs_server) ... Failed to kill actor" as the pool is torn down under load)
+        # is Ray's, not the run's message
+        ours = [line for line in err.splitlines() if not line.startswith("(")]
+        assert "Traceback" not in err and len(ours) == 1, err
         assert main(argv, faulty_actor(hooks)) == EXIT_OK
     finally:
         import ray
