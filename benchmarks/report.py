@@ -47,14 +47,19 @@ def machine_info(spec: ModelSpec | None = None) -> dict[str, Any]:
     return info
 
 
-def cpu_model() -> str:
+def cpuinfo(key: str) -> str | None:
+    """The first `key` line of /proc/cpuinfo ("model name", "vendor_id"), or None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo("model name") or platform.processor() or "unknown"
 
 
 def write_report(path: Path, report: dict[str, Any], quiet: bool = False) -> None:

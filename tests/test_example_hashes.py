@@ -41,13 +41,9 @@ Chunk = tuple[bytes, bytes]  # (type, payload)
 
 def cpu_vendor() -> str:
     """/proc/cpuinfo's vendor_id (GenuineIntel, AuthenticAMD, ...), or 'unknown'."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    from sdfleet.bench.report import cpuinfo
+
+    return cpuinfo("vendor_id") or "unknown"
 
 
 def hashes_file() -> Path:
