@@ -213,6 +213,7 @@ def run_segments_local(
     actor = actor or RenderSegments()
     rows = [actor.render_row(task.to_row()) for task in tasks]
     join_finished(tasks)
+    record_failures(tasks, rows)
     return rows
 
 
@@ -238,7 +239,36 @@ def run_segments_ray(
     args = (spec, None, plan, threads, stall_timeout_s, start_timeout_s)
     done = render_rows_on_pool(rows, RenderSegments, *args)
     join_finished(tasks)
+    record_failures(tasks, done)
     return done
+
+
+def record_failures(tasks: Sequence[SegmentTask], rows: Sequence[Mapping[str, Any]]) -> None:
+    """A clip with a failed segment gets an error status naming the segment and what it
+    raised (the clip's status is what the run reports); the frames saved stay for a rerun."""
+    failed: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("error"):
+            start, end = json.loads(row["segment"])
+            failed.setdefault(str(row["id"]), []).append(
+                f"segment of frames {start}-{end - 1}: {row['error']}"
+            )
+    for task in {task.id: task for task in tasks if task.id in failed}.values():
+        plan = compile_plan(task.job)
+        saved = [
+            min(saved_frames(SegmentPaths(task.root, start=start).state), end) - start
+            for start, end in segments(plan)
+        ]
+        status = {
+            "id": task.id,
+            "status": "error",
+            "max_frames": task.job.max_frames,
+            "frames_written": sum(max(n, 0) for n in saved),
+            "segments": [list(segment) for segment in segments(plan)],
+            "error": "; ".join(failed[task.id])
+            + " (run again to continue: finished segments are kept)",
+        }
+        write_status(task.paths, status)
 
 
 def join_finished(tasks: Sequence[SegmentTask]) -> list[str]:

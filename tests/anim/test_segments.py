@@ -130,6 +130,24 @@ def test_the_second_segment_alone_and_a_failed_segment_resumes(tmp_path: Path) -
         render_segment(job, paths, FakeModel(), 0, 10)
 
 
+def test_a_failed_segment_is_the_clips_error_and_a_rerun_finishes_it(tmp_path: Path) -> None:
+    job = small_job(**CUT)
+    tasks = segment_tasks("clip", job, tmp_path / "segments")
+    rows = run_segments_local(tasks, WithModel(lambda job: FakeModel(fail_at=6)))
+    assert [bool(row["error"]) for row in rows] == [False, True]
+    status = read_status(tasks[0].paths)
+    assert status["status"] == "error"
+    error = status["error"]
+    assert error.startswith("segment of frames 5-9: RuntimeError: model failed at frame 6")
+    assert "run again" in status["error"]
+    assert status["frames_written"] == 6  # frames 0-4, and 5 before the failure at 6
+    assert not tasks[0].paths.video.exists()
+    model = FakeModel()
+    rows = run_segments_local(tasks, WithModel(lambda job: model))
+    assert not any(row["error"] for row in rows) and min(model.calls) >= 5  # the kept segment
+    assert read_status(tasks[0].paths)["status"] == "ok"
+
+
 @pytest.mark.slow
 def test_segments_on_tiny_equal_the_sequential_render(tmp_path: Path, tiny_pipes) -> None:
     from sdfleet.anim.frames import PipelineFrames
