@@ -2,11 +2,13 @@
 
 The command is contributed to `sdfleet` through the `sdfleet.commands` entry-point group
 (pyproject.toml): `jobs.cli` finds `register` there and calls it with its sub-parsers, so the
-product never imports the harness. Three modes (docs/PERFORMANCE.md):
+product never imports the harness. Four modes (docs/PERFORMANCE.md):
 
 - throughput (default, `bench.throughput`): every contender on the same rows;
 - `--overhead` (`bench.overhead`): `builtin:null` at many rows, sdfleet's cost per row;
-- `--animation` (`bench.animation`): the 2D render against a plain img2img loop, the encoder.
+- `--animation` (`bench.animation`): the 2D render against a plain img2img loop, the encoder;
+- `--quality` (`bench.quality`): prompt adherence beside images/s, by steps, scheduler and
+  guidance, on `builtin:shapes` (docs/SHAPES.md).
 
 Every mode prints a table and writes OUT/<mode>.json with the machine, the options, every
 sample and the summary.
@@ -42,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
         from sdfleet.bench.animation import run_animation_bench
 
         run_animation_bench(options)
+    elif options.mode == "quality":
+        from sdfleet.bench.quality import run_quality_bench
+
+        run_quality_bench(options)
     else:
         from sdfleet.bench.throughput import run_throughput
 

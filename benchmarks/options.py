@@ -22,18 +22,20 @@ from sdfleet.batch.errors import ConfigError
 from sdfleet.batch.models import ModelSpec
 from sdfleet.bench.contenders import CONTENDER_NAMES
 
-Mode = Literal["throughput", "overhead", "animation"]
+Mode = Literal["throughput", "overhead", "animation", "quality"]
 # The contenders of each mode (`bench.contenders.CONTENDERS`, the two animation renders) and
 # the defaults when --rows / --contenders are not given.
 MODE_CONTENDERS: dict[str, tuple[str, ...]] = {
     "throughput": tuple(CONTENDER_NAMES),
     "overhead": ("local", "ray"),
     "animation": ("sdfleet", "plain"),
+    "quality": (),  # one model, a sweep of its settings
 }
 MODE_ROWS: dict[str, tuple[int, ...]] = {
     "throughput": (128,),
     "overhead": (10_000, 100_000),
     "animation": (1,),
+    "quality": (1,),
 }
 
 
@@ -65,6 +67,9 @@ class BenchOptions(BaseModel):
 
     overhead: bool = Field(False, description="builtin:null at many rows: sdfleet's cost per row")
     animation: bool = Field(False, description="2D render against img2img, and the encoder")
+    quality: bool = Field(
+        False, description="prompt adherence beside images/s by steps, scheduler, guidance"
+    )
     model: str = Field("builtin:tiny", min_length=1, description="model, as in a job")
     rows: Counts = Field(
         (), description="rows, comma-separated (throughput: 128; --overhead: 10000,100000)"
@@ -94,15 +99,16 @@ class BenchOptions(BaseModel):
         """--rows and --contenders not given: the mode's (`MODE_ROWS`, `MODE_CONTENDERS`)."""
         if not isinstance(data, dict):
             return data
-        mode = "overhead" if data.get("overhead") else "animation" if data.get("animation") else ""
-        mode = mode or "throughput"
+        mode = next((m for m in ("overhead", "animation", "quality") if data.get(m)), "throughput")
         defaults = {"rows": MODE_ROWS[mode], "contenders": MODE_CONTENDERS[mode]}
+        if mode == "quality":  # the judge reads the shapes world: the model trained on it
+            defaults["model"] = "builtin:shapes"
         return {**data, **{key: value for key, value in defaults.items() if not data.get(key)}}
 
     @model_validator(mode="after")
     def _check_mode(self) -> BenchOptions:
-        if self.overhead and self.animation:
-            raise ValueError("--overhead and --animation: give one of them (or neither)")
+        if sum((self.overhead, self.animation, self.quality)) > 1:
+            raise ValueError("--overhead, --animation, --quality: give one of them (or none)")
         known = MODE_CONTENDERS[self.mode]
         unknown = [name for name in self.contenders if name not in known]
         if unknown:
@@ -115,7 +121,8 @@ class BenchOptions(BaseModel):
 
     @property
     def mode(self) -> Mode:
-        return "overhead" if self.overhead else "animation" if self.animation else "throughput"
+        modes = {"overhead": self.overhead, "animation": self.animation, "quality": self.quality}
+        return next((mode for mode, given in modes.items() if given), "throughput")
 
     @property
     def spec(self) -> ModelSpec:

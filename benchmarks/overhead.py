@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 def run_overhead(settings: BenchOptions) -> dict[str, Any]:
     """Every row count x executor in its own process; table + OUT/overhead.json (rewritten
     after every run, so a long series that is stopped keeps what it measured)."""
-    root = settings.out / "overhead"
+    root = settings.out.absolute() / "overhead"  # the run's job file sits elsewhere
     report = {
         "mode": "overhead",
         "machine": machine_info(),

@@ -33,6 +33,9 @@ SDFLEET=${SDFLEET:-sdfleet}
 "$SDFLEET" bench --animation --frames 12 --size 256 --steps 8 --repeats 3 --cpu-threads 1 \
   --out "$OUT/animation-256-t1"
 
+# 2b. quality beside speed: prompt adherence on builtin:shapes by steps, scheduler, guidance
+"$SDFLEET" bench --quality --cpu-threads 2 --out "$OUT/quality"
+
 # 3. overhead at scale with builtin:null (1M rows writes 1M small PNG files: ~4 GB, 10+ min)
 "$SDFLEET" bench --overhead --rows 10000,100000,1000000 --contenders local --out "$OUT/overhead-local"
 "$SDFLEET" bench --overhead --rows 10000,100000,1000000 --contenders ray --out "$OUT/overhead-ray"
