@@ -5,9 +5,10 @@
 1. VAE: reconstruct world images (L1 + MSE on posterior samples, a small KL), on 32 px crops
    first (4x cheaper; the VAE is convolutional) and 64 px images at the end.
 2. Latents: encode a fixed set of scenes once; the scaling factor makes them unit variance.
-3. Text encoder + UNet together: epsilon prediction on the cached latents with SD's noise
-   schedule, offset noise (flat backgrounds need the mean to move) and 10% empty captions, so
-   classifier-free guidance has an unconditional branch. EMA weights are what is saved.
+3. Text encoder + UNet together: v-prediction on the cached latents with SD's betas rescaled
+   to zero terminal SNR (the noisiest step shows nothing of the picture, so the layout has to
+   come from the prompt) and 10% empty captions, so classifier-free guidance has an
+   unconditional branch. EMA weights are what is saved.
 Each stage stops at its step count or its share of the budget, whichever comes first; the
 pipeline is saved (atomically) every few minutes, so a stopped run still leaves usable weights.
 """
@@ -46,9 +47,9 @@ class Recipe:
     unet_batch: int = 64
     unet_lr: float = 6e-4
     caption_drop: float = 0.1
-    noise_offset: float = 0.1
+    noise_offset: float = 0.0  # zero terminal SNR already lets the mean move
     ema: float = 0.999
-    min_snr: float = 5.0  # min-SNR-gamma loss weights (Hang et al. 2023); 0 turns them off
+    min_snr: float = 0.0  # min-SNR-gamma loss weights (Hang et al. 2023); 0 turns them off
     save_every_min: float = 6.0
     threads: int = 2
 
@@ -153,13 +154,14 @@ class TokenCache:
         return torch.stack([self.ids[c] for c in captions])
 
 
-def snr_weights(alpha_bar, gamma: float):
-    """min(SNR, gamma) / SNR per item for epsilon prediction: low-noise steps count less, so
-    the steps that decide layout (high noise) are learned sooner. gamma 0 -> all ones."""
+def snr_weights(alpha_bar, gamma: float, prediction: str):
+    """min(SNR, gamma) / SNR per item for epsilon prediction, min(SNR, gamma) / (SNR + 1) for
+    v-prediction: low-noise steps count less, so the steps that decide layout (high noise) are
+    learned sooner. gamma 0 -> all ones."""
     if gamma <= 0:
         return alpha_bar.new_ones(alpha_bar.shape)
     snr = alpha_bar / (1 - alpha_bar)
-    return snr.clamp(max=gamma) / snr
+    return snr.clamp(max=gamma) / (snr + 1 if prediction == "v_prediction" else snr)
 
 
 def update_ema(ema_models, models, decay: float) -> None:
@@ -180,7 +182,7 @@ def train_unet(parts: dict, latents, scenes, recipe: Recipe, clock: Clock, save)
     models = [unet, text_encoder]
     emas = [copy.deepcopy(m).requires_grad_(False) for m in models]
     noise_sched = DDPMScheduler.from_config(parts["scheduler"].config)
-    alphas = noise_sched.alphas_cumprod
+    alphas, prediction = noise_sched.alphas_cumprod, noise_sched.config.prediction_type
     tokens = TokenCache(parts["tokenizer"])
     rng = np.random.default_rng(recipe.seed + 2)
     params = [p for m in models for p in m.parameters()]
@@ -207,9 +209,10 @@ def train_unet(parts: dict, latents, scenes, recipe: Recipe, clock: Clock, save)
         t = torch.randint(0, len(alphas), (len(idx),))
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise_sched.get_velocity(x0, noise, t) if prediction == "v_prediction" else noise
         context = text_encoder(tokens(captions))[0]  # (B, 77, 64)
-        per_item = (unet(xt, t, context).sample - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
-        loss = (per_item * snr_weights(a.flatten(), recipe.min_snr)).mean()
+        per_item = (unet(xt, t, context).sample - target).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        loss = (per_item * snr_weights(a.flatten(), recipe.min_snr, prediction)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -310,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-from", type=Path, default=None, help="reuse a trained vae folder")
     parser.add_argument("--resume", type=Path, default=None, help="continue a saved pipeline")
     parser.add_argument("--unet-lr", type=float, default=Recipe.unet_lr)
+    parser.add_argument("--latent-scenes", type=int, default=Recipe.latent_scenes)
     parser.add_argument("--seed", type=int, default=Recipe.seed)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -319,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         unet_steps=args.unet_steps,
         vae_steps=args.vae_steps,
         unet_lr=args.unet_lr,
+        latent_scenes=args.latent_scenes,
         vae_share=0.0 if args.vae_from or args.resume else Recipe.vae_share,
     )
     run(recipe, args.out, args.vae_from.parent if args.vae_from else None, args.resume)
