@@ -129,8 +129,8 @@ def train_unet_lora(
     batch: int = 32,
 ) -> dict[str, Any]:
     """A UNet LoRA trained on (images (N, H, W, 3) uint8, captions) for the pipeline folder
-    `model_dir` (epsilon prediction, the DDPM noise schedule of its scheduler config, the
-    text encoder frozen), in diffusers' key layout."""
+    `model_dir` (the noise schedule and prediction type of its scheduler config: epsilon or
+    v; the text encoder frozen), in diffusers' key layout."""
     import torch
     from diffusers import DDPMScheduler, StableDiffusionPipeline
     from peft import LoraConfig
@@ -144,7 +144,11 @@ def train_unet_lora(
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS))
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
-    alphas = DDPMScheduler.from_config(pipe.scheduler.config).alphas_cumprod
+    noise_schedule = DDPMScheduler.from_config(pipe.scheduler.config)
+    alphas, v_prediction = (
+        noise_schedule.alphas_cumprod,
+        pipe.scheduler.config.prediction_type == "v_prediction",
+    )
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         pick = torch.randint(0, len(latents), (batch,), generator=generator)
@@ -152,7 +156,8 @@ def train_unet_lora(
         t = torch.randint(0, len(alphas), (batch,), generator=generator)
         a = alphas[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents[pick] + (1 - a).sqrt() * noise  # (B, 4, h, w)
-        loss = (unet(noisy, t, context[pick]).sample - noise).pow(2).mean()
+        target = noise_schedule.get_velocity(latents[pick], noise, t) if v_prediction else noise
+        loss = (unet(noisy, t, context[pick]).sample - target).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

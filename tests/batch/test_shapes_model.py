@@ -11,15 +11,15 @@ from sdfleet.batch.shapes.judge import judge, mismatches
 
 # Default steps and guidance of a job (20, 7.5) unless a test says otherwise.
 
-FIXED_SET = [  # colour, kind, background and size (the model does not place shapes yet)
-    "a large red circle on a white background",
-    "a small blue square on a yellow background",
-    "a large yellow triangle on a black background",
-    "a large white square on a purple background",
-    "a small black circle on a green background",
-    "a large purple triangle on an orange background",
-    "a large orange circle on a blue background",
-    "a small green square on a red background",
+FIXED_SET = [  # colour, kind, background, size and position
+    "a large red circle on a white background, top left",
+    "a small blue square on a yellow background, bottom right",
+    "a large yellow triangle on a black background in the center",
+    "a large white square on a purple background, top right",
+    "a small black circle on a green background, bottom left",
+    "a large purple triangle on an orange background, top left",
+    "a large orange circle on a blue background in the center",
+    "a small green square on a red background, top right",
 ]
 
 
@@ -52,11 +52,31 @@ def test_builtin_shapes_loads_through_from_pretrained(shapes_pipes) -> None:
     assert shapes_pipes.txt2img.name_or_path == str(shapes_model_dir())
 
 
-def test_txt2img_follows_colour_shape_and_background(shapes_pipes) -> None:
-    images = draw(shapes_pipes, FIXED_SET)
+def test_the_committed_weights_are_the_ones_their_sha256_names() -> None:
+    import hashlib
+
+    from sdfleet.batch.shapes import shapes_model_dir
+
+    folder = shapes_model_dir()
+    lines = (folder / "SHA256SUMS").read_text().splitlines()
+    listed = {name.removeprefix("./"): digest for digest, name in (line.split() for line in lines)}
+    files = {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != "SHA256SUMS"
+    }
+    assert files == listed
+    assert sum(path.stat().st_size for path in folder.rglob("*")) < 40 * 2**20  # tens of MB
+
+
+def test_txt2img_follows_colour_shape_background_size_and_position(shapes_pipes) -> None:
+    images = draw(shapes_pipes, FIXED_SET, guidance=3.0)  # its best; 7.5 over-sharpens (SHAPES.md)
     failures = [(p, mismatches(judge(i), p)) for i, p in zip(images, FIXED_SET)]
     failures = [f for f in failures if f[1]]
-    assert len(failures) <= 1, failures  # >= 7 of 8 right in every attribute
+    # 91% of the evaluation's fixed set at guidance 3; on these 8 pictures at least 6 right in
+    # every one of the five attributes (a swapped colour space or a broken CFG sign gets ~0)
+    assert len(failures) <= 2, failures
+    assert not [f for f in failures if any(m.startswith("position") for m in f[1])], failures
 
 
 def test_img2img_keeps_place_and_size_while_the_prompt_changes_the_colour(shapes_pipes) -> None:
@@ -159,3 +179,40 @@ def test_colour_coherence_keeps_the_background_steady(shapes_pipes) -> None:
     assert {judge(f).background for f in frames} == {"blue"}
     corners = np.array([f[:6, :6].reshape(-1, 3).mean(0) for f in frames])  # (frames, 3)
     assert np.abs(corners - corners[0]).max() < 25, corners.round()
+
+
+def test_an_inpainting_mask_repaints_only_inside(tmp_path) -> None:
+    """A row with an init image (a red square, top left) and a mask over the bottom right
+    quadrant: the prompt's blue circle is drawn inside the mask; outside it, every pixel is
+    the source's (the square stays where it was)."""
+    from PIL import Image
+
+    from sdfleet.batch.masks import box_mask
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.replica import Replica
+    from sdfleet.batch.request import RowDefaults, expand_row
+
+    scene = world.Scene("square", "red", "white", "small", "top left")
+    source = world.render(scene)
+    mask = box_mask((64, 64), [(32, 32, 64, 64)])
+    source.save(tmp_path / "src.png")
+    mask.save(tmp_path / "mask.png")
+    row = {
+        "id": "repaint",
+        "prompt": "a small blue circle on a white background, bottom right",
+        "seed": 3,
+        "init_image": "src.png",
+        "mask_image": "mask.png",
+    }
+    defaults = RowDefaults(
+        num_inference_steps=20, guidance_scale=7.5, strength=1.0, width=64, height=64
+    )
+    replica = Replica(ModelSpec(model="builtin:shapes", device="cpu"), batch_size=1)
+    (result,) = replica.generate(expand_row(row, defaults, 0, tmp_path))
+    assert result.error is None, result.error
+    out, src = np.asarray(result.image.convert("RGB")), np.asarray(source)
+    inside = np.asarray(mask) > 0
+    assert np.array_equal(out[~inside], src[~inside])  # outside: the source, exactly
+    quadrant = judge(np.asarray(Image.fromarray(out).crop((32, 32, 64, 64)).resize((64, 64))))
+    assert (quadrant.colour, quadrant.background) == ("blue", "white"), quadrant
+    assert judge(src).position == "top left" and judge(out)  # the square is still read there
