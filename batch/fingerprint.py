@@ -39,6 +39,7 @@ OUTPUT_ONLY_FIELDS = frozenset(
         "ray.replicas_per_gpu",
         "ray.num_cpus_per_replica",
         "ray.rows_per_block",  # rows are padded to batch_size in every block
+        "ray.rows_per_pass",
         "ray.allow_fewer_replicas",
         "ray.min_replicas_timeout_s",
         "ray.stall_timeout_s",

@@ -3,6 +3,13 @@
 read_parquet -> repartition(rows per block) -> [checkpoint filter: drop committed ids]
   -> map_batches(GenerateBatch, ActorPoolStrategy(size=N), num_gpus=g, num_cpus=c)
   -> write_parquet(OUT/results), committed with CheckpointConfig(id_column="id").
+
+Passes: Ray Data's driver keeps state for every block of an execution until it ends (the
+blocks' stats, and `write_parquet` materializes one write result per block), so its memory
+grows with the rows of one execution. A manifest with more rows left than `ray.rows_per_pass`
+runs as passes: its rows left are copied, streaming, into OUT/_passes/ in pieces of at most that
+many rows, and each piece is one execution of the pipeline above (same checkpoint, so a crash
+in any pass resumes like any run). Each pass starts its replica pool again (a model load).
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -57,8 +65,11 @@ def run_ray(
     storage = {"manifest": files[0], "out": config.out_uri, "checkpoint": checkpoint}
     nodes = join_cluster(address or options.address, storage)
     check_cluster_device(config.model.device, nodes)
-    # 2. size the pool before anything loads (resuming adds Ray's checkpoint-filter actor)
-    resuming = has_checkpoint(checkpoint)
+    # 2. size the pool before anything loads (resuming adds Ray's checkpoint-filter actor,
+    # and so does every pass after the first)
+    done_before = checkpointed_ids(checkpoint)
+    passes = ManifestPasses(files, done_before, options.rows_per_pass)
+    resuming = has_checkpoint(checkpoint) or passes.many
     plan = plan_pool(
         nodes,
         options.replicas,
@@ -73,12 +84,11 @@ def run_ray(
         "num_gpus_per_replica": plan.num_gpus,
         "num_cpus_per_replica": plan.num_cpus,
         "nodes": len(nodes),
-        "resumed": resuming,
+        "resumed": bool(done_before),
     }
     if config.cpu_threads is None:
         config = replace(config, cpu_threads=cpu_threads_per_replica(plan, options.replicas))
     # 3. build and run the pipeline; replicas report each call to a small actor
-    done_before = checkpointed_ids(checkpoint)
     stats.skipped_rows = len(done_before)
     tracker = RunProgress(progress, skipped=committed_outputs(out, done_before))
     tracker.loading(f"{config.model.model} on {plan.replicas} replica(s)")
@@ -89,13 +99,92 @@ def run_ray(
         options.stall_timeout_s, options.min_replicas_timeout_s, checkpoint_path=checkpoint
     )
     with ray_data(settings), poll_progress(counter, tracker):
-        execute(build_pipeline(config, files, plan, options, reporter, actor_class), out, options)
+        for number, pass_files in enumerate(pass_inputs(out, files, passes), start=1):
+            # one execution; its state (every block's) is dropped with the dataset after it
+            execute(
+                build_pipeline(config, pass_files, plan, options, reporter, actor_class),
+                out,
+                options,
+            )
+            stats.extra["ray"]["passes"] = number
     # 4. what this run did: pool start (actors + model load), then generation
     ready = tracker.first_ready or started
     stats.stage_seconds["pool_start"] = ready - started
     stats.stage_seconds["generate"] = (tracker.total.last_finish or ready) - ready
     stats.stage_seconds["pipeline"] = time.time() - started
     stats.record(tracker)
+
+
+PASSES_DIR = "_passes"
+
+
+class ManifestPasses:
+    """The rows of a manifest not in `done`, in manifest order, as passes of at most
+    `rows_per_pass` rows. `many` is False when the rows left fit one pass: the manifest's own
+    files are then the one execution's input and nothing is copied. Otherwise `next_pass()`
+    gives the next pass's tables (streaming: the manifest is read once, a table at a time), and
+    an empty iterator when every row has been handed out. Row counts come from the files'
+    footers, so `many` is known before anything is read; the passes themselves never rely on
+    the count (ids in `done` that the manifest no longer holds only make a pass fuller)."""
+
+    def __init__(self, files: list[str], done: set[str], rows_per_pass: int) -> None:
+        from sdfleet.batch.run import iter_row_chunks
+        from sdfleet.batch.sources import open_parquet
+
+        total = sum(open_parquet(path).metadata.num_rows for path in files)
+        self.many = total - len(done) > rows_per_pass
+        self.rows_per_pass = rows_per_pass
+        self._chunks = iter_row_chunks(files, min(rows_per_pass, 65_536), done)
+        self._rest = None  # the part of a table that straddled the last pass's end
+
+    def next_pass(self) -> Iterator[Any]:
+        wanted = self.rows_per_pass
+        while wanted > 0:
+            table, self._rest = self._rest, None
+            table = table if table is not None else next(self._chunks, None)
+            if table is None:
+                return
+            if table.num_rows > wanted:
+                table, self._rest = table.slice(0, wanted), table.slice(wanted)
+            wanted -= table.num_rows
+            yield table
+
+
+def pass_inputs(out: OutputDir, files: list[str], passes: ManifestPasses) -> Iterator[list[str]]:
+    """Each execution's input files: the manifest's own when the rows left fit one pass, else
+    each pass's copy in OUT/_passes/ (written just before its execution; removed after the
+    last one)."""
+    if not passes.many:
+        yield files
+        return
+    number = 0
+    while names := write_pass(out, number, passes.next_pass()):
+        yield names
+        number += 1
+    remove_passes(out)
+
+
+def write_pass(out: OutputDir, number: int, tables: Any) -> list[str]:
+    """The pass's rows as Parquet files in OUT/_passes/ (one per table, so each keeps its
+    file's Arrow types); their URIs, in the form OUT was given."""
+    import pyarrow.parquet as pq
+
+    filesystem, root = out.filesystem()
+    folder = f"{root}/{PASSES_DIR}"
+    if number == 0:
+        filesystem.delete_dir_contents(folder, missing_dir_ok=True)  # a crashed run's
+    filesystem.create_dir(folder, recursive=True)
+    names = []
+    for k, table in enumerate(tables):
+        name = f"pass-{number:05d}-{k:04d}.parquet"
+        pq.write_table(table, f"{folder}/{name}", filesystem=filesystem)
+        names.append(out.child_uri(f"{PASSES_DIR}/{name}"))
+    return names  # [] when no row is left: the passes are done
+
+
+def remove_passes(out: OutputDir) -> None:
+    filesystem, root = out.filesystem()
+    filesystem.delete_dir(f"{root}/{PASSES_DIR}")
 
 
 def join_cluster(

@@ -81,6 +81,9 @@ class RayOptions(Strict):
     replicas_per_gpu: float = Field(1, gt=0, le=8)
     num_cpus_per_replica: float = Field(1, gt=0)
     rows_per_block: int = Field(128, ge=1)
+    rows_per_pass: int = Field(
+        100_000, ge=1, description="rows per Ray Data execution (bounds the driver's memory)"
+    )
     allow_fewer_replicas: bool = False
     min_replicas_timeout_s: float = Field(
         600, gt=0, allow_inf_nan=False, description="time for replicas to load"

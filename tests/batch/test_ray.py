@@ -300,3 +300,37 @@ def wait_for(condition, timeout_s: float) -> None:
 
 def test_keyboard_interrupt_code_is_distinct():
     assert len({EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_ROWS_FAILED}) == 4
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
+    tiny_dir, sdfleet_cache, tmp_path, monkeypatch
+):
+    """More rows left than `ray.rows_per_pass`: one Ray Data execution per pass (the driver
+    keeps state per block of an execution, so a pass bounds it). A pass that stops (a full
+    disk at r006, in the second pass) resumes on the rerun: every output once, the passes'
+    copies removed, the same pictures as the local executor."""
+    import ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    manifest = rows(10)
+    job = write_job(tmp_path, manifest, {"rows_per_pass": 4, "rows_per_block": 2})
+    out = tmp_path / "out"
+    hooks = {"full_disk_on_id": "r006", "full_disk_marker": str(tmp_path / "once")}
+    try:
+        assert run(job, out, hooks=hooks) == EXIT_CRASH
+        first = {r["output_id"] for r in results(out)}
+        assert {f"r{i:03d}" for i in range(4)} <= first and "r006" not in first
+        assert run(job, out, hooks=hooks) == EXIT_OK
+    finally:
+        ray.shutdown()
+    found = Counter(r["output_id"] for r in results(out))
+    assert set(found) == {r["id"] for r in manifest} and max(found.values()) == 1
+    assert not (out / "_passes").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_already_done_rows"] == len(first)
+    left = len(manifest) - len(first)
+    assert summary["ray"]["passes"] == -(-left // 4)  # 4 rows a pass, or the manifest itself
+    assert run(job, tmp_path / "local", "--executor", "local") == EXIT_OK
+    assert images(out) == images(tmp_path / "local")
