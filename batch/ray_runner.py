@@ -253,6 +253,7 @@ def build_pipeline(
 ):
     import ray.data
 
+    settle_fsspec_http()
     dataset = ray.data.read_parquet(files)
     dataset = dataset.repartition(target_num_rows_per_block=options.rows_per_block)
     return dataset.map_batches(
@@ -266,6 +267,28 @@ def build_pipeline(
         # Ray Data's actor pools restart a crashed replica and rerun its batch by default;
         # images are written under deterministic names, so a rerun overwrites, never duplicates.
     )
+
+
+def settle_fsspec_http() -> None:
+    """Make `import fsspec.implementations.http` fail the same way in every thread.
+
+    Ray Data lists several input files on threads, and each asks whether the filesystem is
+    fsspec's HTTP one by importing that module, catching only ModuleNotFoundError. Without
+    aiohttp the import fails, nothing is cached, and two threads importing at once get an
+    ImportError from the half-made module instead, which ends the run (any manifest of two or
+    more files). Where the import fails for a missing module, None in `sys.modules` makes
+    every later import raise ModuleNotFoundError at once: the answer Ray expects."""
+    import sys
+
+    name = "fsspec.implementations.http"
+    if name in sys.modules:
+        return
+    try:
+        __import__(name)
+    except ModuleNotFoundError:
+        sys.modules[name] = None  # type: ignore[assignment]
+    except ImportError:
+        pass
 
 
 def execute(dataset, out: OutputDir, options: Any) -> None:

@@ -334,3 +334,20 @@ def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
     assert summary["ray"]["passes"] == -(-left // 4)  # 4 rows a pass, or the manifest itself
     assert run(job, tmp_path / "local", "--executor", "local") == EXIT_OK
     assert images(out) == images(tmp_path / "local")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_manifest_of_several_files_runs_on_ray(local_ray, tmp_path):
+    """Ray Data lists several files on threads; each thread's import of fsspec's HTTP module
+    (which fails here, without aiohttp) once raced into an ImportError that ended the run."""
+    folder = tmp_path / "manifest"
+    folder.mkdir()
+    manifest = rows(8)
+    for k in range(4):
+        pq.write_table(table_from_rows(manifest[2 * k : 2 * k + 2]), folder / f"part{k}.parquet")
+    job = write_job(tmp_path, manifest, manifest="manifest")
+    out = tmp_path / "out"
+    assert run(job, out) == EXIT_OK
+    found = Counter(r["output_id"] for r in results(out))
+    assert set(found) == {r["id"] for r in manifest} and max(found.values()) == 1
