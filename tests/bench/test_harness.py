@@ -244,6 +244,41 @@ def test_quality_mode_reports_the_judges_adherence_beside_images_per_s(tmp_path,
     assert f"{plain.adherence:.0%} of 8" in table and "images/s" in table
 
 
+@pytest.mark.slow  # ~15-20 s: runs every contender for real; make test runs it
+def test_animation_mode_splits_model_and_overhead(tmp_path, tiny_dir):
+    from sdfleet.bench.animation import run_animation_bench
+
+    bench = settings(
+        tmp_path,
+        animation=True,
+        model="builtin:tiny",
+        frames=3,
+        repeats=1,
+        size_px=32,
+        steps=2,
+        contenders=("sdfleet", "plain"),
+    )
+    summary = run_animation_bench(bench)["summary"]
+    for name in ("sdfleet", "plain"):
+        assert 0 <= summary[name]["overhead_share"]["median"] < 1
+        assert summary[name]["frames_per_s"]["median"] > 0
+    assert summary["sdfleet"]["encode_fps_512px"]["median"] > 0
+
+
+@pytest.fixture
+def bench_ray(sdfleet_cache, monkeypatch):
+    """A local Ray instance started the way `sdfleet bench` starts it; shut down after."""
+    import ray
+
+    from sdfleet.bench.workload import start_ray
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    start_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.ray
 @pytest.mark.slow
 def test_ray_contenders_make_the_same_images(tmp_path, bench_ray):
     report = run_throughput(settings(tmp_path, repeats=1, contenders=("a", "c", "ray")))
