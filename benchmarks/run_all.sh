@@ -44,6 +44,8 @@ SDFLEET=${SDFLEET:-sdfleet}
 "$SDFLEET" bench --overhead --rows 10000,100000 --contenders ray --rows-per-block 256 \
   --out "$OUT/overhead-ray-256"
 
+"${PYTHON:-python}" -m sdfleet.bench.segments --frames 128 --size 256 --steps 16 --repeats 2 \
+  --out "$OUT/segments"
 "${PYTHON:-python}" -m sdfleet.bench.adapter_switching --rows 96 --repeats 5 --out "$OUT/adapters"
 "${PYTHON:-python}" -m sdfleet.bench.conditioning --rows 16 --repeats 5 --cpu-threads 1 \
   --out "$OUT/conditioning"
