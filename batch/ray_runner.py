@@ -10,6 +10,8 @@ grows with the rows of one execution. A manifest with more rows left than `ray.r
 runs as passes: its rows left are copied, streaming, into OUT/_passes/ in pieces of at most that
 many rows, and each piece is one execution of the pipeline above (same checkpoint, so a crash
 in any pass resumes like any run). Each pass starts its replica pool again (a model load).
+Between passes the checkpoint is compacted to one file (`compact_checkpoint`): Ray writes one
+checkpoint file per write task and reads them all back before an execution's first row.
 """
 
 from __future__ import annotations
@@ -107,6 +109,8 @@ def run_ray(
                 options,
             )
             stats.extra["ray"]["passes"] = number
+            if passes.many:
+                compact_on_this_node(checkpoint)
     # 4. what this run did: pool start (actors + model load), then generation
     ready = tracker.first_ready or started
     stats.stage_seconds["pool_start"] = ready - started
@@ -218,6 +222,48 @@ def cpu_threads_per_replica(plan: PoolPlan, asked_replicas: int | None) -> int |
 
 def has_checkpoint(checkpoint_uri: str) -> bool:
     return bool(parquet_files(checkpoint_uri)[1])
+
+
+def compact_checkpoint(checkpoint_uri: str) -> int:
+    """Rewrite the committed checkpoint files as one; the number of files it replaced.
+
+    Ray Data writes a checkpoint file per write task (a pass of 100k rows at 128 rows a block
+    leaves ~800) and reads every one back, on a read task, before an execution's first row.
+    Without this, the 8th pass of a 1M-row run read ~5,500 files and its read task stalled
+    with thousands of threads (docs/PERFORMANCE.md, "Passes"). Only between executions: no
+    write is pending then. The ids are written beside the folder and moved in before the small
+    files go, so a crash in between leaves some ids twice, which Ray's filter (a sorted search)
+    and `checkpointed_ids` (a set) both read as once. Runs where the files are (a Ray task)."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filesystem, paths = parquet_files(checkpoint_uri)
+    if len(paths) < 2:
+        return 0
+    ids = pa.concat_tables(
+        [pq.read_table(p, columns=["id"], filesystem=filesystem) for p in paths],
+        promote_options="permissive",
+    )
+    root = OutputDir(checkpoint_uri).filesystem()[1].rstrip("/")
+    name = f"compact-{uuid.uuid4().hex}.parquet"
+    staged = f"{root}.{name}"
+    pq.write_table(ids, staged, filesystem=filesystem)
+    filesystem.move(staged, f"{root}/{name}")
+    for path in paths:
+        filesystem.delete_file(path)
+    return len(paths)
+
+
+def compact_on_this_node(checkpoint_uri: str) -> None:
+    """`compact_checkpoint` in a Ray task, so that the ids never load into the driver (whose
+    memory stays flat with the rows of the run)."""
+    import ray
+
+    task = ray.remote(num_cpus=0, max_retries=2)(compact_checkpoint)
+    files = ray.get(task.options(scheduling_strategy=on_this_node()).remote(checkpoint_uri))
+    logger.info("checkpoint compacted: %d files -> 1", files)
 
 
 def checkpointed_ids(checkpoint_uri: str) -> set[str]:

@@ -302,6 +302,32 @@ def test_keyboard_interrupt_code_is_distinct():
     assert len({EXIT_OK, EXIT_CRASH, EXIT_CONFIG, EXIT_ROWS_FAILED}) == 4
 
 
+def test_compacting_the_checkpoint_keeps_every_id_and_nothing_else(tmp_path):
+    """Between passes Ray's one-file-per-write-task checkpoint becomes one file; a leftover
+    pending file (a write in flight) is not touched, and a crash after the move (ids twice)
+    still reads as each id once."""
+    import pyarrow as pa
+
+    from sdfleet.batch.ray_runner import checkpointed_ids, compact_checkpoint
+
+    folder = tmp_path / "_checkpoint"
+    folder.mkdir()
+    for k in range(5):
+        pq.write_table(pa.table({"id": [f"r{k}-{i}" for i in range(3)]}), folder / f"t{k}.parquet")
+    (folder / "t9.parquet.pending").write_bytes(b"in flight")
+    before = checkpointed_ids(str(folder))
+    assert compact_checkpoint(str(folder)) == 5
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 2 and files[1] == "t9.parquet.pending" and files[0].startswith("compact-")
+    assert checkpointed_ids(str(folder)) == before and len(before) == 15
+    assert not list(tmp_path.glob("_checkpoint.*"))  # the staged copy was moved in
+    assert compact_checkpoint(str(folder)) == 0  # one file: nothing to do
+    # a crash between the move and the deletes: the ids are there twice, read once
+    (folder / "t0.parquet").write_bytes((folder / files[0]).read_bytes())
+    assert compact_checkpoint(str(folder)) == 2
+    assert checkpointed_ids(str(folder)) == before
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
@@ -328,6 +354,10 @@ def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
     found = Counter(r["output_id"] for r in results(out))
     assert set(found) == {r["id"] for r in manifest} and max(found.values()) == 1
     assert not (out / "_passes").exists()
+    # compacted after every pass: one checkpoint file, every id in it once
+    checkpoint = list((out / "_checkpoint").glob("*.parquet"))
+    assert len(checkpoint) == 1 and checkpoint[0].name.startswith("compact-")
+    assert sorted(pq.read_table(checkpoint[0]).column("id").to_pylist()) == sorted(found)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped_already_done_rows"] == len(first)
     left = len(manifest) - len(first)
