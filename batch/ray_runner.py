@@ -156,9 +156,10 @@ class ManifestPasses:
 
 def pass_inputs(out: OutputDir, files: list[str], passes: ManifestPasses) -> Iterator[list[str]]:
     """Each execution's input files: the manifest's own when the rows left fit one pass, else
-    each pass's copy in OUT/_passes/ (written just before its execution; removed after the
-    last one)."""
+    each pass's copy in OUT/_passes/ (written just before its execution, in place of the pass
+    before; removed after the last one, and a crashed run's before a rerun that needs none)."""
     if not passes.many:
+        remove_passes(out)
         yield files
         return
     number = 0
@@ -175,8 +176,8 @@ def write_pass(out: OutputDir, number: int, tables: Any) -> list[str]:
 
     filesystem, root = out.filesystem()
     folder = f"{root}/{PASSES_DIR}"
-    if number == 0:
-        filesystem.delete_dir_contents(folder, missing_dir_ok=True)  # a crashed run's
+    # the last pass's copy (done: its rows are committed) or a crashed run's
+    filesystem.delete_dir_contents(folder, missing_dir_ok=True)
     filesystem.create_dir(folder, recursive=True)
     names = []
     for k, table in enumerate(tables):
@@ -187,8 +188,11 @@ def write_pass(out: OutputDir, number: int, tables: Any) -> list[str]:
 
 
 def remove_passes(out: OutputDir) -> None:
+    import pyarrow.fs as pafs
+
     filesystem, root = out.filesystem()
-    filesystem.delete_dir(f"{root}/{PASSES_DIR}")
+    if filesystem.get_file_info(f"{root}/{PASSES_DIR}").type != pafs.FileType.NotFound:
+        filesystem.delete_dir(f"{root}/{PASSES_DIR}")
 
 
 def join_cluster(

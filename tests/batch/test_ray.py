@@ -328,6 +328,32 @@ def test_compacting_the_checkpoint_keeps_every_id_and_nothing_else(tmp_path):
     assert checkpointed_ids(str(folder)) == before
 
 
+def test_pass_copies_replace_each_other_and_a_crashed_runs_go_before_a_one_pass_rerun(tmp_path):
+    """Only the pass in flight keeps a copy in OUT/_passes/; a rerun whose rows left fit one
+    pass (it reads the manifest itself) removes the copy a crashed run left."""
+    import pyarrow as pa
+
+    from sdfleet.batch.outputs import OutputDir
+    from sdfleet.batch.ray_runner import ManifestPasses, pass_inputs
+
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(10)]}), manifest)
+    out = OutputDir(str(tmp_path / "out"))
+    seen = []
+    for names in pass_inputs(out, [str(manifest)], ManifestPasses([str(manifest)], set(), 4)):
+        assert sorted(p.name for p in (tmp_path / "out" / "_passes").iterdir()) == [
+            Path(n).name for n in names
+        ]
+        seen += pq.read_table(names).column("id").to_pylist()
+        if len(seen) == 8:
+            break  # a crash in the third pass: its copy stays
+    assert (tmp_path / "out" / "_passes").exists()
+    rest = ManifestPasses([str(manifest)], set(seen), 4)
+    assert not rest.many
+    assert list(pass_inputs(out, [str(manifest)], rest)) == [[str(manifest)]]
+    assert not (tmp_path / "out" / "_passes").exists()
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
