@@ -54,6 +54,7 @@ from sdfleet.anim.video_input import HYBRID_MOTIONS, VideoInputSpec, video_input
 from sdfleet.batch.controlnets import ControlNetOption
 from sdfleet.batch.errors import ConfigError, ScheduleError, suggest_name
 from sdfleet.batch.manifest import MAX_SIDE_PX, text_problems
+from sdfleet.batch.models import recommended_settings
 from sdfleet.batch.prompt_options import PromptOptions
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,20 @@ class AnimationJob(PromptOptions):
     clips_manifest: str | None = Field(
         None, description="Parquet clip manifest (id + override columns), relative to the job"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_recommends(cls, data: Any) -> Any:
+        """The size and guidance a builtin model was made for
+        (`batch.models.RECOMMENDED_SETTINGS`) where the job leaves them unset."""
+        settings = recommended_settings(data.get("model")) if isinstance(data, dict) else {}
+        filled = {}
+        for names, key in ((("width", "W"), "width"), (("height", "H"), "height")):
+            if key in settings and not any(name in data for name in names):
+                filled[names[0]] = settings[key]
+        if "guidance_scale" in settings and "cfg_scale_schedule" not in data:
+            filled["cfg_scale_schedule"] = f"0:({settings['guidance_scale']:g})"
+        return data | filled if filled else data
 
     @model_validator(mode="after")
     def _one_clip_list(self) -> AnimationJob:

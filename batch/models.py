@@ -32,6 +32,9 @@ BUILTINS = (
     "builtin:shapes",
     "builtin:null",
 )
+# What a builtin model was made for, where a job leaves it unset (a job's value always wins):
+# builtin:shapes draws 64 px pictures and over-guides at the usual 7.5 (docs/SHAPES.md).
+RECOMMENDED_SETTINGS = {"builtin:shapes": {"guidance_scale": 3.0, "width": 64, "height": 64}}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -69,6 +72,11 @@ class ModelFields(Protocol):
     device: str | None
     dtype: str | None
     allow_pickle: bool
+
+
+def recommended_settings(model: Any) -> dict[str, float]:
+    """`RECOMMENDED_SETTINGS` of `model` (none for a model sdfleet did not make)."""
+    return dict(RECOMMENDED_SETTINGS.get(model, {})) if isinstance(model, str) else {}
 
 
 def model_spec(

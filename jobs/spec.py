@@ -22,6 +22,7 @@ from sdfleet.batch.hires import (
 )
 from sdfleet.batch.manifest import MAX_STEPS, prompt_template_problems
 from sdfleet.batch.masks import MaskFromBoxes, mask_from_boxes_problems
+from sdfleet.batch.models import recommended_settings
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.prompt_checks import AdapterContext
 from sdfleet.batch.prompt_options import PromptOptions, RefinerOption
@@ -143,6 +144,17 @@ class BatchJob(Strict, PromptOptions):
     @classmethod
     def _known_scheduler(cls, value: str | None) -> str | None:
         return Defaults._known_scheduler(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_recommends(cls, data: Any) -> Any:
+        """The settings a builtin model was made for (`batch.models.RECOMMENDED_SETTINGS`)
+        where `defaults` leaves them unset."""
+        settings = recommended_settings(data.get("model")) if isinstance(data, dict) else {}
+        defaults = data.get("defaults", {}) if settings else None
+        if not isinstance(defaults, dict):
+            return data
+        return data | {"defaults": settings | defaults}
 
     @model_validator(mode="after")
     def _controlnets_alone(self) -> BatchJob:

@@ -104,17 +104,22 @@ def load(folder: str, scheduler: str | None = None):
 
 
 SWEEP = [  # (held_out, position, steps, guidance, scheduler): the figures docs/SHAPES.md reports
-    (False, True, 20, 7.5, None),
-    (False, False, 20, 7.5, None),
+    (False, True, 20, 7.5, None),  # a job's default steps and guidance
     (True, True, 20, 7.5, None),
-    (True, False, 20, 7.5, None),
-    (False, False, 20, 1.0, None),
+    (False, True, 20, 1.0, None),  # no guidance: the conditional branch alone
+    (True, True, 20, 1.0, None),
+    (False, True, 20, 2.0, None),
+    (False, True, 20, 3.0, None),  # the examples' guidance
+    (True, True, 20, 3.0, None),
+    (False, True, 20, 5.0, None),
     (False, False, 20, 3.0, None),
-    (False, False, 10, 7.5, None),
-    (False, False, 5, 7.5, None),
-    (False, False, 20, 7.5, "euler_a"),
-    (False, False, 20, 7.5, "dpmpp_2m"),
-    (False, False, 10, 7.5, "dpmpp_2m"),
+    (False, True, 8, 1.0, None),
+    (False, True, 8, 3.0, None),
+    (False, True, 4, 1.0, None),
+    (False, True, 4, 3.0, None),
+    (False, True, 20, 3.0, "euler_a"),
+    (False, True, 20, 3.0, "dpmpp_2m"),
+    (False, True, 8, 3.0, "dpmpp_2m"),
 ]
 
 

@@ -39,6 +39,17 @@ def test_defaults_are_deforums() -> None:
     assert (job.video.format, job.video.crf) == ("mp4", 17)
 
 
+def test_builtin_shapes_gets_the_size_and_guidance_it_was_made_for_where_unset() -> None:
+    job = load_animation_job({"model": "builtin:shapes"}, "x.yaml")
+    assert (job.width, job.height, job.cfg_scale_schedule) == (64, 64, "0:(3)")
+    data = {"model": "builtin:shapes", "W": 128, "cfg_scale_schedule": "0:(5)"}
+    job = load_animation_job(data, "x.yaml")  # the job's own values win
+    assert (job.width, job.height, job.cfg_scale_schedule) == (128, 64, "0:(5)")
+    job = load_animation_job({"model": "builtin:shapes", "height": 96}, "x.yaml")
+    assert (job.width, job.height) == (64, 96)
+    assert load_animation_job({"model": "builtin:tiny"}, "x.yaml").cfg_scale_schedule == "0:(7)"
+
+
 def test_w_h_or_width_height() -> None:
     assert (load().width, load().height) == (64, 64)
     job = load_animation_job({"width": 128, "height": 64}, "x.yaml")

@@ -9,7 +9,7 @@ import pytest
 from sdfleet.batch.shapes import world
 from sdfleet.batch.shapes.judge import judge, mismatches
 
-# Default steps and guidance of a job (20, 7.5) unless a test says otherwise.
+# 20 steps and guidance 3 (what a builtin:shapes job gets by default) unless a test says otherwise.
 
 FIXED_SET = [  # colour, kind, background, size and position
     "a large red circle on a white background, top left",
@@ -30,7 +30,7 @@ def shapes_pipes():
     return load_pipelines(ModelSpec(model="builtin:shapes", device="cpu"))
 
 
-def draw(pipes, prompts: list[str], seed: int = 0, guidance: float = 7.5, **kwargs) -> list:
+def draw(pipes, prompts: list[str], seed: int = 0, guidance: float = 3.0, **kwargs) -> list:
     import torch
 
     with torch.inference_mode():
@@ -70,13 +70,21 @@ def test_the_committed_weights_are_the_ones_their_sha256_names() -> None:
 
 
 def test_txt2img_follows_colour_shape_background_size_and_position(shapes_pipes) -> None:
-    images = draw(shapes_pipes, FIXED_SET, guidance=3.0)  # its best; 7.5 over-sharpens (SHAPES.md)
+    images = draw(shapes_pipes, FIXED_SET)
     failures = [(p, mismatches(judge(i), p)) for i, p in zip(images, FIXED_SET)]
     failures = [f for f in failures if f[1]]
-    # 91% of the evaluation's fixed set at guidance 3; on these 8 pictures at least 6 right in
+    # 98% of the evaluation's fixed set (SHAPES.md); on these 8 pictures at least 6 right in
     # every one of the five attributes (a swapped colour space or a broken CFG sign gets ~0)
     assert len(failures) <= 2, failures
     assert not [f for f in failures if any(m.startswith("position") for m in f[1])], failures
+
+
+def test_guidance_steers_towards_the_prompt_and_its_sign_matters(shapes_pipes) -> None:
+    """Classifier-free guidance with its branches swapped (what a flipped sign computes: the
+    prompt as the negative, an empty prompt as the positive) draws what the prompt is not."""
+    flipped = draw(shapes_pipes, [""] * 8, guidance=3.0, negative_prompt=FIXED_SET)
+    followed = [not mismatches(judge(image), p) for image, p in zip(flipped, FIXED_SET)]
+    assert sum(followed) <= 1, followed  # 0 of 32 on the evaluation's set; the right sign: 32
 
 
 def test_img2img_keeps_place_and_size_while_the_prompt_changes_the_colour(shapes_pipes) -> None:
@@ -84,19 +92,26 @@ def test_img2img_keeps_place_and_size_while_the_prompt_changes_the_colour(shapes
 
     scene = world.Scene("square", "red", "white", "large", "top left")
     prompt = "a large blue square on a white background, top left"
+    before, kept = judge(world.render_array(scene)), []
     with torch.inference_mode():
-        image = shapes_pipes.img2img(
-            prompt=prompt,
+        images = shapes_pipes.img2img(
+            prompt=[prompt] * 8,
             image=world.render(scene),
             strength=0.6,
             num_inference_steps=20,
-            guidance_scale=7.5,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0]
-    before, after = judge(world.render_array(scene)), judge(image)
-    assert after.colour == "blue" and after.background == "white", after
-    assert (after.position, after.size, after.kind) == (before.position, before.size, "square")
-    assert abs(after.area_fraction - before.area_fraction) < 0.3 * before.area_fraction
+            guidance_scale=3.0,
+            generator=[torch.Generator().manual_seed(seed) for seed in range(8)],
+        ).images
+    for image in images:
+        after = judge(image)
+        kept.append(
+            (after.colour, after.background) == ("blue", "white")
+            and (after.position, after.size, after.kind) == (before.position, before.size, "square")
+            and abs(after.area_fraction - before.area_fraction) < 0.3 * before.area_fraction
+        )
+    # 7 of 8 with these seeds (the miss turns the square round); an inverted strength keeps
+    # the red square (0 of 8), a colour-space swap draws no blue
+    assert sum(kept) >= 6, kept
 
 
 # ---------------------------------------------------------------------------- animation
@@ -182,11 +197,10 @@ def test_colour_coherence_keeps_the_background_steady(shapes_pipes) -> None:
 
 
 def test_an_inpainting_mask_repaints_only_inside(tmp_path) -> None:
-    """A row with an init image (a red square, top left) and a mask over the bottom right
-    quadrant: the prompt's blue circle is drawn inside the mask; outside it, every pixel is
-    the source's (the square stays where it was)."""
-    from PIL import Image
-
+    """A row with an init image (a small red square, top left) and a mask over the top left
+    quadrant: the prompt's blue circle replaces the square inside the mask; outside it, every
+    pixel is the source's. (One shape a picture, as the model learned: a second shape
+    elsewhere is a scene it never saw.)"""
     from sdfleet.batch.masks import box_mask
     from sdfleet.batch.models import ModelSpec
     from sdfleet.batch.replica import Replica
@@ -194,18 +208,18 @@ def test_an_inpainting_mask_repaints_only_inside(tmp_path) -> None:
 
     scene = world.Scene("square", "red", "white", "small", "top left")
     source = world.render(scene)
-    mask = box_mask((64, 64), [(32, 32, 64, 64)])
+    mask = box_mask((64, 64), [(0, 0, 32, 32)])
     source.save(tmp_path / "src.png")
     mask.save(tmp_path / "mask.png")
     row = {
         "id": "repaint",
-        "prompt": "a small blue circle on a white background, bottom right",
+        "prompt": "a small blue circle on a white background, top left",
         "seed": 3,
         "init_image": "src.png",
         "mask_image": "mask.png",
     }
     defaults = RowDefaults(
-        num_inference_steps=20, guidance_scale=7.5, strength=1.0, width=64, height=64
+        num_inference_steps=20, guidance_scale=3.0, strength=1.0, width=64, height=64
     )
     replica = Replica(ModelSpec(model="builtin:shapes", device="cpu"), batch_size=1)
     (result,) = replica.generate(expand_row(row, defaults, 0, tmp_path))
@@ -213,6 +227,6 @@ def test_an_inpainting_mask_repaints_only_inside(tmp_path) -> None:
     out, src = np.asarray(result.image.convert("RGB")), np.asarray(source)
     inside = np.asarray(mask) > 0
     assert np.array_equal(out[~inside], src[~inside])  # outside: the source, exactly
-    quadrant = judge(np.asarray(Image.fromarray(out).crop((32, 32, 64, 64)).resize((64, 64))))
-    assert (quadrant.colour, quadrant.background) == ("blue", "white"), quadrant
-    assert judge(src).position == "top left" and judge(out)  # the square is still read there
+    after = judge(out)  # seeds 0-7 at guidance 3 and 7.5: all sixteen read this way
+    assert (after.colour, after.kind, after.background) == ("blue", "circle", "white"), after
+    assert (after.size, after.position) == ("small", "top left"), after

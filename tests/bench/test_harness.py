@@ -228,15 +228,16 @@ def test_overhead_mode_reports_rows_per_s_and_peak_memory(tmp_path, sdfleet_cach
 def test_quality_mode_reports_the_judges_adherence_beside_images_per_s(tmp_path, capsys):
     from sdfleet.batch.shapes import shapes_model_dir
     from sdfleet.batch.shapes.evaluate import fixed_prompts, load, score
-    from sdfleet.bench.quality import SEEDS, run_quality_bench
+    from sdfleet.bench.quality import run_quality_bench
 
-    sweep = [(False, False, 4, 7.5, None), (False, False, 4, 7.5, "euler_a")]
-    report = run_quality_bench(parse("--quality", "--out", str(tmp_path)), sweep, prompts=4)
+    sweep, seeds = [(False, False, 4, 7.5, None), (False, False, 4, 7.5, "euler_a")], [0, 1]
+    options = parse("--quality", "--out", str(tmp_path))
+    report = run_quality_bench(options, sweep, prompts=4, seeds=seeds)
     rows = report["settings"]
     assert [row["scheduler"] for row in rows] == ["model's own", "euler_a"]
-    assert all(row["images"] == 4 * len(SEEDS) and row["seconds_per_image"] > 0 for row in rows)
+    assert all(row["images"] == 4 * len(seeds) and row["seconds_per_image"] > 0 for row in rows)
     # the figure is the judge's reading of what plain diffusers draws at the same setting
-    plain = score(load(str(shapes_model_dir())), fixed_prompts(4, False, False), SEEDS, 4, 7.5)
+    plain = score(load(str(shapes_model_dir())), fixed_prompts(4, False, False), seeds, 4, 7.5)
     assert rows[0]["adherence"] == plain.adherence and rows[0]["failures"] == plain.failures
     written = json.loads((tmp_path / "quality.json").read_text())["settings"]
     assert written[1]["scheduler"] == "euler_a" and written[0]["adherence"] == plain.adherence

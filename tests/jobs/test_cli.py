@@ -84,6 +84,19 @@ def test_bad_job_field_suggests_the_name(tmp_path, capsys):
     assert "batch_sise: unknown field (did you mean 'batch_size'?)" in capsys.readouterr().err
 
 
+def test_a_builtin_shapes_job_gets_the_size_and_guidance_it_was_made_for_where_unset():
+    from sdfleet.jobs.spec import BatchJob
+
+    made = BatchJob.model_validate({"model": "builtin:shapes", "manifest": "m.parquet"})
+    row = made.row_defaults()
+    assert (row.guidance_scale, row.width, row.height, row.num_inference_steps) == (3, 64, 64, 20)
+    own = {"width": 128, "guidance_scale": 7.5}  # the job's own values win
+    job = BatchJob.model_validate({"model": "builtin:shapes", "manifest": "m", "defaults": own})
+    assert (job.defaults.guidance_scale, job.defaults.width, job.defaults.height) == (7.5, 128, 64)
+    plain = BatchJob.model_validate({"model": "builtin:tiny", "manifest": "m.parquet"}).defaults
+    assert (plain.guidance_scale, plain.width) == (7.5, 512)
+
+
 def test_validate_counts_outputs(tmp_path, capsys):
     assert main(["validate", str(write_job(tmp_path, ROWS))]) == EXIT_OK
     assert "4 outputs" in capsys.readouterr().out
