@@ -1,6 +1,6 @@
 """Train `builtin:shapes` from scratch on the synthetic world (CPU, bounded wall-clock time).
 
-    python -m sdfleet.batch.shapes.train --out DIR --budget-min 70
+    python -m sdfleet.batch.shapes.train --out DIR [--budget-min 68]
 
 1. VAE: reconstruct world images (L1 + MSE on posterior samples, a small KL), on 32 px crops
    first (4x cheaper; the VAE is convolutional) and 64 px images at the end.
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Recipe:
     seed: int = 14
-    budget_min: float = 70.0
+    budget_min: float = 68.0
     vae_share: float = 0.18  # of the budget
     vae_steps: int = 4000
     vae_batch: int = 32
@@ -45,7 +45,7 @@ class Recipe:
     vae_shape_weight: float = 4.0  # extra loss weight on the shape's pixels (not background)
     vae_edge_weight: float = 1.0  # L1 on image gradients: sharp corners tell square from circle
     latent_scenes: int = 16000
-    unet_steps: int = 8000
+    unet_steps: int = 12000
     unet_batch: int = 64
     unet_lr: float = 6e-4
     caption_drop: float = 0.1
