@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +45,26 @@ QUIET_LOGGERS = {
 }
 
 
+DRIVER_MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = DRIVER_MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas in this process (mallopt M_ARENA_MAX) before Ray starts its
+    threads. glibc gives threads arenas of their own (up to 8 a core) and keeps what each one
+    frees; Ray Data's threads, new in every execution, grew the driver's RSS pass after pass
+    (+16 MB over a 300k-row run in 10 passes, none with 2 arenas, at the same images/s). A
+    user's MALLOC_ARENA_MAX is left alone, as is a C library without mallopt. True if set."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(-8, arenas) == 1  # -8: M_ARENA_MAX in glibc's malloc.h
+
+
 def connect(address: str | None) -> None:
     """Join `address` / RAY_ADDRESS, or start a private local instance; reuse an initialised
     one. With neither, the instance is private even when a cluster runs on this machine (a
@@ -63,6 +84,7 @@ def connect(address: str | None) -> None:
     # ray.init replaces the SIGTERM handler with sys.exit(15); the command line's own (SIGTERM
     # as Ctrl-C: statuses written, exit 1) stays
     sigterm = signal.getsignal(signal.SIGTERM)
+    limit_malloc_arenas()  # the driver's memory, flat over the passes of a long manifest
     try:
         ray.init(
             address=address or "local",  # None would join a running cluster, then refuse num_cpus

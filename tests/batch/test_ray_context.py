@@ -159,3 +159,45 @@ def test_a_real_pool_that_cannot_start_is_recognised(local_ray):
         with pytest.raises(Exception) as info:
             dataset.take_all()
     assert ray_failure(info.value) is RayFailure.POOL_NOT_STARTED, repr(info.value)
+
+
+ARENA_PROBE = """
+import ctypes, os, sys, tempfile, threading
+from sdfleet.batch.ray_context import limit_malloc_arenas
+capped = limit_malloc_arenas()
+barrier = threading.Barrier(9)
+def allocate():
+    kept = [bytearray(4096) for _ in range(2000)]
+    barrier.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+barrier.wait()  # eight threads allocating at once: each would get an arena of its own
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+path = os.path.join(tempfile.mkdtemp(), "malloc.xml")
+stream = ctypes.c_void_p(libc.fopen(path.encode(), b"w"))
+libc.malloc_info(0, stream)
+libc.fclose(stream)
+print(capped, open(path).read().count("<heap nr="))
+for thread in threads:
+    thread.join()
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's malloc arenas")
+@pytest.mark.parametrize(
+    ("env", "expected"), [({}, "True 2"), ({"MALLOC_ARENA_MAX": "4"}, "False 4")]
+)
+def test_the_driver_caps_its_malloc_arenas_unless_the_user_set_them(env, expected):
+    """Ray Data's threads, new in every pass, each took an arena and kept its freed memory:
+    the driver's RSS grew pass after pass. Capped, eight busy threads share two."""
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE], env=environ, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected.split()
