@@ -10,8 +10,10 @@ grows with the rows of one execution. A manifest with more rows left than `ray.r
 runs as passes: its rows left are copied, streaming, into OUT/_passes/ in pieces of at most that
 many rows, and each piece is one execution of the pipeline above (same checkpoint, so a crash
 in any pass resumes like any run). Each pass starts its replica pool again (a model load).
-Between passes the checkpoint is compacted to one file (`compact_checkpoint`): Ray writes one
-checkpoint file per write task and reads them all back before an execution's first row.
+After each pass, and after a resumed run, the checkpoint is compacted to one file
+(`compact_checkpoint`): Ray writes one checkpoint file per write task and reads them all back
+before an execution's first row. (A resumed run whose rows left fit one pass compacts too, so
+the files a crashed pass left never pile up across resumes.)
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def run_ray(
                 options,
             )
             stats.extra["ray"]["passes"] = number
-            if passes.many:
+            if resuming:
                 compact_on_this_node(checkpoint)
     # 4. what this run did: pool start (actors + model load), then generation
     ready = tracker.first_ready or started
