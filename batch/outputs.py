@@ -80,14 +80,22 @@ class OutputDir:
         return info.type != fs.FileType.NotFound
 
 
-def parquet_files(folder_uri: str) -> tuple[Any, list[str]]:
+PENDING_SUFFIX = ".pending.parquet"  # Ray Data's uncommitted checkpoint files (two-phase)
+
+
+def parquet_files(folder_uri: str, committed: bool = False) -> tuple[Any, list[str]]:
     """(pyarrow filesystem, paths of the .parquet files directly in the folder); no folder,
-    no files. Results parts and Ray's checkpoint both lie flat in their folders."""
+    no files. Results parts and Ray's checkpoint both lie flat in their folders. `committed`
+    leaves out Ray's pending checkpoint files: ids of a write that may not have finished,
+    which Ray deletes, with the result files they name, before its next execution."""
     from pyarrow import fs
 
     filesystem, root = OutputDir(folder_uri).filesystem()
     found = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
-    return filesystem, [info.path for info in found if info.path.endswith(".parquet")]
+    paths = [info.path for info in found if info.path.endswith(".parquet")]
+    if committed:
+        paths = [path for path in paths if not path.endswith(PENDING_SUFFIX)]
+    return filesystem, paths
 
 
 def a1111_parameters(params: dict[str, Any], model: InfotextModel | None = None) -> str:

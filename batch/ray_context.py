@@ -120,11 +120,16 @@ def alive_nodes() -> list[NodeResources]:
 
 
 def pipeline_settings(
-    stall_timeout_s: float, start_timeout_s: float, checkpoint_path: str | None = None
+    stall_timeout_s: float,
+    start_timeout_s: float,
+    checkpoint_path: str | None = None,
+    input_has_committed: bool = True,
 ) -> dict[str, Any]:
     """DataContext fields for one sdfleet pipeline: stopped after `stall_timeout_s` without
     progress, and when its actor pool is not up within `start_timeout_s`; with
-    `checkpoint_path`, committed ids are recorded there and skipped on a rerun."""
+    `checkpoint_path`, committed ids are recorded there and skipped on a rerun.
+    `input_has_committed` False: the input holds no committed id (a run's passes), so Ray's
+    filter is left out and only its clean-up of a crashed write runs (`batch.ray_checkpoint`)."""
     settings: dict[str, Any] = {
         "execution_no_progress_timeout_s": stall_timeout_s,
         "wait_for_min_actors_s": math.ceil(start_timeout_s),  # Ray: whole seconds, 0 = off
@@ -138,8 +143,16 @@ def pipeline_settings(
     if checkpoint_path is not None:
         from ray.data.checkpoint import CheckpointConfig
 
+        manager = None
+        if not input_has_committed:
+            from sdfleet.batch.ray_checkpoint import CleanOnlyCheckpoint
+
+            manager = CleanOnlyCheckpoint
         settings["checkpoint_config"] = CheckpointConfig(
-            id_column="id", checkpoint_path=checkpoint_path, delete_checkpoint_on_success=False
+            id_column="id",
+            checkpoint_path=checkpoint_path,
+            delete_checkpoint_on_success=False,
+            checkpoint_manager_cls=manager,
         )
     return settings
 

@@ -9,7 +9,9 @@ blocks' stats, and `write_parquet` materializes one write result per block), so 
 grows with the rows of one execution. A manifest with more rows left than `ray.rows_per_pass`
 runs as passes: its rows left are copied, streaming, into OUT/_passes/ in pieces of at most that
 many rows, and each piece is one execution of the pipeline above (same checkpoint, so a crash
-in any pass resumes like any run). Each pass starts its replica pool again (a model load).
+in any pass resumes like any run). A pass's copy holds only rows that no committed checkpoint
+file names, so passes run without Ray's checkpoint filter, which would load every committed id
+before each pass (`batch.ray_checkpoint`). Each pass starts its replica pool again.
 After each pass, and after a resumed run, the checkpoint is compacted to one file
 (`compact_checkpoint`): Ray writes one checkpoint file per write task and reads them all back
 before an execution's first row. (A resumed run whose rows left fit one pass compacts too, so
@@ -69,10 +71,11 @@ def run_ray(
     storage = {"manifest": files[0], "out": config.out_uri, "checkpoint": checkpoint}
     nodes = join_cluster(address or options.address, storage)
     check_cluster_device(config.model.device, nodes)
-    # 2. size the pool before anything loads (resuming adds Ray's checkpoint-filter actor,
-    # and so does every pass after the first)
+    # 2. size the pool before anything loads (resuming from the manifest's own files adds
+    # Ray's checkpoint-filter actor; passes need none: their copies leave out what is done)
     done_before = checkpointed_ids(checkpoint)
     passes = ManifestPasses(files, done_before, options.rows_per_pass)
+    filtered = has_checkpoint(checkpoint) and not passes.many
     resuming = has_checkpoint(checkpoint) or passes.many
     plan = plan_pool(
         nodes,
@@ -80,7 +83,7 @@ def run_ray(
         options.replicas_per_gpu,
         options.num_cpus_per_replica,
         options.allow_fewer_replicas,
-        reserved_cpus=2 if resuming else 1,
+        reserved_cpus=2 if filtered else 1,
         use_gpus=holds_gpu(config.model.device),
     )
     stats.extra["ray"] = {
@@ -100,7 +103,10 @@ def run_ray(
     reporter = CounterReporter(counter)
     started = time.time()
     settings = pipeline_settings(
-        options.stall_timeout_s, options.min_replicas_timeout_s, checkpoint_path=checkpoint
+        options.stall_timeout_s,
+        options.min_replicas_timeout_s,
+        checkpoint_path=checkpoint,
+        input_has_committed=not passes.many,  # a pass's copy holds only rows not yet done
     )
     with ray_data(settings), poll_progress(counter, tracker):
         for number, pass_files in enumerate(pass_inputs(out, files, passes), start=1):
@@ -245,7 +251,7 @@ def compact_checkpoint(checkpoint_uri: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    filesystem, paths = parquet_files(checkpoint_uri)
+    filesystem, paths = parquet_files(checkpoint_uri, committed=True)
     if len(paths) < 2:
         return 0
     ids = pa.concat_tables(
@@ -274,12 +280,13 @@ def compact_on_this_node(checkpoint_uri: str) -> None:
 
 def checkpointed_ids(checkpoint_uri: str) -> set[str]:
     """Rows committed before this run (Ray's checkpoint, not results/: a crash may leave
-    uncommitted result files there, which Ray deletes when the run restarts)."""
+    uncommitted result files there, which Ray deletes when the run restarts; and not its
+    pending files: Ray deletes those rows' results too, so they are made again)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    filesystem, paths = parquet_files(checkpoint_uri)
+    filesystem, paths = parquet_files(checkpoint_uri, committed=True)
     if not paths:
         return set()
     ids = [pq.read_table(p, columns=["id"], filesystem=filesystem)["id"] for p in paths]

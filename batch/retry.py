@@ -22,8 +22,6 @@ from typing import Any
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.paths import write_atomic
 
-PENDING_SUFFIX = ".pending.parquet"  # Ray Data's uncommitted checkpoint files
-
 
 def failed_row_ids(out: OutputDir, checkpoint_uri: str | None = None) -> set[str]:
     """Ids of rows with an output that is not ok, or checkpointed with no result row."""
@@ -59,12 +57,10 @@ def forget_ids(folder_uri: str, ids: set[str]) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    filesystem, paths = parquet_files(folder_uri)
+    filesystem, paths = parquet_files(folder_uri, committed=True)
     drop = pa.array(sorted(ids), type=pa.string())
     removed = 0
     for path in paths:
-        if path.endswith(PENDING_SUFFIX):
-            continue
         table = pq.read_table(path, filesystem=filesystem)
         kept = table.filter(pc.invert(pc.is_in(table["id"], value_set=drop)))
         if kept.num_rows == table.num_rows:
@@ -80,9 +76,8 @@ def forget_ids(folder_uri: str, ids: set[str]) -> int:
 def _read_all(folder_uri: str, columns: list[str]) -> list[Any]:
     import pyarrow.parquet as pq
 
-    filesystem, paths = parquet_files(folder_uri)
-    committed = [p for p in paths if not p.endswith(PENDING_SUFFIX)]
-    return [pq.read_table(p, columns=columns, filesystem=filesystem) for p in committed]
+    filesystem, paths = parquet_files(folder_uri, committed=True)
+    return [pq.read_table(p, columns=columns, filesystem=filesystem) for p in paths]
 
 
 def _parquet_bytes(table: Any) -> bytes:

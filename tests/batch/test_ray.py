@@ -303,23 +303,26 @@ def test_keyboard_interrupt_code_is_distinct():
 
 
 def test_compacting_the_checkpoint_keeps_every_id_and_nothing_else(tmp_path):
-    """Between passes Ray's one-file-per-write-task checkpoint becomes one file; a leftover
-    pending file (a write in flight) is not touched, and a crash after the move (ids twice)
-    still reads as each id once."""
+    """Between passes Ray's one-file-per-write-task checkpoint becomes one file; a pending
+    file (Ray's name for a write not yet committed) is neither folded in nor read as done, and
+    a crash after the move (ids twice) still reads as each id once."""
     import pyarrow as pa
 
+    from sdfleet.batch.outputs import PENDING_SUFFIX
     from sdfleet.batch.ray_runner import checkpointed_ids, compact_checkpoint
 
     folder = tmp_path / "_checkpoint"
     folder.mkdir()
     for k in range(5):
         pq.write_table(pa.table({"id": [f"r{k}-{i}" for i in range(3)]}), folder / f"t{k}.parquet")
-    (folder / "t9.parquet.pending").write_bytes(b"in flight")
+    pending = f"t9{PENDING_SUFFIX}"
+    pq.write_table(pa.table({"id": ["in-flight-0", "in-flight-1"]}), folder / pending)
     before = checkpointed_ids(str(folder))
     assert compact_checkpoint(str(folder)) == 5
     files = sorted(p.name for p in folder.iterdir())
-    assert len(files) == 2 and files[1] == "t9.parquet.pending" and files[0].startswith("compact-")
+    assert len(files) == 2 and files[1] == pending and files[0].startswith("compact-")
     assert checkpointed_ids(str(folder)) == before and len(before) == 15
+    assert not {"in-flight-0", "in-flight-1"} & before  # Ray makes these rows again
     assert not list(tmp_path.glob("_checkpoint.*"))  # the staged copy was moved in
     assert compact_checkpoint(str(folder)) == 0  # one file: nothing to do
     # a crash between the move and the deletes: the ids are there twice, read once
@@ -389,6 +392,51 @@ def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
     assert summary["skipped_already_done_rows"] == len(first)
     left = len(manifest) - len(first)
     assert summary["ray"]["passes"] == -(-left // 4)  # 4 rows a pass, or the manifest itself
+    assert run(job, tmp_path / "local", "--executor", "local") == EXIT_OK
+    assert images(out) == images(tmp_path / "local")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_write_that_crashed_before_its_commit_is_made_again_once_in_passes(
+    tiny_dir, sdfleet_cache, tmp_path, monkeypatch
+):
+    """Ray commits a block in two phases: a pending checkpoint file, the result file, then the
+    rename. A run killed in between leaves results Ray deletes before its next execution, so
+    those rows are not done: passes (which skip Ray's checkpoint filter, their copies holding
+    no committed id) must copy them again, and Ray's clean-up must still run. Every output
+    once, the same pictures as the local executor."""
+    import pyarrow as pa
+    import ray
+
+    from sdfleet.batch.outputs import PENDING_SUFFIX
+    from sdfleet.batch.retry import forget_ids
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    manifest = rows(6)
+    job = write_job(tmp_path, manifest, {"rows_per_block": 2})
+    out = tmp_path / "out"
+    try:
+        assert run(job, out) == EXIT_OK
+        # one committed block taken back to "written, not committed", one to "not run"
+        part, gone = sorted((out / "results").glob("*.parquet"))[:2]
+        pending_ids = pq.read_table(part).column("id").to_pylist()
+        undone = pending_ids + pq.read_table(gone).column("id").to_pylist()
+        assert forget_ids(str(out / "_checkpoint"), set(undone)) == len(undone) == 4
+        gone.unlink()
+        pending = out / "_checkpoint" / f"{part.name[: -len('.parquet')]}{PENDING_SUFFIX}"
+        pq.write_table(pa.table({"id": pending_ids}), pending)
+        # the rerun's rows left take more than one pass (even were the pending ones done)
+        write_job(tmp_path, manifest, {"rows_per_block": 2, "rows_per_pass": 1})
+        assert run(job, out) == EXIT_OK
+    finally:
+        ray.shutdown()
+    assert not part.exists() and not pending.exists()  # Ray's clean-up ran
+    found = Counter(r["output_id"] for r in results(out))
+    assert set(found) == {r["id"] for r in manifest} and max(found.values()) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped_already_done_rows"] == len(manifest) - len(undone)
+    assert summary["ray"]["passes"] == len(undone)
     assert run(job, tmp_path / "local", "--executor", "local") == EXIT_OK
     assert images(out) == images(tmp_path / "local")
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from sdfleet.batch.outputs import OutputDir
-from sdfleet.batch.retry import PENDING_SUFFIX, failed_row_ids, forget_ids
+from sdfleet.batch.outputs import PENDING_SUFFIX, OutputDir
+from sdfleet.batch.retry import failed_row_ids, forget_ids
 from sdfleet.batch.sources import table_from_rows
 from sdfleet.jobs.cli import main
 from sdfleet.jobs.examples import shape_image_png
