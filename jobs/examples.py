@@ -151,7 +151,7 @@ def demo_rows() -> list[dict]:
             "seed": 7,
             "num_images": 1,
             "init_image": world_image_png(AUGMENT_SOURCES[0]),
-            "strength": 0.6,
+            "strength": 0.7,
         }
     )
     return rows

@@ -9,7 +9,7 @@ Colour x shape pairs in `HELD_OUT` are never drawn for training, to measure comp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -109,6 +109,28 @@ def random_caption(scene: Scene, rng: np.random.Generator, p_drop: float = 0.15)
     """The caption with each optional part left out with probability `p_drop`."""
     keep = rng.random(3) >= p_drop
     return caption(scene, size=bool(keep[0]), background=bool(keep[1]), position=bool(keep[2]))
+
+
+MISLABELLED = ("colour", "kind", "background", "size", "position")
+
+
+def mislabel(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The scene with one of its named attributes swapped for another value: what a wrong caption
+    says of a picture. Never a held-out colour x shape pair, never a shape the colour of its
+    background."""
+    choices = {
+        "colour": list(COLOURS),
+        "kind": list(KINDS),
+        "background": list(COLOURS),
+        "size": list(SIZES_PX),
+        "position": list(POSITIONS),
+    }
+    while True:
+        field = MISLABELLED[int(rng.integers(len(MISLABELLED)))]
+        value = str(rng.choice([v for v in choices[field] if v != getattr(scene, field)]))
+        wrong = replace(scene, **{field: value})
+        if wrong.colour != wrong.background and (wrong.colour, wrong.kind) not in HELD_OUT:
+            return wrong
 
 
 def render(scene: Scene, px: int = IMAGE_PX) -> Image.Image:
