@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from sdfleet.batch import ray_runner
 from sdfleet.batch.errors import ConfigError
 from sdfleet.batch.pool import NodeResources, check_shared_storage, plan_pool
 from sdfleet.batch.sources import table_from_rows
@@ -396,6 +397,10 @@ def test_a_long_manifest_runs_in_passes_that_resume_like_one_run(
     assert images(out) == images(tmp_path / "local")
 
 
+def refuse_in_the_driver(*args, **kwargs):
+    raise AssertionError("the driver read the manifest's rows itself")
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_write_that_crashed_before_its_commit_is_made_again_once_in_passes(
@@ -426,8 +431,10 @@ def test_a_write_that_crashed_before_its_commit_is_made_again_once_in_passes(
         gone.unlink()
         pending = out / "_checkpoint" / f"{part.name[: -len('.parquet')]}{PENDING_SUFFIX}"
         pq.write_table(pa.table({"id": pending_ids}), pending)
-        # the rerun's rows left take more than one pass (even were the pending ones done)
+        # the rerun's rows left take more than one pass (even were the pending ones done),
+        # copied by an actor beside the driver: never in the driver's own process
         write_job(tmp_path, manifest, {"rows_per_block": 2, "rows_per_pass": 1})
+        monkeypatch.setattr(ray_runner, "write_pass", refuse_in_the_driver)
         assert run(job, out) == EXIT_OK
     finally:
         ray.shutdown()
