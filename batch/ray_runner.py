@@ -8,7 +8,8 @@ Passes: Ray Data's driver keeps state for every block of an execution until it e
 blocks' stats, and `write_parquet` materializes one write result per block), so its memory
 grows with the rows of one execution. A manifest with more rows left than `ray.rows_per_pass`
 runs as passes: its rows left are copied, streaming, into OUT/_passes/ in pieces of at most that
-many rows, and each piece is one execution of the pipeline above (same checkpoint, so a crash
+many rows (by an actor on the driver's node: the rows never load into the driver), and each
+piece is one execution of the pipeline above (same checkpoint, so a crash
 in any pass resumes like any run). A pass's copy holds only rows that no committed checkpoint
 file names, so passes run without Ray's checkpoint filter, which would load every committed id
 before each pass (`batch.ray_checkpoint`). Each pass starts its replica pool again.
