@@ -65,6 +65,26 @@ def limit_malloc_arenas(arenas: int = DRIVER_MALLOC_ARENAS) -> bool:
     return mallopt(-8, arenas) == 1  # -8: M_ARENA_MAX in glibc's malloc.h
 
 
+def release_freed_memory() -> None:
+    """Give back to the system what this process has freed but still holds: Arrow's pool keeps
+    freed buffers for reuse and glibc keeps freed pages in its arenas, both counted in RSS.
+    The driver calls it between phases of a run (after validation, after each pass), when
+    nothing large is live, so one phase's leftovers do not raise the next one's peak."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def connect(address: str | None) -> None:
     """Join `address` / RAY_ADDRESS, or start a private local instance; reuse an initialised
     one. With neither, the instance is private even when a cluster runs on this machine (a

@@ -47,9 +47,10 @@ from sdfleet.batch.ray_context import (
     pipeline_settings,
     ray_data,
     ray_failure,
+    release_freed_memory,
     sdfleet_cause,
 )
-from sdfleet.batch.run import RunStats, committed_outputs
+from sdfleet.batch.run import RunStats, committed_outputs, count_results
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def run_ray(
         checkpoint_path=checkpoint,
         input_has_committed=not passes.many,  # a pass's copy holds only rows not yet done
     )
+    release_freed_memory()  # what validation and the checks before it left
     copy_pass = None
     if passes.many:
         copy_pass = copy_passes_beside(out, files, done_before, options.rows_per_pass)
@@ -124,6 +126,7 @@ def run_ray(
             stats.extra["ray"]["passes"] = number
             if resuming:
                 compact_on_this_node(checkpoint)
+            release_freed_memory()  # the pass's leftovers, before the next one's peak
     # 4. what this run did: pool start (actors + model load), then generation
     ready = tracker.first_ready or started
     stats.stage_seconds["pool_start"] = ready - started
@@ -206,21 +209,39 @@ def copy_passes_beside(out: OutputDir, files: list[str], done: set[str], rows_pe
     writing its copies held ~75 MiB of Arrow buffers and freed pages, kept for the whole run
     (the driver's peak at 1M rows was +24% over 100k's, where nothing is copied). An error in
     the actor (a full disk, say) is raised here as itself. The actor ends with the run."""
-    import ray
-    from ray.exceptions import RayTaskError
-
     actor = PassCopierOnRay.options(num_cpus=0, scheduling_strategy=on_this_node()).remote(
         out.uri, files, done, rows_per_pass
     )
 
     def copy_pass(number: int) -> list[str]:
-        try:
-            return ray.get(actor.copy.remote(number))
-        except RayTaskError as exc:
-            cause = exc.cause
-            raise (cause if isinstance(cause, Exception) else exc) from None
+        return get_beside(actor.copy.remote(number))
 
     return copy_pass
+
+
+def get_beside(ref: Any) -> Any:
+    """`ray.get` of a helper's result; the helper's own error (a full disk, say) raised as
+    itself, as it would be in the driver."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        cause = exc.cause
+        raise (cause if isinstance(cause, Exception) else exc) from None
+
+
+def count_results_beside(out_uri: str, max_errors: int) -> dict[str, Any]:
+    """`batch.run.count_results` in a Ray task on the driver's node: counting 1M rows of
+    results in the driver added 14 MiB to its peak in the seconds after the last pass, a
+    tenth of that at 100k (docs/PERFORMANCE.md). Where Ray no longer runs, in this process."""
+    import ray
+
+    if not ray.is_initialized():
+        return count_results(out_uri, max_errors)
+    task = ray.remote(num_cpus=0, max_retries=2)(count_results)
+    return get_beside(task.options(scheduling_strategy=on_this_node()).remote(out_uri, max_errors))
 
 
 def write_pass(out: OutputDir, number: int, tables: Any) -> list[str]:

@@ -10,7 +10,7 @@ import posixpath
 import re
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,24 +175,38 @@ def _commit_part(out: OutputDir, table: pa.Table, part: int) -> None:
     out.write_bytes(f"results/local-{part:06d}.parquet", sink.getvalue().to_pybytes())
 
 
-def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors: int) -> dict:
-    """Counts from results/ (the source of truth), throughput, stage times -> summary.json.
-
-    Counted a few hundred parts at a time on whole columns (pyarrow compute), never row by
-    row and never all parts at once, so memory stays flat however many results there are.
-    """
+def count_results(out_uri: str, max_errors: int) -> dict[str, Any]:
+    """outputs, unique_outputs, ok and the first `max_errors` errors of OUT/results/ (the
+    source of truth). Counted a few hundred parts at a time on whole columns (pyarrow
+    compute), never row by row and never all parts at once, so memory stays flat however many
+    results there are (`ResultCounts`: 8 bytes an output)."""
+    out = OutputDir(out_uri)
     counts = ResultCounts(max_errors)
     for parts in _batched(iter_result_parts(out, list(ResultCounts.COLUMNS)), _MERGE_PARTS):
         counts.add(_concat(parts))
+    unique = counts.unique_outputs(out)
+    return {"outputs": counts.outputs, "unique": unique, "ok": counts.ok, "errors": counts.errors}
+
+
+def summarize(
+    out: OutputDir,
+    stats: RunStats,
+    expected_outputs: int,
+    max_errors: int,
+    count: Callable[[str, int], dict[str, Any]] = count_results,
+) -> dict:
+    """Counts from results/ (`count`: `count_results` here, or where the Ray executor runs
+    it), throughput, stage times -> summary.json."""
+    counts = count(out.uri, max_errors)
     wall_s = time.time() - stats.started
     rate = stats.images_per_s
     summary = {
         "executor": stats.executor,
         "expected_outputs": expected_outputs,
-        "outputs": counts.outputs,
-        "unique_outputs": counts.unique_outputs(out),
-        "ok": counts.ok,
-        "error": counts.outputs - counts.ok,
+        "outputs": counts["outputs"],
+        "unique_outputs": counts["unique"],
+        "ok": counts["ok"],
+        "error": counts["outputs"] - counts["ok"],
         "skipped_already_done_rows": stats.skipped_rows,
         "generated_this_run": stats.generated_outputs,
         "images_per_s": round(rate, 3) if rate is not None else None,  # none made: null
@@ -202,7 +216,7 @@ def summarize(out: OutputDir, stats: RunStats, expected_outputs: int, max_errors
         "model_load_s": [round(s, 3) for s in stats.model_load_seconds],
         "stage_s": {k: round(v, 3) for k, v in stats.stage_seconds.items()},
         "wall_s": round(wall_s, 3),
-        "errors": counts.errors,
+        "errors": counts["errors"],
     } | stats.extra
     summary["cost"] = cost_summary(summary, stats.price_per_gpu_hour)
     write_json(out, "summary.json", summary)

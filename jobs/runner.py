@@ -23,7 +23,7 @@ from sdfleet.batch.out_lock import check_out_folder, hold_out
 from sdfleet.batch.outputs import OutputDir, parquet_files
 from sdfleet.batch.paths import is_uri, resolve_path
 from sdfleet.batch.retry import forget_failed_rows
-from sdfleet.batch.run import Progress, RunStats, run_local, summarize
+from sdfleet.batch.run import Progress, RunStats, count_results, run_local, summarize
 from sdfleet.batch.sources import check_out_outside_manifest, manifest_folder
 from sdfleet.jobs.console import progress_bar, report_batch
 from sdfleet.jobs.expand import manifest_files
@@ -251,7 +251,12 @@ def _run_held(
         stats.extra["interrupted"] = True
         summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors)
         raise
-    return summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors)
+    count = count_results
+    if executor == "ray":  # the results counted beside the driver (`batch.ray_runner`)
+        from sdfleet.batch.ray_runner import count_results_beside
+
+        count = count_results_beside
+    return summarize(out, stats, prepared.expected_outputs, prepared.job.max_reported_errors, count)
 
 
 def exit_status(summary: dict) -> int:
