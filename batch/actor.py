@@ -10,6 +10,7 @@ then reported (`batch.progress.CallDone`), so progress moves per call, not per b
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -129,7 +130,7 @@ class GenerateBatch:
             data = encode_image(
                 result.image,
                 self.config.image_format,
-                params,
+                params | stage_params(request.carried),
                 self.config.image_quality,
                 self.infotext_model,
             )
@@ -214,6 +215,21 @@ def request_params(request: GenRequest, model: str) -> dict[str, Any]:
         "model": model,
         **adapter_params(request.loras, request.embeddings),
     }
+
+
+STAGE_COLUMNS = ("controlnets", "hires", "upscale", "output_width", "output_height")
+
+
+def stage_params(carried: dict[str, Any]) -> dict[str, Any]:
+    """The job's ControlNet units, hires fix and upscale stage as the results record them
+    (`batch.request.expand_row`), for the PNG's `sdfleet` chunk: the JSON columns decoded, so
+    the chunk holds what made the picture, not only the row's own settings."""
+    out = {}
+    for column in STAGE_COLUMNS:
+        value = carried.get(column)
+        if value is not None:
+            out[column] = json.loads(value) if isinstance(value, str) else value
+    return out
 
 
 def columns_to_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from sdfleet.batch.datasets_io import image_source, is_results
 from sdfleet.batch.errors import ManifestError
 from sdfleet.batch.file_names import file_name_problems, id_character_problems
 from sdfleet.batch.fingerprint import INPUTS_COLUMN
+from sdfleet.batch.hires import size_problems
 from sdfleet.batch.images import input_image_problems
 from sdfleet.batch.outputs import output_name
 from sdfleet.batch.paths import is_uri
@@ -364,6 +365,10 @@ def _side_issues(row: dict, defaults: RowDefaults) -> list[Issue]:
             if _is_int(v):
                 fix += f", e.g. {min(MAX_SIDE_PX, max(MIN_SIDE_PX, round(v / 8) * 8))}"
             issues.append((side, v, fix))
+    if not issues and defaults.hires is not None and row.get("init_image") is None:
+        size = (row_value(row, defaults, "width"), row_value(row, defaults, "height"))
+        for problem in size_problems(defaults.hires, *size, "hires"):
+            issues.append(("width", f"{size[0]}x{size[1]}", problem))
     return issues
 
 

@@ -18,19 +18,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sdfleet.batch.shapes.judge import ATTRIBUTES, adherence, judge, mismatches
-from sdfleet.batch.shapes.world import all_scenes, caption
+from sdfleet.batch.shapes.world import Scene, all_scenes, caption
 
 logger = logging.getLogger(__name__)
 SET_SEED = 1414
 
 
-def fixed_prompts(n_prompts: int, held_out: bool, position: bool = True) -> list[str]:
-    """`n_prompts` captions of training (or held-out) pairs, the same every time; `position`
-    False leaves the position out of them (the same scenes)."""
+def fixed_scenes(n_scenes: int, held_out: bool) -> list[Scene]:
+    """`n_scenes` scenes of training (or held-out) pairs, the same every time."""
     scenes = all_scenes(held_out=held_out)
     rng = np.random.default_rng(SET_SEED + int(held_out))
-    chosen = rng.choice(len(scenes), size=n_prompts, replace=False)
-    return [caption(scenes[i], position=position) for i in chosen]
+    return [scenes[i] for i in rng.choice(len(scenes), size=n_scenes, replace=False)]
+
+
+def fixed_prompts(n_prompts: int, held_out: bool, position: bool = True) -> list[str]:
+    """The captions of `fixed_scenes`; `position` False leaves the position out of them."""
+    return [caption(scene, position=position) for scene in fixed_scenes(n_prompts, held_out)]
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,12 @@ def render(scene: Scene, px: int = IMAGE_PX) -> Image.Image:
     return image.resize((px, px), Image.Resampling.LANCZOS)
 
 
+def silhouette(scene: Scene, px: int = IMAGE_PX) -> Image.Image:
+    """The scene's layout as a ControlNet takes it: the shape white on black, where and as large
+    as the scene has it (what `builtin:shapes`' layout ControlNet learned to follow)."""
+    return render(replace(scene, colour="white", background="black"), px)
+
+
 def render_array(scene: Scene, px: int = IMAGE_PX) -> np.ndarray:
     """The scene as a (px, px, 3) uint8 array."""
     return np.asarray(render(scene, px))

@@ -223,7 +223,15 @@ def test_the_marketing_controlnet_example_runs(tmp_path: Path) -> None:
     results = pq.read_table(out / "results").to_pylist()
     assert len(results) == 6 and {r["status"] for r in results} == {"ok"}
     assert {r["mode"] for r in results} == {"txt2img", "img2img"}
-    assert all('"preprocessor": "canny"' in r["controlnets"] for r in results)
+    assert all('"preprocessor": "none"' in r["controlnets"] for r in results)
+    # builtin:shapes' layout ControlNet puts each product where its silhouette is
+    from sdfleet.batch.shapes.judge import judge
+
+    for row in results:
+        scene = script.PRODUCTS[int(row["id"].split("-")[1])]
+        read = judge(np.asarray(Image.open(out / row["image_path"]).convert("RGB")))
+        assert (read.position, read.colour, read.kind) == (
+            scene.position, scene.colour, scene.kind), (row["id"], read)  # fmt: skip
     # the record OUT/job.yaml runs from anywhere: its ControlNet folder is read absolute
     assert main(["run", str(out / "job.yaml"), "--out", str(out), "--quiet"]) == 0
     assert len(pq.read_table(out / "results").to_pylist()) == 6

@@ -300,7 +300,13 @@ def test_the_marketing_hires_example_runs(tmp_path: Path) -> None:
         with Image.open(out / row["image_path"]) as image:
             assert image.size == (256, 256)
             fields = a1111_rules.parse(image.text["parameters"])
+            recorded = json.loads(image.text["sdfleet"])
         assert fields["Hires upscaler"] == "tiny-esrgan-x2" and "ControlNet 0" in fields
+        # the PNG's own record holds the units and stages the results hold
+        for column in ("controlnets", "hires", "upscale"):
+            assert recorded[column] == json.loads(row[column]), column
+        assert recorded["controlnets"][0]["scale"] > 0
+        assert (recorded["output_width"], recorded["output_height"]) == (256, 256)
     # the record OUT/job.yaml runs from anywhere: its upscaler files are read absolute
     assert main(["run", str(out / "job.yaml"), "--out", str(out), "--quiet"]) == 0
 
@@ -316,6 +322,19 @@ def test_a_row_whose_hires_target_is_too_large_fails_alone() -> None:
     ready, failed = replica._prepare_inputs([request])
     assert ready == [] and "16384x512" in failed[id(request)].error
     assert "change hires.scale" in failed[id(request)].error
+
+
+def test_a_row_whose_hires_target_is_too_large_is_named_when_the_manifest_is_read() -> None:
+    from sdfleet.batch.manifest import row_problems
+
+    defaults = RowDefaults(**{**DEFAULTS.__dict__, "hires": HiresFix(scale=8.0)})
+    (problem,) = row_problems(ROW | {"width": 2048, "height": 64}, defaults, "m.parquet", 3)
+    assert (problem.row_id, problem.column, problem.value) == ("r0", "width", "2048x64")
+    assert "16384x512" in problem.fix and "change hires.scale" in problem.fix
+    # an img2img row keeps its size (the hires fix is txt2img's), a small row is fine
+    assert row_problems(ROW | {"width": 1024, "height": 64}, defaults) == []
+    image_row = ROW | {"width": 2048, "height": 64, "init_image": "in.png", "strength": 0.5}
+    assert [p.column for p in row_problems(image_row, defaults)] == ["init_image"]
 
 
 @pytest.mark.slow

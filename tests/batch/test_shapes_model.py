@@ -52,12 +52,13 @@ def test_builtin_shapes_loads_through_from_pretrained(shapes_pipes) -> None:
     assert shapes_pipes.txt2img.name_or_path == str(shapes_model_dir())
 
 
-def test_the_committed_weights_are_the_ones_their_sha256_names() -> None:
+@pytest.mark.parametrize("which", ["pipeline", "controlnet"])
+def test_the_committed_weights_are_the_ones_their_sha256_names(which) -> None:
     import hashlib
 
-    from sdfleet.batch.shapes import shapes_model_dir
+    from sdfleet.batch.shapes import shapes_controlnet_dir, shapes_model_dir
 
-    folder = shapes_model_dir()
+    folder = shapes_model_dir() if which == "pipeline" else shapes_controlnet_dir()
     lines = (folder / "SHA256SUMS").read_text().splitlines()
     listed = {name.removeprefix("./"): digest for digest, name in (line.split() for line in lines)}
     files = {
@@ -246,3 +247,47 @@ def test_an_inpainting_mask_repaints_only_inside(tmp_path) -> None:
     after = judge(out)  # seeds 0-7 at guidance 3 and 7.5: all sixteen read this way
     assert (after.colour, after.kind, after.background) == ("blue", "circle", "white"), after
     assert (after.size, after.position) == ("small", "top left"), after
+
+
+LAYOUTS = [  # scenes whose silhouette is the control image; their captions leave the place out
+    world.Scene("square", "red", "white", "large", "top left"),
+    world.Scene("circle", "yellow", "blue", "small", "bottom right"),
+    world.Scene("triangle", "white", "black", "large", "bottom left"),
+    world.Scene("circle", "purple", "yellow", "large", "top right"),
+    world.Scene("square", "black", "orange", "small", "center"),
+    world.Scene("triangle", "red", "green", "small", "top right"),
+    world.Scene("circle", "green", "white", "small", "top left"),
+    world.Scene("square", "blue", "red", "large", "bottom left"),
+]
+
+
+def test_a_controlnet_places_the_shape_where_its_silhouette_is(shapes_pipes, tmp_path) -> None:
+    """The committed layout ControlNet (`shapes.control_train`) through a job's ControlNet unit:
+    rows whose prompts name no position get the shape at their silhouette's place, in the
+    prompt's colours; the same prompts and seeds without it land there far less often."""
+    from sdfleet.batch.controlnets import ControlNetUse
+    from sdfleet.batch.models import ModelSpec
+    from sdfleet.batch.replica import Replica
+    from sdfleet.batch.request import RowDefaults, expand_row
+    from sdfleet.batch.shapes import shapes_controlnet_dir
+
+    unit = ControlNetUse(str(shapes_controlnet_dir()))
+    defaults = RowDefaults(
+        num_inference_steps=20, guidance_scale=3.0, width=64, height=64, controlnets=(unit,)
+    )
+    prompts = [world.caption(scene, position=False) for scene in LAYOUTS]
+    requests = []
+    for k, (scene, prompt) in enumerate(zip(LAYOUTS, prompts)):
+        world.silhouette(scene).save(tmp_path / f"layout{k}.png")
+        row = {"id": f"r{k}", "prompt": prompt, "seed": k, "control_image": f"layout{k}.png"}
+        requests += expand_row(row, defaults, 0, tmp_path)
+    replica = Replica(ModelSpec(model="builtin:shapes", device="cpu", controlnets=(unit,)), 8)
+    results = replica.generate(requests)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    reads = [judge(np.asarray(r.image.convert("RGB"))) for r in results]
+    placed = [read.position == scene.position for read, scene in zip(reads, LAYOUTS)]
+    right = [not mismatches(read, world.caption(s)) for read, s in zip(reads, LAYOUTS)]
+    free = draw(shapes_pipes, prompts)  # no ControlNet: seeds 0-7, as the rows'
+    free_placed = [judge(i).position == s.position for i, s in zip(free, LAYOUTS)]
+    assert sum(placed) >= 7 and sum(right) >= 6, (placed, right, reads)
+    assert sum(free_placed) <= sum(placed) - 3, free_placed
