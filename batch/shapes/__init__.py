@@ -14,24 +14,24 @@ from sdfleet.batch.errors import ModelError
 
 def shapes_model_dir() -> Path:
     """The committed diffusers folder of `builtin:shapes`; ModelError when it is missing."""
-    folder = Path(__file__).resolve().parent / "weights"
-    if not (folder / "model_index.json").is_file():
-        raise ModelError(
-            f"model: builtin:shapes has no weights at {folder} (model_index.json missing); "
-            "reinstall sdfleet, or train them: python -m sdfleet.batch.shapes.train --out DIR "
-            "and copy DIR/pipeline there."
-        )
-    return folder
+    return _committed("weights", "model_index.json", "model: builtin:shapes", "train", "pipeline")
 
 
 def shapes_controlnet_dir() -> Path:
     """The committed layout ControlNet of `builtin:shapes` (a diffusers ControlNetModel folder:
     its control image is the shape's silhouette, white on black); ModelError when missing."""
-    folder = Path(__file__).resolve().parent / "controlnet"
-    if not (folder / "config.json").is_file():
+    return _committed(
+        "controlnet", "config.json", "the builtin:shapes ControlNet", "control_train", "controlnet"
+    )
+
+
+def _committed(name: str, marker: str, what: str, script: str, made: str) -> Path:
+    """This package's folder `name`, which holds `marker` when its weights shipped; the
+    ModelError names it and how to make it (`script` writes DIR/`made`)."""
+    folder = Path(__file__).resolve().parent / name
+    if not (folder / marker).is_file():
         raise ModelError(
-            f"the builtin:shapes ControlNet has no weights at {folder} (config.json missing); "
-            "reinstall sdfleet, or train it: python -m sdfleet.batch.shapes.control_train "
-            "--out DIR and copy DIR/controlnet there."
+            f"{what} has no weights at {folder} ({marker} missing); reinstall sdfleet, or train "
+            f"them: python -m sdfleet.batch.shapes.{script} --out DIR and copy DIR/{made} there."
         )
     return folder

@@ -19,13 +19,20 @@ import argparse
 import copy
 import json
 import logging
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from sdfleet.batch.shapes.train import Clock, TokenCache, load_parts, lr_at, to_tensor, update_ema
+from sdfleet.batch.shapes.train import (
+    Clock,
+    TokenCache,
+    load_parts,
+    lr_at,
+    publish,
+    to_tensor,
+    update_ema,
+)
 from sdfleet.batch.shapes.world import caption, random_scene, render_array, silhouette
 
 logger = logging.getLogger(__name__)
@@ -161,15 +168,7 @@ def _base_info(base: Path) -> dict | None:
 
 
 def save(controlnet, out: Path, info: dict) -> None:
-    staging, target = out / "controlnet.staging", out / "controlnet"
-    shutil.rmtree(staging, ignore_errors=True)
-    controlnet.save_pretrained(staging, safe_serialization=True)
-    (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    if target.exists():
-        shutil.rmtree(out / "controlnet.old", ignore_errors=True)
-        target.rename(out / "controlnet.old")
-    staging.rename(target)
-    shutil.rmtree(out / "controlnet.old", ignore_errors=True)
+    target = publish(controlnet, out / "controlnet", info)
     logger.info("saved %s (%s steps)", target, info["steps"])
 
 

@@ -273,16 +273,26 @@ def save_pipeline(parts: dict, emas, out: Path, info: dict) -> None:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    staging, target = out / "pipeline.staging", out / "pipeline"
+    target = publish(pipe, out / "pipeline", info)
+    logger.info("saved %s (%s)", target, info)
+
+
+def publish(model, target: Path, info: dict) -> Path:
+    """`model.save_pretrained` with `info` as training.json, into a staging folder renamed to
+    `target` once whole: a run stopped mid-save leaves the last whole save."""
+    staging, old = (
+        target.with_name(target.name + ".staging"),
+        target.with_name(target.name + ".old"),
+    )
     shutil.rmtree(staging, ignore_errors=True)
-    pipe.save_pretrained(staging, safe_serialization=True)
+    model.save_pretrained(staging, safe_serialization=True)
     (staging / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     if target.exists():
-        shutil.rmtree(out / "pipeline.old", ignore_errors=True)
-        target.rename(out / "pipeline.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
     staging.rename(target)
-    shutil.rmtree(out / "pipeline.old", ignore_errors=True)
-    logger.info("saved %s (%s)", target, info)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def load_vae(folder: Path):
